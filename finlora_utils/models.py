@@ -93,13 +93,22 @@ def embedded_model_dir() -> Path:
         cfg = json.loads((tmp / "config.json").read_text())
         cfg.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        if target.exists():  # a half-written cache from a killed run
-            shutil.rmtree(target)
-        os.replace(tmp, target)  # atomic: concurrent loaders see all or nothing
+        _publish(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Move a finished cache folder into place atomically; another process may have won the race."""
+    if target.exists() and not (target / "model.safetensors").exists():
+        shutil.rmtree(target, ignore_errors=True)  # half-written by a killed run
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "model.safetensors").exists():
+            raise
 
 
 def resolve_model_path(name: str) -> str:
@@ -128,9 +137,7 @@ def tiny_model_dir(seed: int = 0) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        _publish(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

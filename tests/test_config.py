@@ -1,0 +1,66 @@
+import pytest
+
+from finlora_utils.config import (ConfigError, EvalConfig, LoraSettings, TrainConfig, load_preset,
+                                  paper_settings, PRESETS)
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(lr=0), "lr"), (dict(lr=-1e-4), "lr"), (dict(precision="int3"), "precision"),
+    (dict(batch_size=0), "batch_size"), (dict(max_seq_len=8), "max_seq_len"), (dict(tasks=()), "tasks"),
+    (dict(parallel="zero3"), "parallel"), (dict(grad_accum=0), "grad_accum"),
+    (dict(grad_checkpointing="maybe"), "grad_checkpointing"), (dict(epochs=0, max_steps=0), "epochs"),
+])
+def test_train_config_rejects_bad_values_naming_the_parameter(kwargs, param):
+    with pytest.raises(ConfigError, match=rf"^{param}="):
+        TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(rank=0), "rank"), (dict(rank=-4), "rank"), (dict(alpha=0), "alpha"),
+    (dict(dropout=1.0), "dropout"), (dict(targets=""), "targets"), (dict(variant="vera"), "variant"),
+])
+def test_lora_settings_rejects_bad_values(kwargs, param):
+    with pytest.raises(ConfigError, match=rf"^{param}="):
+        LoraSettings(**kwargs)
+
+
+def test_int8_dora_refused_before_training():
+    with pytest.raises(ConfigError, match="dora"):
+        TrainConfig(precision="int8", lora=LoraSettings(variant="dora"))
+
+
+def test_run_id_follows_the_schema():
+    precision, lora = paper_settings(4)
+    cfg = TrainConfig(tasks="fpb", precision=precision, lora=lora)
+    assert cfg.run_id() == "fpb_smollm2-135m_4bit_r4"
+    assert TrainConfig(tasks="fpb,fiqa", precision="bf16", lora=dict(rank=8, variant="rslora")).run_id() \
+        == "fpb+fiqa_smollm2-135m_16bit_r8_rslora"
+
+
+def test_paper_settings_match_finlora():
+    assert [(paper_settings(b)[0], paper_settings(b)[1].rank) for b in (16, 8, 4)] == \
+        [("bf16", 8), ("int8", 8), ("nf4", 4)]
+    with pytest.raises(ConfigError, match="^bits="):
+        paper_settings(2)
+
+
+def test_round_trip_through_dict_and_unknown_keys():
+    cfg = TrainConfig(tasks=("fpb",), lora=LoraSettings(rank=8))
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="^learning_rate: unknown"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+
+
+def test_eval_config_validation():
+    assert EvalConfig(tasks="fpb,tfns").tasks == ("fpb", "tfns")
+    with pytest.raises(ConfigError, match="^mode="):
+        EvalConfig(mode="parse")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load_and_are_flat(preset):
+    params = load_preset(preset, "00_data")
+    assert params["PRESET"] == preset and "MODEL" in params
+    assert all(isinstance(v, (str, int, float, bool)) for v in params.values()), params
+    with pytest.raises(ConfigError, match="^PRESET="):
+        load_preset("huge")

@@ -1,0 +1,69 @@
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from finlora_utils import models
+
+PROMPT = ("Instruction: What is the sentiment of this news? Please choose an answer from "
+          "{negative/neutral/positive}.\nInput: Operating profit rose to EUR 13.1 mn from EUR 8.7 mn .\nAnswer: ")
+
+
+@pytest.fixture(scope="module")
+def embedded_bf16():
+    return models.load_model("embedded", "bf16")
+
+
+def test_embedded_model_loads_offline_and_answers(embedded_bf16, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tok = embedded_bf16
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    x = tok(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**x, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    answer = tok.decode(out[0, x.input_ids.shape[1]:], skip_special_tokens=True)
+    assert answer.strip(), "the embedded model produced no text"
+    # A pretrained model, not a random one: the label words are far more likely than random tokens.
+    with torch.no_grad():
+        logp = torch.log_softmax(model(**x).logits[0, -1].float(), -1)
+    label_ids = [tok(w, add_special_tokens=False).input_ids[0] for w in ("positive", "negative", "neutral")]
+    assert logp[label_ids].max() > logp.median() + 5
+
+
+def test_cache_reload_is_plain_safetensors():
+    d = models.embedded_model_dir()
+    assert (d / "model.safetensors").exists()
+    assert not list(d.glob("*.bin")) and not list(d.glob("*.pt"))
+
+
+@pytest.mark.parametrize("precision, layer", [("nf4", bnb.nn.Linear4bit), ("fp4", bnb.nn.Linear4bit),
+                                              ("int8", bnb.nn.Linear8bitLt)])
+def test_quantized_precisions_use_bitsandbytes_layers(precision, layer):
+    model, _ = models.load_model("tiny-random-llama", precision)
+    qlayers = [m for m in model.modules() if isinstance(m, layer)]
+    assert len(qlayers) == 2 * 7  # q,k,v,o,gate,up,down per layer; lm_head stays unquantized
+    if layer is bnb.nn.Linear4bit:
+        # the workaround for the silent wrong-gradient bug is applied to every 4-bit layer
+        assert all(m.support_avx512bf16_for_cpu is False for m in qlayers)
+        assert qlayers[0].weight.quant_state.quant_type == precision
+
+
+def test_double_quant_flag_reaches_bitsandbytes():
+    model, _ = models.load_model("tiny-random-llama", "nf4", double_quant=True)
+    q = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert q.weight.quant_state.nested
+
+
+def test_tiny_model_dims_are_multiples_of_32():
+    model, _ = models.load_model("tiny-random-llama", "fp32")
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            assert m.in_features % 32 == 0 and m.out_features % 32 == 0, name
+
+
+def test_bad_precision_and_unreachable_hub_id(monkeypatch):
+    with pytest.raises(ValueError, match="^precision='int2'"):
+        models.load_model("tiny-random-llama", "int2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.ModelLoadError, match="model='no-such-org/no-such-model'.*embedded"):
+        models.load_model("no-such-org/no-such-model", "bf16")
