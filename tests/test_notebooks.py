@@ -1,0 +1,63 @@
+"""Every notebook runs end to end under papermill with the smoke preset, and leaves its outputs."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from finlora_utils import study
+
+NOTEBOOK_FILES = sorted(Path(study.notebooks_dir()).glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_committed_notebook_is_thin_and_clean(path):
+    nb = nbformat.read(str(path), as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    assert nb.cells[0].cell_type == "markdown", "first cell says what question the notebook answers"
+    for c in nb.cells:
+        if c.cell_type == "code":
+            assert not c.outputs, f"{path.name}: committed with outputs"
+            assert c.execution_count is None
+    params = tagged[0].source.splitlines()
+    for name in ("PRESET", "SEED", "OUTPUT_DIR", "INTERACTIVE"):
+        assert any(line.startswith(f"{name} =") for line in params), f"{path.name}: parameter {name} missing"
+    for line in params:
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert "#" in line, f"{path.name}: parameter without a comment: {line!r}"
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    index = study.run_study("smoke", out, timeout=600)
+    return out, index
+
+
+def test_study_runs_every_notebook_with_the_smoke_preset(smoke_study):
+    out, index = smoke_study
+    names = study.available_notebooks()
+    assert names and names[0] == "00_data"
+    for name in names:
+        executed = out / "executed" / f"{name}.ipynb"
+        assert executed.stat().st_size > 0
+        nb = nbformat.read(str(executed), as_version=4)
+        assert nb.metadata["papermill"]["parameters"]["PRESET"] == "smoke"
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors
+        assert (out / "html" / f"{name}.html").stat().st_size > 1000
+    text = index.read_text()
+    assert all(f"html/{n}.html" in text for n in names)
+
+
+def test_every_figure_has_its_numbers_beside_it(smoke_study):
+    out, _ = smoke_study
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert pngs, "the study produced no figures"
+    for png in pngs:
+        csv = png.with_suffix(".csv")
+        assert png.stat().st_size > 1000, png.name
+        assert csv.exists() and len(csv.read_text().splitlines()) >= 2, f"{csv.name} missing or empty"
+    for res in (out / "results").glob("*.json"):
+        json.loads(res.read_text())  # every results file is complete JSON
