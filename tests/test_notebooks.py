@@ -26,6 +26,8 @@ def test_committed_notebook_is_thin_and_clean(path):
     for line in params:
         if line.strip() and not line.lstrip().startswith("#"):
             assert "#" in line, f"{path.name}: parameter without a comment: {line!r}"
+            # papermill cannot parse a parameter whose comment holds '=' and silently drops it
+            assert "=" not in line.split("#", 1)[1], f"{path.name}: '=' in a parameter comment: {line!r}"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,21 @@
+"""Task registry and data layer: every FinLoRA task as a ``datasets.Dataset`` with context, target, task, source.
+
+    from finlora_utils import data
+    data.task_names()                       # ['fpb', 'fiqa', 'tfns', 'nwgi', 'headline', 'ner', ...]
+    ds = data.load_task("fpb", "train", max_samples=200, seed=0)
+    data.data_source("fpb")                 # "real" | "sample"
+
+Files resolve from FINLORA_DATA_DIR, then data/cache/, then a sha256-verified download, then (sentiment tasks
+only) a generated synthetic sample set. See data/README.md for sources, splits and how they were checked.
+CLI: ``python -m finlora_utils.data {validate FILE [--task T] | fetch [TASK...] | sample | tasks}``.
+"""
+from .loader import NoSplitError, data_source, files_for, load_task, load_tasks, source_of
+from .sources import ChecksumError, DataError, DataUnavailableError, DownloadError
+from .tasks import (KINDS, METRICS, NWGI_LABELS, SENTIMENT_TASKS, TASKS, Task, format_prompt, get_task,
+                    normalize_label, nwgi_to_3class, split_prompt, task_names)
+
+__all__ = [
+    "TASKS", "Task", "KINDS", "METRICS", "NWGI_LABELS", "SENTIMENT_TASKS", "task_names", "get_task", "load_task",
+    "load_tasks", "data_source", "source_of", "files_for", "format_prompt", "split_prompt", "normalize_label",
+    "nwgi_to_3class", "DataError", "DataUnavailableError", "DownloadError", "ChecksumError", "NoSplitError",
+]

@@ -1,0 +1,195 @@
+"""Check a user's JSONL file in FinLoRA format: ``python -m finlora_utils.data validate FILE [--task TASK]``.
+
+Problems are printed as ``FILE:LINE: message`` (compiler style, one per line) on stderr; exit status 1 if
+any error, 2 if the file cannot be read or the arguments are wrong, 0 otherwise with a summary on stdout.
+
+Errors: not UTF-8, a UTF-8 byte-order mark, malformed JSON, a line that is not a JSON object, missing or
+non-string or empty ``context``/``target``, a target outside the task's label set (with ``--task``),
+an empty file. Warnings (errors with ``--strict``): a context not ending in ``"Answer: "`` (only checked
+when the task - given or assumed - uses the Instruction/Input/Answer layout; FinLoRA's XBRL, formula and
+financebench prompts end in ``"Answer:"``), blank lines, and duplicated contexts.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .tasks import PROMPT_ANSWER, get_task, normalize_label
+
+MAX_SHOWN = 50
+
+
+@dataclass
+class Report:
+    path: str
+    rows: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    warnings: list[tuple[int, str]] = field(default_factory=list)
+    contexts: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def messages(self) -> list[str]:
+        items = sorted([(ln, f"{msg}") for ln, msg in self.errors] +
+                       [(ln, f"warning: {msg}") for ln, msg in self.warnings])
+        return [f"{self.path}:{ln}: {msg}" for ln, msg in items]
+
+
+def _typename(v) -> str:
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+            type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def check_file(path: str | Path, task: str | None = None, strict: bool = False) -> Report:
+    """Validate ``path``; raises OSError if it cannot be read (the CLI reports that)."""
+    t = get_task(task) if task else None
+    rep = Report(str(path))
+    raw = Path(path).read_bytes()
+    if not raw.strip():
+        rep.errors.append((1, "file is empty (expected one JSON object per line)"))
+        return rep
+    check_answer = t is None or t.prompt_format == "instruction"
+    warn = rep.errors if strict else rep.warnings
+    seen: dict[str, int] = {}
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # final newline
+    for ln, bline in enumerate(lines, 1):
+        bline = bline.rstrip(b"\r")
+        if ln == 1 and bline.startswith(b"\xef\xbb\xbf"):
+            rep.errors.append((ln, "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM"))
+            bline = bline[3:]
+        try:
+            line = bline.decode("utf-8")
+        except UnicodeDecodeError as e:
+            rep.errors.append((ln, f"not valid UTF-8 (byte 0x{bline[e.start]:02x} at column {e.start + 1}); "
+                                   "save the file as UTF-8"))
+            continue
+        if not line.strip():
+            warn.append((ln, "blank line"))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            rep.errors.append((ln, f"malformed JSON: {e.msg} (column {e.colno})"))
+            continue
+        if not isinstance(obj, dict):
+            rep.errors.append((ln, f"line is a JSON {_typename(obj)}, expected an object with "
+                                   "\"context\" and \"target\""))
+            continue
+        rep.rows += 1
+        bad = False
+        for key in ("context", "target"):
+            if key not in obj:
+                rep.errors.append((ln, f"missing \"{key}\""))
+                bad = True
+            elif not isinstance(obj[key], str):
+                rep.errors.append((ln, f"\"{key}\" must be a string, got {_typename(obj[key])}"))
+                bad = True
+            elif not obj[key].strip():
+                rep.errors.append((ln, f"\"{key}\" is empty"))
+                bad = True
+        for key, v in obj.items():
+            if key not in ("context", "target") and not isinstance(v, (str, list)):
+                warn.append((ln, f"extra field \"{key}\" is a {_typename(v)}"))
+        if bad:
+            continue
+        ctx, tgt = obj["context"], obj["target"]
+        if check_answer and not ctx.endswith(PROMPT_ANSWER):
+            warn.append((ln, "context does not end with \"\\nAnswer: \" (FinLoRA's prompt ends "
+                             f"\"...\\nAnswer: \"); it ends {ctx[-12:]!r}"))
+        if t is not None and t.labels is not None and tgt not in t.labels:
+            near = normalize_label(t.name, tgt)
+            hint = f"; did you mean {near!r}?" if near else ""
+            rep.errors.append((ln, f"target {tgt!r} is not a label of task {t.name} "
+                                   f"({', '.join(t.labels)}){hint}"))
+        if ctx in seen:
+            warn.append((ln, f"duplicate context (first on line {seen[ctx]})"))
+        else:
+            seen[ctx] = ln
+        rep.contexts.append(ctx)
+        rep.targets.append(tgt)
+    if rep.rows == 0 and not rep.errors:
+        rep.errors.append((1, "no JSON objects in the file"))
+    return rep
+
+
+@lru_cache(maxsize=1)
+def _tokenizer():
+    from ..models import load_tokenizer
+
+    return load_tokenizer("embedded")
+
+
+def token_lengths(texts: list[str], use_tokenizer: bool = True) -> tuple[list[int], str]:
+    """Token counts with the embedded SmolLM2 tokenizer, else whitespace word counts; (counts, unit)."""
+    if use_tokenizer and texts:
+        try:
+            tok = _tokenizer()
+            return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]], "tokens (embedded)"
+        except Exception as e:  # noqa: BLE001 - any failure falls back, and says so
+            print(f"note: embedded tokenizer unavailable ({type(e).__name__}: {str(e)[:120]}); "
+                  "counting whitespace-separated words", file=sys.stderr)
+    return [len(t.split()) for t in texts], "words (whitespace)"
+
+
+def percentiles(values: list[int], ps=(50, 90, 95, 99, 100)) -> dict[int, int]:
+    if not values:
+        return {p: 0 for p in ps}
+    s = sorted(values)
+    return {p: s[min(len(s) - 1, max(0, -(-p * len(s) // 100) - 1))] for p in ps}  # nearest-rank
+
+
+def summary(rep: Report, task: str | None = None, use_tokenizer: bool = True) -> str:
+    t = get_task(task) if task else None
+    lines = [f"{rep.path}: OK, {rep.rows} rows" + (f" for task {t.name}" if t else "")
+             + (f", {len(rep.warnings)} warnings" if rep.warnings else "")]
+    counts = Counter(rep.targets)
+    if (t is not None and t.labels is not None) or (t is None and len(counts) <= 20):
+        order = list(t.labels) if t is not None and t.labels else sorted(counts)
+        lines.append("labels: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in order))
+    else:
+        lines.append(f"targets: {len(counts)} distinct")
+    pairs = [c + x for c, x in zip(rep.contexts, rep.targets)]
+    for name, texts in (("context", rep.contexts), ("target", rep.targets), ("context+target", pairs)):
+        n, unit = token_lengths(texts, use_tokenizer)
+        pc = percentiles(n)
+        lines.append(f"{name} length in {unit}: p50 {pc[50]}, p90 {pc[90]}, p95 {pc[95]}, p99 {pc[99]}, "
+                     f"max {pc[100]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from .tasks import TASKS
+
+    ap = argparse.ArgumentParser(prog="python -m finlora_utils.data validate",
+                                 description="Check a JSONL file of {\"context\", \"target\"} rows in FinLoRA format.")
+    ap.add_argument("file")
+    ap.add_argument("--task", choices=list(TASKS), help="also check targets against this task's label set")
+    ap.add_argument("--no-tokens", action="store_true", help="count whitespace words, not tokenizer tokens")
+    ap.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    args = ap.parse_args(argv)
+    try:
+        rep = check_file(args.file, args.task, args.strict)
+    except OSError as e:
+        print(f"{args.file}: cannot read file ({e.strerror or e})", file=sys.stderr)
+        return 2
+    msgs = rep.messages()
+    for m in msgs[:MAX_SHOWN]:
+        print(m, file=sys.stderr)
+    if len(msgs) > MAX_SHOWN:
+        print(f"{args.file}: ... and {len(msgs) - MAX_SHOWN} more", file=sys.stderr)
+    if not rep.ok:
+        print(f"{args.file}: {len(rep.errors)} error(s), {len(rep.warnings)} warning(s)", file=sys.stderr)
+        return 1
+    print(summary(rep, args.task, not args.no_tokens))
+    return 0

@@ -1,0 +1,143 @@
+"""``python -m finlora_utils.data validate FILE [--task TASK]``."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from finlora_utils.data import format_prompt
+from finlora_utils.data.__main__ import main as cli
+from finlora_utils.data.validate import percentiles
+
+INSTR = "What is the sentiment of this news? Please choose an answer from {negative/neutral/positive}."
+
+
+def row(text="Profit rose .", target="positive", **extra):
+    return json.dumps({"context": format_prompt(INSTR, text), "target": target, **extra}, ensure_ascii=False)
+
+
+GOOD = [row("Profit rose 5 % .", "positive"), row("Sales fell .", "negative"), row("AGM on May 2 .", "neutral"),
+        row("Margins improved .", "positive")]
+
+
+def write(tmp_path, content, name="f.jsonl"):
+    p = tmp_path / name
+    p.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return p
+
+
+def run(capsys, *args):
+    rc = cli(["validate", *map(str, args)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_good_file_summary(tmp_path, capsys):
+    p = write(tmp_path, "\n".join(GOOD) + "\n")
+    rc, out, err = run(capsys, p, "--task", "fpb", "--no-tokens")
+    assert rc == 0 and err == ""
+    assert f"{p}: OK, 4 rows for task fpb" in out
+    assert "labels: negative 1, neutral 1, positive 2" in out
+    assert "context length in words (whitespace): p50 " in out and "max " in out
+
+
+def test_good_file_with_embedded_tokenizer(tmp_path, capsys):
+    p = write(tmp_path, "\n".join(GOOD) + "\n")
+    rc, out, err = run(capsys, p)
+    assert rc == 0
+    # embedded tokenizer when it loads; otherwise a note and whitespace counts (graceful fallback)
+    assert "context length in tokens (embedded)" in out or ("word" in out and "tokenizer unavailable" in err)
+
+
+@pytest.mark.parametrize("content, args, line, message", [
+    (GOOD[0] + "\n{\"context\": \"x\", \"target\": \n", [], 2, "malformed JSON: Expecting value (column 28)"),
+    (json.dumps({"target": "positive"}) + "\n", [], 1, 'missing "context"'),
+    (GOOD[0] + "\n" + row(target="  ") + "\n", [], 2, '"target" is empty'),
+    (row(target="bullish") + "\n", ["--task", "fpb"], 1,
+     "target 'bullish' is not a label of task fpb (negative, neutral, positive)"),
+    (row(target="Positive") + "\n", ["--task", "fpb"], 1,
+     "target 'Positive' is not a label of task fpb (negative, neutral, positive); did you mean 'positive'?"),
+    (GOOD[0].encode() + b"\n" + row("Caf\u00e9").encode("latin-1") + b"\n", [], 2,
+     "not valid UTF-8 (byte 0xe9 at column 132); save the file as UTF-8"),
+    ("", [], 1, "file is empty (expected one JSON object per line)"),
+    ("\n\n", [], 1, "file is empty (expected one JSON object per line)"),
+    ('["context", "target"]\n', [], 1, 'line is a JSON array, expected an object with "context" and "target"'),
+    ("42\n", [], 1, 'line is a JSON number, expected an object with "context" and "target"'),
+    (json.dumps({"context": format_prompt(INSTR, "x"), "target": 1}) + "\n", [], 1,
+     '"target" must be a string, got number'),
+    (json.dumps({"context": ["a"], "target": "positive"}) + "\n", [], 1, '"context" must be a string, got array'),
+    (b"\xef\xbb\xbf" + GOOD[0].encode() + b"\n", [], 1,
+     "file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM"),
+    (GOOD[0] + "\n" + json.dumps({"context": "Instruction: x\nInput: y\nAnswer:", "target": "positive"}) + "\n",
+     ["--strict"], 2, "context does not end with \"\\nAnswer: \" (FinLoRA's prompt ends \"...\\nAnswer: \"); "
+                      "it ends 't: y\\nAnswer:'"),
+])
+def test_bad_input_exact_message(tmp_path, capsys, content, args, line, message):
+    p = write(tmp_path, content)
+    rc, out, err = run(capsys, p, "--no-tokens", *args)
+    assert rc == 1, err
+    assert f"{p}:{line}: {message}\n" in err
+    assert out == ""
+
+
+def test_answer_suffix_is_a_warning_by_default_and_skipped_for_native_tasks(tmp_path, capsys):
+    p = write(tmp_path, json.dumps({"context": "Explain this XBRL term briefly in one sentence: Assets. Answer:",
+                                    "target": "Total assets."}) + "\n")
+    rc, out, err = run(capsys, p, "--no-tokens")
+    assert rc == 0 and f"{p}:1: warning: context does not end with" in err
+    rc, out, err = run(capsys, p, "--no-tokens", "--task", "xbrl_term")
+    assert rc == 0 and err == "" and "targets: 1 distinct" in out
+
+
+def test_duplicate_context_warns(tmp_path, capsys):
+    p = write(tmp_path, GOOD[0] + "\n" + GOOD[0] + "\n")
+    rc, out, err = run(capsys, p, "--no-tokens")
+    assert rc == 0 and f"{p}:2: warning: duplicate context (first on line 1)" in err
+
+
+def test_missing_file_and_unknown_task_no_traceback(tmp_path, capsys):
+    p = tmp_path / "absent.jsonl"
+    rc, out, err = run(capsys, p)
+    assert rc == 2 and err == f"{p}: cannot read file (No such file or directory)\n"
+    rc, out, err = run(capsys, tmp_path)  # a directory
+    assert rc == 2 and f"{tmp_path}: cannot read file" in err
+    with pytest.raises(SystemExit) as e:
+        cli(["validate", str(p), "--task", "nope"])
+    assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_many_errors_are_all_reported_with_line_numbers(tmp_path, capsys):
+    p = write(tmp_path, "\n".join([GOOD[0], "{", "[]", GOOD[1], json.dumps({"context": "", "target": "x"})]) + "\n")
+    rc, out, err = run(capsys, p, "--no-tokens")
+    lines = err.splitlines()
+    assert rc == 1 and [ln.split(":")[1] for ln in lines[:3]] == ["2", "3", "5"]
+    assert lines[-1] == f"{p}: 3 error(s), 0 warning(s)"
+
+
+def test_percentiles_nearest_rank():
+    assert percentiles(list(range(1, 101))) == {50: 50, 90: 90, 95: 95, 99: 99, 100: 100}
+    assert percentiles([7]) == {50: 7, 90: 7, 95: 7, 99: 7, 100: 7}
+    assert percentiles([]) == {50: 0, 90: 0, 95: 0, 99: 0, 100: 0}
+
+
+def test_module_entry_point(tmp_path):
+    bad = write(tmp_path, "not json\n")
+    r = subprocess.run([sys.executable, "-m", "finlora_utils.data", "validate", str(bad), "--no-tokens"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith(f"{bad}:1: malformed JSON: Expecting value (column 1)")
+    assert "Traceback" not in r.stderr
+
+
+def test_tokenizer_failure_falls_back_to_words(tmp_path, capsys, monkeypatch):
+    from finlora_utils.data import validate
+
+    def broken():
+        raise OSError("no model files")
+
+    monkeypatch.setattr(validate, "_tokenizer", broken)
+    p = write(tmp_path, "\n".join(GOOD) + "\n")
+    rc, out, err = run(capsys, p)
+    assert rc == 0 and "context length in words (whitespace)" in out
+    assert "embedded tokenizer unavailable (OSError: no model files)" in err
