@@ -12,7 +12,7 @@ ifeq ($(origin FINLORA_DATA_DIR), undefined)
 endif
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv study test lab bench clean-reports
+.PHONY: venv study test lab bench sweep clean-reports
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -41,3 +41,7 @@ bench: venv
 
 clean-reports:
 	rm -rf reports/executed reports/html reports/figures reports/results reports/runs reports/index.html
+
+GRID ?= grids/fpb-ablation.yaml
+sweep: venv
+	$(BIN)/python -m finlora_utils.sweep $(GRID)

@@ -56,6 +56,15 @@ def _shipped_key(name: str) -> str | None:
     return key if (CONFIG_DIR / f"{key}.json").exists() else None
 
 
+def hub_id(name: str) -> str | None:
+    """Hub id of a shipped config name ('llama-3.1-8b' -> 'meta-llama/Llama-3.1-8B-Instruct'), else None;
+    lets models.load_model accept the same short names as the planner."""
+    if not isinstance(name, str) or "/" in name or name in ("embedded", "tiny-random-llama"):
+        return None   # already a hub id / path, or one of the kit's own models
+    key = _shipped_key(name)
+    return json.loads((CONFIG_DIR / f"{key}.json").read_text()).get("_name_or_path") if key else None
+
+
 def model_config(model: Any) -> dict:
     """Config dict for a shipped name / hub id, a local dir or config.json, a transformers config or model."""
     if isinstance(model, dict):

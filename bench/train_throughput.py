@@ -1,0 +1,214 @@
+"""FinLoRA's 2024 training recipe vs. finlora_utils.train, same model, data, LoRA and optimizer steps.
+
+    .venv/bin/python bench/train_throughput.py                  # embedded SmolLM2, FPB, 4-bit r4 (~6 min, 2 cores)
+    .venv/bin/python bench/train_throughput.py --model tiny-random-llama --steps 4   # seconds
+
+(a) finlora: what FinLoRA's lora/train_lora.py does - prompt + target + eos tokenized, its collator
+    (length-sorted batch, right padding with pad = eos, no attention mask, prompt labels -100 except
+    the last prompt token: its off-by-one), prepare_model_for_kbit_training (unquantized weights
+    upcast to fp32, gradient checkpointing on), full-vocabulary logits, transformers Trainer with
+    fp16 on CUDA / fp32 on CPU, random sampler.
+(b) ours: finlora_utils.train at its best settings for the hardware (bf16 autocast where native,
+    label-only logits, no checkpointing when memory allows, length-grouped batches).
+Both: nf4 + double quant (FinLoRA's BitsAndBytesConfig), LoRA r4 alpha 32 dropout 0.1 on q/k/v
+(FinLoRA 2024), AdamW lr 1e-4, weight decay 0.005, warmup 0.05, clip 1.0, the same examples, each
+seen once. Each recipe runs in its own subprocess (started with MALLOC_MMAP_THRESHOLD_ so the CPU
+peak, VmHWM, is a true peak), back to back. Afterwards both adapters are scored with the same
+function on held-out test examples: the mean loss on target tokens must agree within noise.
+Last line: `train speedup vs finlora recipe: X.XXx` (target tokens per second).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+LORA = dict(rank=4, alpha=32.0, dropout=0.1, targets=("q_proj", "k_proj", "v_proj"))   # FinLoRA 2024
+OPT = dict(lr=1e-4, weight_decay=0.005, warmup_ratio=0.05)
+
+
+def _config(a, out: Path):
+    from finlora_utils.config import LoraSettings, TrainConfig
+
+    return TrainConfig(model=a.model, tasks=(a.task,), precision="nf4", double_quant=True,
+                       lora=LoraSettings(**LORA), batch_size=a.batch, max_steps=a.steps,
+                       max_train_samples=a.steps * a.batch, max_seq_len=a.max_seq_len, seed=a.seed,
+                       log_every=max(1, a.steps // 4), output_dir=str(out / "runs"), **OPT)
+
+
+def _examples(cfg):
+    from finlora_utils import data
+
+    return data.load_tasks(list(cfg.tasks), "train", None, cfg.max_train_samples, cfg.seed)
+
+
+# ---------------------------------------------------------------- (a) FinLoRA's recipe
+
+def run_finlora(cfg, out: Path) -> dict:
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import Trainer, TrainingArguments
+
+    from finlora_utils import memory
+    from finlora_utils.lora import build_lora_config
+    from finlora_utils.models import load_model
+
+    torch.manual_seed(cfg.seed)
+    model, tok = load_model(cfg.model, "nf4", double_quant=True)
+    tok.pad_token = tok.eos_token
+    model = prepare_model_for_kbit_training(model)            # fp32 upcast + gradient checkpointing
+    model = get_peft_model(model, build_lora_config(cfg.lora, model))
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+    model.config.use_cache = False
+    ds = _examples(cfg)
+
+    def preprocess(ex):   # train_lora.py's get_data.preprocess
+        prompt_ids = tok.encode(ex["context"])
+        target_ids = tok.encode(ex["target"], add_special_tokens=False)
+        return {"input_ids": prompt_ids + target_ids + [tok.eos_token_id], "seq_len": len(prompt_ids)}
+
+    feats = [preprocess(ex) for ex in ds]
+
+    def data_collator(features):   # train_lora.py's data_collator, verbatim in behaviour
+        longest = max(len(f["input_ids"]) for f in features)
+        ids, labels = [], []
+        for f in sorted(features, key=lambda f: -len(f["input_ids"])):
+            n, s = len(f["input_ids"]), f["seq_len"]
+            labels.append(torch.LongTensor([-100] * (s - 1) + f["input_ids"][s - 1:] + [-100] * (longest - n)))
+            ids.append(torch.LongTensor(f["input_ids"] + [tok.pad_token_id] * (longest - n)))
+        return {"input_ids": torch.stack(ids), "labels": torch.stack(labels)}
+
+    class ModifiedTrainer(Trainer):
+        def compute_loss(self, model, inputs, num_items_in_batch=None, return_outputs=False):
+            return model(input_ids=inputs["input_ids"], labels=inputs["labels"]).loss
+
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(out / "finlora_trainer"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=1, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps), max_grad_norm=1.0, fp16=cuda, use_cpu=not cuda,
+        logging_steps=1, save_strategy="no", report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
+        seed=cfg.seed, disable_tqdm=True)
+    trainer = ModifiedTrainer(model=model, args=args, train_dataset=feats, data_collator=data_collator)
+    t0 = time.time()
+    _, peak, method = memory.measure_peak(trainer.train)
+    wall = time.time() - t0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    adapter = out / "finlora_adapter"
+    model.save_pretrained(adapter)
+    n_target = sum(len(f["input_ids"]) - f["seq_len"] for f in feats)
+    n_tokens = sum(len(f["input_ids"]) for f in feats)
+    return dict(recipe="finlora", wall_s=wall, steps=cfg.max_steps, examples=len(feats), target_tokens=n_target,
+                nonpad_tokens=n_tokens, peak_mem_bytes=peak, peak_mem_method=method,
+                final_train_loss=losses[-1], adapter=str(adapter))
+
+
+# ---------------------------------------------------------------- (b) ours
+
+def run_ours(cfg, out: Path) -> dict:
+    from finlora_utils import train
+
+    res = train.train(cfg, results_dir=out / "results", force=True)
+    ti = res["train_info"]
+    return dict(recipe="ours", wall_s=ti["wall_s"], steps=ti["steps"], examples=ti["examples"],
+                target_tokens=ti["target_tokens"], nonpad_tokens=ti["nonpad_tokens"],
+                peak_mem_bytes=ti["peak_mem_bytes"], peak_mem_method=ti["peak_mem_method"],
+                final_train_loss=ti["loss_curve"][-1][1], adapter=ti["adapter_path"],
+                amp=ti["amp_dtype"], grad_checkpointing=ti["grad_checkpointing"])
+
+
+# ---------------------------------------------------------------- held-out target loss
+
+def heldout_loss(cfg, adapters: dict, n: int) -> dict:
+    """Mean loss on target + eos tokens of n test examples, same function and precision for every adapter."""
+    import torch
+    from peft import PeftModel
+
+    from finlora_utils import data, train
+    from finlora_utils.models import load_model
+    from finlora_utils.tokenization import collate, encode
+
+    base, tok = load_model(cfg.model, "nf4", double_quant=True)
+    rows = data.load_task(cfg.tasks[0], "test", max_samples=n, seed=cfg.seed)
+    exs = [encode(tok, r["context"], r["target"], cfg.max_seq_len) for r in rows]
+    out = {}
+    for name, path in [("base", None)] + list(adapters.items()):
+        model = PeftModel.from_pretrained(base, path) if path else base
+        model.eval()
+        tot, cnt = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(exs), 16):
+                s, c = train.loss_fn(model, collate(exs[i:i + 16], tok.pad_token_id))
+                tot, cnt = tot + float(s), cnt + c
+        out[name] = tot / cnt
+        if path:
+            base = model.unload()   # drop the adapter, keep the base for the next one
+    return out
+
+
+# ---------------------------------------------------------------- driver
+
+def _child(a) -> int:
+    out = Path(a.out)
+    cfg = _config(a, out)
+    fn = run_finlora if a.recipe == "finlora" else run_ours
+    (out / f"{a.recipe}.json").write_text(json.dumps(fn(cfg, out)))
+    return 0
+
+
+def _spawn(recipe: str, a, out: Path, extra: list[str]) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    cmd = [sys.executable, __file__, "--recipe", recipe, "--out", str(out)] + extra
+    subprocess.run(cmd, check=True, env=env)
+    return json.loads((out / f"{recipe}.json").read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--task", default="fpb")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max-seq-len", type=int, default=512)
+    p.add_argument("--heldout", type=int, default=64, help="test examples for the held-out target loss")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", choices=("finlora", "ours"), help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.recipe:
+        return _child(a)
+    extra = ["--model", a.model, "--task", a.task, "--steps", str(a.steps), "--batch", str(a.batch),
+             "--max-seq-len", str(a.max_seq_len), "--seed", str(a.seed)]
+    with tempfile.TemporaryDirectory(prefix="finlora-bench-") as tmp:
+        out = Path(tmp)
+        rows = [_spawn(r, a, out, extra) for r in ("finlora", "ours")]
+        losses = heldout_loss(_config(a, out), {r["recipe"]: r["adapter"] for r in rows}, a.heldout)
+    print(f"\n{a.model} on {a.task}, nf4 r4, {a.steps} steps x batch {a.batch} "
+          f"(held-out target loss of the base model: {losses['base']:.4f})")
+    print(f"{'recipe':<8} {'wall s':>8} {'s/step':>7} {'target tok/s':>13} {'tok/s':>8} {'peak GiB':>9} "
+          f"{'train loss':>11} {'held-out loss':>14}")
+    for r in rows:
+        print(f"{r['recipe']:<8} {r['wall_s']:>8.1f} {r['wall_s'] / r['steps']:>7.2f} "
+              f"{r['target_tokens'] / r['wall_s']:>13.1f} {r['nonpad_tokens'] / r['wall_s']:>8.0f} "
+              f"{r['peak_mem_bytes'] / 2**30:>9.2f} {r['final_train_loss']:>11.4f} {losses[r['recipe']]:>14.4f}")
+    fin, ours = rows
+    assert fin["examples"] == ours["examples"] and fin["target_tokens"] == ours["target_tokens"], (fin, ours)
+    speedup = (ours["target_tokens"] / ours["wall_s"]) / (fin["target_tokens"] / fin["wall_s"])
+    print(f"peak memory method: {ours['peak_mem_method']}; ours: amp {ours['amp']}, grad checkpointing "
+          f"{ours['grad_checkpointing']}; same {ours['examples']} examples, {ours['target_tokens']} target tokens")
+    print(f"held-out target loss difference (ours - finlora): {losses['ours'] - losses['finlora']:+.4f}")
+    print(f"train speedup vs finlora recipe: {speedup:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

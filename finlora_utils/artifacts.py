@@ -1,0 +1,181 @@
+"""What a training run leaves on disk: checkpoints to resume from, the adapter with its model card,
+and the check that a run already finished.
+
+Checkpoints: adapter, optimizer and RNG as safetensors; scheduler, progress and data order as JSON.
+Each is written to a temporary folder, renamed into place, and only then does the `latest` pointer
+move (atomically): a run killed at any moment, SIGKILL included, resumes from the previous complete
+checkpoint and loses at most the steps since. Nothing here unpickles: torch.load is never used.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import results
+from .config import ConfigError, TrainConfig
+
+CKPT_DIR = "checkpoints"
+# Config fields that change nothing in the trained adapter: a resume or a finished run may differ in them.
+COSMETIC = ("save_every", "log_every", "output_dir", "nproc", "parallel")
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict, dict]:
+    """Optimizer state_dict -> (tensors for safetensors, everything else for JSON)."""
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"scalars": scalars, "param_groups": sd["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_tensors() -> dict:
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return out
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, state: dict) -> Path:
+    """Save <run_dir>/checkpoints/step-N (model: the peft model; state: JSON-able progress, must hold 'step');
+    older checkpoints are removed once the new one is complete."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    root = Path(run_dir) / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state['step']:06d}"
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()},
+              tmp / "adapter.safetensors")
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    save_file(_rng_tensors(), tmp / "rng.safetensors")
+    results.write_json(tmp / "state.json", dict(state, optimizer=opt_meta, scheduler=scheduler.state_dict(),
+                                                scaler=scaler.state_dict() if scaler is not None else None))
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    results.atomic_write_text(root / "latest", name)
+    for old in root.glob("step-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler) -> dict | None:
+    """Restore the latest checkpoint into model/optimizer/scheduler/scaler and the RNG; returns its state
+    (step, plan, counters) or None when there is none."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    root = Path(run_dir) / CKPT_DIR
+    if not (root / "latest").exists():
+        return None
+    d = root / (root / "latest").read_text().strip()
+    state = json.loads((d / "state.json").read_text())
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    res = set_peft_model_state_dict(model, load_file(d / "adapter.safetensors", device=str(device)))
+    if getattr(res, "unexpected_keys", None):
+        raise RuntimeError(f"{d}: checkpoint does not match the adapter (unexpected {res.unexpected_keys[:3]})")
+    optimizer.load_state_dict(_unflatten_optimizer(load_file(d / "optimizer.safetensors", device=str(device)),
+                                                   state.pop("optimizer")))
+    scheduler.load_state_dict(state.pop("scheduler"))
+    scaler_state = state.pop("scaler")
+    if scaler is not None and scaler_state:
+        scaler.load_state_dict(scaler_state)
+    rng = load_file(d / "rng.safetensors")
+    torch.set_rng_state(rng["cpu"])
+    cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    return state
+
+
+# ---------------------------------------------------------------- finished runs, adapter, model card
+
+def differences(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if k not in COSMETIC and a.get(k) != b.get(k))
+
+
+def as_stored(config: TrainConfig) -> dict:
+    return json.loads(json.dumps(config.to_dict(), default=list))
+
+
+def finished_result(config: TrainConfig, results_path: Path, run_dir: Path) -> dict | None:
+    """The results of an earlier finished run of this config, or None. A finished run with a different
+    (non-cosmetic) config under the same run id is an error: overwrite it with force=True."""
+    if not results_path.exists() or not (run_dir / "adapter" / "adapter_config.json").exists():
+        return None
+    res = results.read_result(results_path)
+    if not res.get("train_info"):
+        return None
+    diff = differences(res["run_info"]["config"], as_stored(config))
+    if diff:
+        raise ConfigError(f"{diff[0]}={getattr(config, diff[0], None)!r}: {results_path} holds a finished run "
+                          f"of {config.run_id()} with {diff[0]}={res['run_info']['config'].get(diff[0])!r}; "
+                          "expected force=True to retrain, or a variant_tag for a new run id")
+    return res
+
+
+def save_adapter(peft_model, adapter_dir: Path, card: str) -> int:
+    """save_pretrained (plain peft can load it) + our model card, written beside and renamed into place."""
+    adapter_dir = Path(adapter_dir)
+    tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    os.replace(tmp, adapter_dir)
+    return sum(f.stat().st_size for f in adapter_dir.iterdir() if f.suffix == ".safetensors")
+
+
+def model_card(config: TrainConfig, info: dict, base_id: str) -> str:
+    lo = config.lora
+    curve = info["loss_curve"]
+    first, last = (curve[0][1], curve[-1][1]) if curve else (float("nan"), float("nan"))
+    return f"""---
+library_name: peft
+base_model: {base_id}
+tags: [lora, finlora, finance, {config.precision}]
+---
+# {config.run_id()}
+
+LoRA adapter trained with the FinLoRA study kit (`finlora_utils.train`) on {", ".join(config.tasks)}.
+
+| setting | value |
+|---|---|
+| base model | `{base_id}` loaded at `{config.precision}`{" (double quant)" if config.double_quant else ""} |
+| LoRA | rank {lo.rank}, alpha {lo.alpha:g}, dropout {lo.dropout:g}, {lo.variant}, targets {", ".join(lo.targets)} |
+| optimisation | {config.optimizer}, lr {config.lr:g}, batch {config.batch_size} x accumulation {config.grad_accum}, warmup {config.warmup_ratio:g}, {info["steps"]} steps |
+| data | {info["examples"]} examples seen, {info["target_tokens"]} target tokens, max_seq_len {config.max_seq_len} ({config.truncation}), truncated {info["truncated"]} |
+| loss on target tokens | {first:.4f} (step 1) -> {last:.4f} (step {info["steps"]}) |
+| time / memory | {info["wall_s"]:.1f} s, peak {info["peak_mem_bytes"] / 2**30:.2f} GiB ({info["peak_mem_method"]}) |
+
+Prompt format (FinLoRA): `Instruction: ...\\nInput: ...\\nAnswer: ` followed by the answer; the loss covers
+the answer tokens and eos only. Evaluation results, when computed, are in the run's results JSON (eval_info).
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base_id}"), "<this folder>")
+```
+Data licences follow the underlying datasets (see the kit's data/README.md).
+"""

@@ -1,0 +1,706 @@
+"""Evaluate a (finetuned) model on FinLoRA tasks with protocols that cannot be fooled.
+
+Modes (same metrics for all):
+  score      rank the task's labels by the model's log-likelihood of each label continuation given
+             the prompt; no parsing, so no parsing luck. Default for classification tasks.
+  calibrated score, then divide out the label prior the prompt alone induces (contextual calibration
+             with content-free inputs, Zhao et al. 2021, "Calibrate Before Use"). For zero-shot bases.
+  generate   the paper's protocol: greedy decoding, max_new_tokens=10, the first label word found in
+             the output; outputs with no label word are counted wrong and reported as `unparseable`.
+
+Scoring uses, by default, exactly the tokens training used (prompt tokenized whole, then the label
+tokenized alone: finlora_utils.tokenization), which are also the tokens `generate` continues from;
+boundary="joint" scores prompt+label tokenized as one string instead (natural text for a base model).
+
+Every result carries the predicted-label distribution and the majority-class baseline, so a
+degenerate model (one label for everything) is visible beside its accuracy. Metrics come from
+scikit-learn with (y_true, y_pred) in that order: FinLoRA's 2024 code had them swapped.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+MODES = ("score", "generate", "calibrated")
+UNPARSEABLE = "<unparseable>"
+CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021's content-free inputs
+CLS_MAX_NEW_TOKENS = 10               # FinLoRA's setting for classification
+EXTRACT_MAX_NEW_TOKENS = 64
+MIN_EXTRA_PREFIX = 16                 # a batch prefix this much longer than the shared one gets its own KV
+
+
+class EvalError(ValueError):
+    """Bad evaluation input; the message names the parameter and what is expected."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+
+def classification_metrics(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str]) -> dict:
+    """accuracy, weighted/macro F1, per-class P/R, confusion matrix, prediction distribution, majority baseline.
+
+    `pred` may hold None (unparseable): it counts as wrong and never as any label.
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    if len(gold) != len(pred):
+        raise EvalError(f"pred: expected {len(gold)} predictions (one per gold label), got {len(pred)}")
+    if len(gold) == 0:
+        raise EvalError("dataset: expected at least one example, got 0")
+    labels = list(labels)
+    pred = [UNPARSEABLE if p is None else p for p in pred]
+    gold = list(gold)
+    # sklearn order is (y_true, y_pred); weighted F1 weights classes by their *gold* support.
+    f1w = f1_score(gold, pred, labels=labels, average="weighted", zero_division=0)
+    f1m = f1_score(gold, pred, labels=labels, average="macro", zero_division=0)
+    p, r, f, s = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
+    cm_labels = labels + ([UNPARSEABLE] if UNPARSEABLE in pred else [])
+    extra = sorted(set(gold) - set(labels))  # gold outside the label set: show it, never hide it
+    cm_labels += extra
+    gold_counts = Counter(gold)
+    majority_label, majority_n = max(gold_counts.items(), key=lambda kv: (kv[1], kv[0] in labels))
+    return {
+        "n": len(gold),
+        "accuracy": float(accuracy_score(gold, pred)),
+        "f1_weighted": float(f1w),
+        "f1_macro": float(f1m),
+        "labels": labels,
+        "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                            "support": int(s[i])} for i, lab in enumerate(labels)},
+        "confusion": confusion_matrix(gold, pred, labels=cm_labels).tolist(),  # rows gold, cols pred
+        "confusion_labels": cm_labels,
+        "pred_distribution": dict(sorted(Counter(pred).items())),
+        "gold_distribution": dict(sorted(gold_counts.items())),
+        "majority_label": majority_label,
+        "majority_baseline": majority_n / len(gold),
+        "majority_f1_weighted": float(f1_score(gold, [majority_label] * len(gold), labels=labels,
+                                               average="weighted", zero_division=0)),
+        "unparseable": sum(1 for x in pred if x == UNPARSEABLE),
+    }
+
+
+_NUM = re.compile(r"[-+]?\$?\d[\d,]*\.?\d*(?:[eE][-+]?\d+)?|[-+]?\.\d+")
+
+
+def parse_number(text: str) -> float | None:
+    """The first number in `text` ('$1,234.5' -> 1234.5; '12%' -> 12.0), else None."""
+    m = _NUM.search(text or "")
+    if not m:
+        return None
+    try:
+        return float(m.group(0).replace("$", "").replace(",", ""))
+    except ValueError:
+        return None
+
+
+def _norm_text(s: str) -> str:
+    return re.sub(r"\s+", " ", (s or "").strip().strip(".").strip().lower())
+
+
+def _token_f1(gold: str, pred: str) -> float:
+    g, p = _norm_text(gold).split(), _norm_text(pred).split()
+    common = sum((Counter(g) & Counter(p)).values())
+    if not g or not p or not common:
+        return float(g == p)
+    prec, rec = common / len(p), common / len(g)
+    return 2 * prec * rec / (prec + rec)
+
+
+def _batched_items(gold: str, pred: str) -> tuple[int, int]:
+    """FinLoRA's FiNER/FNXL rule: split both on ',' and compare item by item; (correct, gold items)."""
+    g = [x.strip().lower() for x in gold.split(",")]
+    p = [x.strip().lower() for x in (pred or "").split(",")]
+    return sum(a == b for a, b in zip(g, p)), len(g)
+
+
+def extraction_metrics(gold: Sequence[str], pred: Sequence[str], rel_tol: float = 0.01,
+                       abs_tol: float = 0.01, batched: bool = False) -> dict:
+    """Exact match (whitespace/case/trailing-period normalised), numeric-tolerance accuracy, token F1.
+
+    Numeric accuracy compares the first number of each side with math.isclose(rel_tol, abs_tol);
+    `accuracy` counts an example right if it matches exactly or numerically. With batched=True
+    (FiNER/FNXL), `accuracy` is the item-level accuracy of comma-separated answers instead.
+    """
+    if len(gold) != len(pred):
+        raise EvalError(f"pred: expected {len(gold)} predictions, got {len(pred)}")
+    if len(gold) == 0:
+        raise EvalError("dataset: expected at least one example, got 0")
+    n = len(gold)
+    em = [_norm_text(g) == _norm_text(p) for g, p in zip(gold, pred)]
+    num_ok, num_gold = [], 0
+    for g, p in zip(gold, pred):
+        gv, pv = parse_number(g), parse_number(p)
+        num_gold += gv is not None
+        num_ok.append(gv is not None and pv is not None and math.isclose(gv, pv, rel_tol=rel_tol, abs_tol=abs_tol))
+    out = {"n": n, "exact_match": sum(em) / n, "numeric_accuracy": sum(num_ok) / n, "numeric_gold": num_gold,
+           "numeric_rel_tol": rel_tol, "numeric_abs_tol": abs_tol,
+           "token_f1": sum(_token_f1(g, p) for g, p in zip(gold, pred)) / n,
+           "accuracy": sum(a or b for a, b in zip(em, num_ok)) / n,
+           "empty_outputs": sum(1 for p in pred if not (p or "").strip())}
+    if batched:
+        items = [_batched_items(g, p) for g, p in zip(gold, pred)]
+        out["accuracy"] = sum(c for c, _ in items) / max(1, sum(t for _, t in items))
+        out["batched_items"] = sum(t for _, t in items)
+    return out
+
+
+def collapse_nwgi(gold: Sequence[str], pred: Sequence[str | None]) -> dict:
+    """NWGI's 7 classes collapsed to negative/neutral/positive (both sides mapped the same way)."""
+    from . import data
+
+    def to3(x):
+        return None if x is None or x == UNPARSEABLE else data.nwgi_to_3class(x)
+
+    return classification_metrics([to3(g) for g in gold], [to3(p) for p in pred],
+                                  ["negative", "neutral", "positive"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenization. Two boundaries between prompt and label:
+#   "train" (default): the prompt tokenized whole (ending in the token of the space after "Answer:"),
+#            then the label tokenized alone - byte-identical to what finlora_utils.tokenization feeds
+#            training (FinLoRA's encoding) and to the tokens `generate` continues from.
+#   "joint": prompt+label tokenized as one string (SmolLM2/Llama merge that space into the label's
+#            first token): the natural text a base model saw in pretraining.
+BOUNDARIES = ("train", "joint")
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        t = seqs[0][i]
+        if any(s[i] != t for s in seqs[1:]):
+            return i
+    return n
+
+
+def _head_tail(ids: list[int], max_len: int | None) -> list[int]:
+    if not max_len or len(ids) <= max_len:
+        return ids
+    head = max_len // 2
+    return ids[:head] + ids[len(ids) - (max_len - head):]
+
+
+def prompt_ids(tokenizer, prompt: str, max_len: int | None = None) -> tuple[list[int], bool]:
+    """Prompt token ids as training sees them (truncating only the Input text, like training does)."""
+    from .tokenization import PromptTooLong, encode_prompt
+
+    try:
+        return encode_prompt(tokenizer, prompt, max_len)
+    except PromptTooLong as e:
+        raise EvalError(f"max_len={max_len}: expected >= {e.needed}, the prompt's fixed part") from None
+
+
+def split_label_tokens(tokenizer, prompt: str, labels: Sequence[str], max_len: int | None = None,
+                       boundary: str = "train") -> tuple[list[int], list[list[int]]]:
+    """(context ids, [continuation ids per label]).
+
+    For "joint" the context is the longest token prefix common to all prompt+label tokenizations
+    (capped so every label keeps >= 1 token), so log P(continuation | context) ranks labels exactly as
+    log P(prompt+label) does. A label whose tokens are a prefix of another's gets EOS appended to every
+    label, otherwise the shorter one could never lose.
+    """
+    if boundary not in BOUNDARIES:
+        raise EvalError(f"boundary={boundary!r}: expected one of {', '.join(BOUNDARIES)}")
+    if boundary == "train":
+        ctx, _ = prompt_ids(tokenizer, prompt, max_len)
+        conts = [tokenizer(lab, add_special_tokens=False)["input_ids"] for lab in labels]
+    else:
+        joint = [tokenizer(prompt + lab)["input_ids"] for lab in labels]
+        k = min(_common_prefix_len(joint), min(len(j) for j in joint) - 1)
+        if k < 1:
+            raise EvalError(f"prompt: the tokenizer merges the whole prompt into the label; prompt={prompt[:60]!r}")
+        ctx, conts = _head_tail(joint[0][:k], max_len), [j[k:] for j in joint]
+    if any(not c for c in conts):
+        raise EvalError(f"labels={list(labels)!r}: expected labels that tokenize to at least one token")
+    if tokenizer.eos_token_id is not None and any(
+            len(a) < len(b) and b[:len(a)] == a for a in conts for b in conts):
+        conts = [c + [tokenizer.eos_token_id] for c in conts]
+    return ctx, conts
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+
+def _device(model) -> torch.device:
+    return next(p.device for p in model.parameters())
+
+
+def _make_cache(layers):
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=layers)
+
+
+@torch.no_grad()
+def _prefix_cache(model, ids: list[int], device):
+    """KV of a shared prefix, batch 1, as a list of (k, v) per layer (never mutated afterwards)."""
+    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
+    return [(k, v) for k, v, *_ in out.cache]
+
+
+@torch.no_grad()
+def _score_batch(model, ctx: list[list[int]], conts: list[list[list[int]]], prefix_kv_fn, pad_id: int) -> np.ndarray:
+    """Log-likelihood of each label continuation for one batch; returns (B, L).
+
+    Layout: [shared prefix, cached once] [per-example suffix, left-padded] -> logits of the last
+    position give every label's first token; labels with more tokens take a second forward over
+    [continuation tokens] with the suffix cache repeated per label.
+    """
+    dev = _device(model)
+    B, L = len(ctx), len(conts[0])
+    # Shared prefix: the common tokens of the batch, leaving each example >= 1 suffix token.
+    s, kv = prefix_kv_fn(ctx)
+    suf = [c[s:] for c in ctx]
+    T = max(len(x) for x in suf)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, s + T), dtype=torch.long)
+    mask[:, :s] = 1
+    pos = torch.full((B, T), s, dtype=torch.long)
+    for i, x in enumerate(suf):
+        ids[i, T - len(x):] = torch.tensor(x)
+        mask[i, s + T - len(x):] = 1
+        pos[i, T - len(x):] = torch.arange(s, s + len(x))
+    cache = _make_cache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv]) if kv else None
+    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                cache=cache, use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+    scores = first.gather(1, torch.tensor([[c[0] for c in row] for row in conts])).double().numpy()
+    T2 = max(len(c) for row in conts for c in row) - 1
+    if T2 == 0:  # every label is one token: one forward was enough
+        return scores
+    # Second stage: feed continuation tokens c[:-1] (each predicts the next), B*L rows.
+    cache2 = out.cache
+    cache2.batch_repeat_interleave(L)
+    ids2 = torch.full((B * L, T2), pad_id, dtype=torch.long)
+    mask2 = torch.zeros((B * L, T2), dtype=torch.long)
+    base_pos = torch.tensor([s + len(x) for x in suf]).repeat_interleave(L)
+    for r in range(B * L):
+        c = conts[r // L][r % L][:-1]
+        if c:
+            ids2[r, :len(c)] = torch.tensor(c)
+            mask2[r, :len(c)] = 1
+    pos2 = base_pos[:, None] + torch.arange(T2)[None, :]
+    full_mask = torch.cat([mask.repeat_interleave(L, dim=0), mask2], dim=1)
+    out2 = model(input_ids=ids2.to(dev), attention_mask=full_mask.to(dev), position_ids=pos2.to(dev),
+                 cache=cache2, use_cache=False)
+    lp = torch.log_softmax(out2.logits.float(), dim=-1).cpu()
+    for r in range(B * L):
+        c = conts[r // L][r % L]
+        for t in range(1, len(c)):
+            scores[r // L, r % L] += lp[r, t - 1, c[t]].item()
+    return scores
+
+
+def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str], batch_size: int = 8,
+                 max_len: int | None = None, boundary: str = "train", share_prefix: bool = True) -> np.ndarray:
+    """(len(prompts), len(labels)) matrix of log P(label | prompt), summed over the label's tokens.
+
+    Batched, with the prompts' shared prefix (the task instruction) run once per batch and its KV
+    cache expanded over the batch (share_prefix=False: plain forwards, for comparison). Results do not
+    depend on batch size beyond float rounding.
+    """
+    if batch_size < 1:
+        raise EvalError(f"batch_size={batch_size!r}: expected an integer >= 1")
+    if not labels:
+        raise EvalError("labels=[]: expected the task's label set (at least one label)")
+    split = [split_label_tokens(tokenizer, p, labels, max_len, boundary) for p in prompts]
+    # Longest first, so padding stays small and the first batch shows the peak memory.
+    order = sorted(range(len(prompts)), key=lambda i: -len(split[i][0]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    dev = _device(model)
+    ctxs = [c for c, _ in split]
+    # The prefix every prompt shares (the task instruction) is run once; a batch whose prompts share a
+    # clearly longer prefix (NER's per-entity templates) gets its own, computed once per batch.
+    shared = tuple(ctxs[0][:_common_prefix_len(ctxs)]) if share_prefix and ctxs else ()
+    memo = {shared: _prefix_cache(model, list(shared), dev)} if shared else {}
+
+    def prefix_kv(ctx: list[list[int]]):
+        """(length, KV) of a prefix common to the whole batch, leaving each prompt >= 1 own token."""
+        s = min(_common_prefix_len(ctx), min(len(c) for c in ctx) - 1) if share_prefix else 0
+        if shared and len(shared) <= s < len(shared) + MIN_EXTRA_PREFIX:
+            return len(shared), memo[shared]
+        if s == 0:
+            return 0, None
+        key = tuple(ctx[0][:s])
+        if key not in memo:
+            for k in [k for k in memo if k != shared]:  # keep the shared prefix and one batch prefix
+                del memo[k]
+            memo[key] = _prefix_cache(model, list(key), dev)
+        return s, memo[key]
+
+    out = np.zeros((len(prompts), len(labels)))
+    was_training = model.training
+    model.eval()
+    try:
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            out[idx] = _score_batch(model, [split[i][0] for i in idx], [split[i][1] for i in idx], prefix_kv, pad_id)
+    finally:
+        model.train(was_training)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation (the paper's protocol)
+
+def parse_label(text: str, labels: Sequence[str]) -> str | None:
+    """The label word that occurs first in `text` (case-insensitive, whole words); longest wins a tie.
+
+    Unlike FinLoRA's parser (which falls back to 'neutral'), no match returns None: counted wrong.
+    """
+    low = (text or "").lower()
+    best = None
+    for lab in labels:
+        m = re.search(r"(?<![a-z])" + re.escape(lab.lower()) + r"(?![a-z])", low)
+        if m and (best is None or (m.start(), -len(lab)) < (best[0], -len(best[1]))):
+            best = (m.start(), lab)
+    return best[1] if best else None
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompts: Sequence[str], batch_size: int = 8,
+                   max_new_tokens: int = CLS_MAX_NEW_TOKENS, max_len: int | None = None) -> list[str]:
+    """Greedy continuations with left padding and attention masks (batch-size independent)."""
+    if batch_size < 1:
+        raise EvalError(f"batch_size={batch_size!r}: expected an integer >= 1")
+    dev = _device(model)
+    enc = [prompt_ids(tokenizer, p, max_len)[0] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(enc[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts: list[str] = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            T = max(len(enc[i]) for i in idx)
+            ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), T), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, T - len(enc[i]):] = torch.tensor(enc[i])
+                mask[r, T - len(enc[i]):] = 1
+            gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
+                                 do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+                                 pad_token_id=pad_id, use_cache=True)
+            for r, i in enumerate(idx):
+                texts[i] = tokenizer.decode(gen[r, T:], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return texts
+
+
+# --------------------------------------------------------------------------------------------------
+# Calibration (Zhao et al. 2021)
+
+def calibrate(model, tokenizer, prompts: Sequence[str], labels: Sequence[str], scores: np.ndarray,
+              batch_size: int = 8, max_len: int | None = None, boundary: str = "train") -> tuple[np.ndarray, dict]:
+    """Calibrated log-scores: log softmax(scores) - log p_cf, p_cf the mean label distribution the
+    prompt template gives content-free inputs. One p_cf per distinct instruction."""
+    from . import data
+
+    instr = [data.split_prompt(p)[0] for p in prompts]
+    distinct = list(dict.fromkeys(instr))
+    cf_prompts = [data.format_prompt(ins, cf) for ins in distinct for cf in CONTENT_FREE]
+    cf = score_labels(model, tokenizer, cf_prompts, labels, batch_size, max_len, boundary)
+    cf = np.exp(cf - np.logaddexp.reduce(cf, axis=1, keepdims=True))  # per-prompt label distribution
+    p_cf = cf.reshape(len(distinct), len(CONTENT_FREE), len(labels)).mean(axis=1)
+    row = {ins: k for k, ins in enumerate(distinct)}
+    logp = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+    cal = logp - np.log(np.stack([p_cf[row[i]] for i in instr]) + 1e-12)
+    common = Counter(instr).most_common(1)[0][0]
+    return cal, {"instructions": len(distinct), "content_free": list(CONTENT_FREE),
+                 "p_cf": dict(zip(labels, map(float, p_cf[row[common]])))}
+
+
+# --------------------------------------------------------------------------------------------------
+# One task
+
+def _rows(dataset) -> tuple[list[str], list[str], str | None, str | None]:
+    """(prompts, targets, task, data source) from a Dataset or a list of dicts."""
+    if hasattr(dataset, "column_names"):
+        cols = dataset.column_names
+        missing = [c for c in ("context", "target") if c not in cols]
+        if missing:
+            raise EvalError(f"dataset: missing column {missing[0]!r}; expected columns context, target[, task]")
+        ctx, tgt = list(dataset["context"]), list(dataset["target"])
+        task = dataset["task"][0] if "task" in cols and len(dataset) else None
+        src = set(dataset["source"]) if "source" in cols else set()
+        return ctx, tgt, task, (src.pop() if len(src) == 1 else ("mixed" if src else None))
+    rows = list(dataset)
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or "context" not in r or "target" not in r:
+            raise EvalError(f"dataset[{i}]: expected a dict with 'context' and 'target'")
+    first = rows[0] if rows else {}
+    return [r["context"] for r in rows], [r["target"] for r in rows], first.get("task"), first.get("source")
+
+
+def _task_info(task: str | None, labels) -> tuple[list[str], str, str]:
+    """(labels, kind, metric) from the data registry, or from the caller for ad-hoc datasets."""
+    kind = metric = None
+    if task is not None:
+        from . import data
+
+        try:
+            t = data.get_task(task)
+        except ValueError:
+            if labels is None:
+                raise
+        else:
+            labels = list(labels) if labels else list(t.labels or [])
+            kind, metric = t.kind, t.metric
+    labels = list(labels or [])
+    kind = kind or ("classification" if labels else "extraction")
+    return labels, kind, metric or "accuracy"
+
+
+def evaluate(model, tokenizer, dataset_or_task, mode: str = "score", batch_size: int = 8,
+             max_samples: int | None = None, labels: Sequence[str] | None = None,
+             max_new_tokens: int | None = None, max_len: int | None = None, seed: int = 0,
+             data_dir: str | None = None, keep_predictions: bool = True, boundary: str = "train") -> dict:
+    """Evaluate one task; returns the eval_info entry for it.
+
+    dataset_or_task: a task name (loaded with data.load_task(split='test')), a datasets.Dataset or a
+    list of {context, target[, task]} dicts. Classification tasks use `mode`; tasks without a label
+    set (XBRL extraction, formula, ...) always generate and report exact-match / numeric accuracy.
+    """
+    if mode not in MODES:
+        raise EvalError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise EvalError(f"batch_size={batch_size!r}: expected an integer >= 1")
+    if isinstance(dataset_or_task, str):
+        from . import data
+
+        dataset_or_task = data.load_task(dataset_or_task, split="test", data_dir=data_dir,
+                                         max_samples=max_samples or None, seed=seed)
+    prompts, gold, task, source = _rows(dataset_or_task)
+    if max_samples:
+        prompts, gold = prompts[:max_samples], gold[:max_samples]
+    if not prompts:
+        raise EvalError("dataset: expected at least one example, got 0")
+    if boundary not in BOUNDARIES:
+        raise EvalError(f"boundary={boundary!r}: expected one of {', '.join(BOUNDARIES)}")
+    labels, kind, metric = _task_info(task, labels)
+    from .models import fix_bnb_cpu
+
+    fix_bnb_cpu(model)  # a no-grad 4-bit forward must not break later LoRA training on CPU
+    with warnings.catch_warnings():
+        # bitsandbytes int8 warns on every matmul that fp32 inputs are cast to fp16: that cast is the design.
+        warnings.filterwarnings("ignore", message="MatMul8bitLt")
+        return _evaluate(model, tokenizer, prompts, gold, task, source, labels, kind, metric, mode, batch_size,
+                         max_new_tokens, max_len, keep_predictions, boundary)
+
+
+def _evaluate(model, tokenizer, prompts, gold, task, source, labels, kind, metric, mode, batch_size,
+              max_new_tokens, max_len, keep_predictions, boundary) -> dict:
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {"task": task, "kind": kind, "metric": metric, "batch_size": batch_size,
+                            "data_source": source}
+    if not labels:
+        preds = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens or EXTRACT_MAX_NEW_TOKENS, max_len)
+        info.update(mode="generate", **extraction_metrics(gold, preds, batched=metric == "batched_accuracy"))
+        if metric == "bertscore":
+            info["note"] = "BERTScore not computed offline; exact_match and token_f1 shown instead"
+    else:
+        gold = [_canon(g, labels) for g in gold]
+        if mode == "generate":
+            outs = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens or CLS_MAX_NEW_TOKENS, max_len)
+            preds = [parse_label(o, labels) for o in outs]
+            info["raw_outputs_sample"] = outs[:5]
+        else:
+            sc = score_labels(model, tokenizer, prompts, labels, batch_size, max_len, boundary)
+            info["boundary"] = boundary
+            if mode == "calibrated":
+                sc, info["calibration"] = calibrate(model, tokenizer, prompts, labels, sc, batch_size, max_len, boundary)
+            preds = [labels[j] for j in sc.argmax(axis=1)]
+        info.update(mode=mode, **classification_metrics(gold, preds, labels))
+        if task == "nwgi" and len(labels) == 7:
+            info["nwgi_3class"] = collapse_nwgi(gold, preds)
+    wall = time.perf_counter() - t0
+    info.update(wall_s=wall, s_per_example=wall / len(prompts),
+                truncated=sum(prompt_ids(tokenizer, p, max_len)[1] for p in prompts) if max_len else 0)
+    if keep_predictions:
+        info["predictions"] = [UNPARSEABLE if p is None else p for p in preds]
+    return info
+
+
+def _canon(target: str, labels: Sequence[str]) -> str:
+    """Gold label in the label set's spelling (case/whitespace only; never guesses)."""
+    t = target.strip()
+    for lab in labels:
+        if t.lower() == lab.lower():
+            return lab
+    return t
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs: a base model, and adapters on it without reloading the base for each
+
+def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **kw) -> dict:
+    """eval_info entry for one task: the first mode's metrics at top level, every mode under 'modes'.
+
+    Extraction tasks have a single protocol (generate), so they are evaluated once whatever `modes` says.
+    """
+    if isinstance(modes, str):
+        modes = (modes,)
+    if not modes or any(m not in MODES for m in modes):
+        raise EvalError(f"modes={list(modes)!r}: expected a non-empty list from {', '.join(MODES)}")
+    if isinstance(task, str):
+        from . import data
+
+        task = data.load_task(task, split="test", data_dir=kw.pop("data_dir", None),
+                              max_samples=kw.pop("max_samples", None) or None, seed=kw.pop("seed", 0))
+    by_mode = {}
+    for m in dict.fromkeys(modes):
+        by_mode[m] = evaluate(model, tokenizer, task, mode=m, **kw)
+        if by_mode[m]["kind"] != "classification":
+            break
+    first = next(iter(by_mode.values()))
+    entry = {k: v for k, v in first.items() if k != "predictions"}
+    entry["modes"] = by_mode
+    if "score" in by_mode and "generate" in by_mode:
+        entry["generate_score_agreement"] = agreement(by_mode["score"]["predictions"], by_mode["generate"]["predictions"])
+    return entry
+
+
+def agreement(a: Sequence[str], b: Sequence[str]) -> float:
+    if len(a) != len(b) or not a:
+        raise EvalError(f"predictions: expected two equally long non-empty lists, got {len(a)} and {len(b)}")
+    return sum(x == y for x, y in zip(a, b)) / len(a)
+
+
+def base_run_id(task: str, model: str, precision: str) -> str:
+    """<task>_<model>_<bits>bit_base: the zero-shot result of a base model at a precision."""
+    from .models import BITS
+    from .results import model_slug
+
+    return f"{task}_{model_slug(model)}_{BITS[precision]}bit_base"
+
+
+def _load(model_name: str, precision: str):
+    from .models import load_model
+
+    return load_model(model_name, precision=precision)
+
+
+def evaluate_base(model_name: str, tasks: Sequence[str], results_dir: str | Path, precision: str = "bf16",
+                  modes: Sequence[str] = ("score", "calibrated", "generate"), model=None, tokenizer=None,
+                  preset: str | None = None, seed: int = 0, **kw) -> list[Path]:
+    """Zero-shot base model on each task; writes results/<task>_<model>_<bits>bit_base.json (train_info null).
+
+    Pass a loaded `model` (a PeftModel is evaluated with its adapters disabled) to avoid a reload.
+    """
+    from . import results
+
+    if model is None:
+        model, tokenizer = _load(model_name, precision)
+    from peft import PeftModel
+
+    ctx = model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
+    paths = []
+    with ctx:
+        for task in tasks:
+            entry = evaluate_modes(model, tokenizer, task, modes, seed=seed, **kw)
+            entry.update(model=model_name, precision=precision, adapter=None)
+            run_id = base_run_id(task, model_name, precision)
+            cfg = {"model": model_name, "tasks": [task], "precision": precision, "modes": list(modes),
+                   "batch_size": kw.get("batch_size", 8), "max_samples": kw.get("max_samples")}
+            obj = results.new_result(run_id, cfg, seed, preset, entry.get("data_source"))
+            obj["eval_info"] = {task: entry}
+            paths.append(results.write_json(Path(results_dir) / f"{run_id}.json", obj))
+    return paths
+
+
+def discover_runs(results_dir: str | Path, model: str | None = None) -> list[Path]:
+    """Results files of finetuned runs (train_info with an adapter_path that exists), optionally of one base model."""
+    from .results import ResultsError, read_result
+
+    out = []
+    for p in sorted(Path(results_dir).glob("*.json")):
+        try:
+            r = read_result(p, require=("run_info.config.model", "train_info.adapter_path"))
+        except ResultsError:
+            continue  # base-model results and half-finished runs have no adapter
+        if (model is None or r["run_info"]["config"]["model"] == model) and _adapter_dir(p, r).exists():
+            out.append(p)
+    return out
+
+
+def _adapter_dir(result_path: Path, r: dict) -> Path:
+    """train_info.adapter_path: absolute, or relative to the cwd, the reports folder or the checkout."""
+    from .paths import project_root
+
+    p = Path(r["train_info"]["adapter_path"])
+    if p.is_absolute():
+        return p
+    reports = Path(result_path).resolve().parent.parent
+    for base in (Path.cwd(), reports, reports.parent, project_root()):
+        if (base / p).exists():
+            return base / p
+    return p
+
+
+def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | None = None,
+                  modes: Sequence[str] = ("score",), precision: str | None = None, trained_only: bool = True,
+                  **kw) -> dict[str, dict]:
+    """Evaluate each run's adapter and merge eval_info into its results file; returns {run_id: eval_info}.
+
+    Runs sharing a base model and precision load it once: the first adapter through
+    PeftModel.from_pretrained, the others with load_adapter, each selected with set_adapter.
+    precision=None evaluates each run at its training precision (the paper evaluated all in int8).
+    tasks=None: the tasks each run was trained on; otherwise `tasks`, restricted to the run's training
+    tasks when trained_only (cross-task transfer with trained_only=False).
+    """
+    from peft import PeftModel
+
+    from .results import read_result, update_result
+
+    groups: dict[tuple, list] = {}
+    for p in result_paths:
+        r = read_result(p, require=("run_id", "run_info.config.model", "run_info.config.precision",
+                                    "train_info.adapter_path"))
+        cfg = r["run_info"]["config"]
+        groups.setdefault((cfg["model"], precision or cfg["precision"]), []).append((Path(p), r))
+    out = {}
+    for (model_name, prec), runs in groups.items():
+        base, tok = _load(model_name, prec)
+        model = None
+        for path, r in runs:
+            name, adir = r["run_id"], str(_adapter_dir(path, r))
+            if model is None:
+                model = PeftModel.from_pretrained(base, adir, adapter_name=name, is_trainable=False)
+            else:
+                model.load_adapter(adir, adapter_name=name, is_trainable=False)
+            model.set_adapter(name)
+            model.eval()
+            info = {}
+            for task in _run_tasks(r, tasks, trained_only):
+                info[task] = evaluate_modes(model, tok, task, modes, **kw)
+                info[task].update(model=model_name, precision=prec, adapter=name)
+            update_result(path, eval_info=info)
+            out[name] = info
+        del model, base
+    return out
+
+
+def _run_tasks(run: dict, tasks: Sequence[str] | None, trained_only: bool) -> list[str]:
+    trained = list(run["run_info"]["config"].get("tasks") or [])
+    if tasks is None:
+        return trained
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    return [t for t in tasks if t in trained] if trained_only else list(tasks)
+
+
+def evaluate_run(results_json_path: str | Path, tasks: Sequence[str] | None = None, **kw) -> dict:
+    """One run's adapter on `tasks` (default: its training tasks); eval_info is merged into the file."""
+    return next(iter(evaluate_runs([results_json_path], tasks, **kw).values()))

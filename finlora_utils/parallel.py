@@ -1,0 +1,604 @@
+"""Data-parallel and pipeline-parallel finetuning on torch.distributed, launched with torchrun.
+
+    from finlora_utils import parallel
+    result = parallel.launch(TrainConfig(parallel="ddp", nproc=2, ...), timeout_s=600)
+
+    python -m finlora_utils.parallel --parallel ddp --nproc 2 --model tiny-random-llama --max-steps 8
+    python -m finlora_utils.parallel --parallel ddp --nproc 4 --nnodes 2 --rdzv-endpoint host0:29500
+
+One entry point for the three modes. `launch` runs `torchrun` as a subprocess in its own process group
+with a hard timeout, streams the ranks' output, and on failure raises ParallelRunError carrying the
+failing rank's exception (read from torchrun's per-rank error files, written by `@record`). torchrun's
+own `--max-restarts 0` makes one dying rank stop the others; the timeout kills whatever is left.
+
+  none      one process, train.train as is (same launcher, so a crash surfaces the same way)
+  ddp       one full quantized replica per rank, DistributedDataParallel, each global batch of the
+            single-process run split across ranks (train.train with rank/world_size/wrap_model)
+  pipeline  decoder layers split into stages (finlora_utils.pipeline), GPipe or 1F1B schedule
+
+Only rank 0 writes results, adapters and checkpoints; launch() returns rank 0's results dict.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig
+
+RESULT_POINTER = "FINLORA_RESULT_POINTER"   # file where rank 0 writes the path of the finished results JSON
+FAULT_ENV = "FINLORA_PARALLEL_FAULT"        # "rank=R,step=S": rank R raises after step S (failure drills)
+DIST_TIMEOUT_ENV = "FINLORA_DIST_TIMEOUT"   # seconds a collective may wait before the process group gives up
+DEVICE_ENV = "FINLORA_PARALLEL_DEVICE"      # cuda | cpu, decided once by launch() for every rank
+
+
+class ParallelRunError(RuntimeError):
+    """A distributed run failed or timed out; the message names the failing rank and its error."""
+
+    def __init__(self, message: str, rank: int | None = None, exitcode: int | None = None):
+        super().__init__(message)
+        self.rank, self.exitcode = rank, exitcode
+
+
+# ---------------------------------------------------------------- launching (parent process)
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(worker_args: list[str], nproc: int, log_dir: str | Path, nnodes: int = 1,
+                     rdzv_endpoint: str | None = None, rdzv_id: str | None = None) -> list[str]:
+    """`python -m torch.distributed.run ...` for this interpreter (the venv's torch, not a PATH lookup)."""
+    endpoint = rdzv_endpoint or f"127.0.0.1:{free_port()}"
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={nnodes}", f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id or 'finlora'}",
+        "--max-restarts=0",          # a failed rank ends the job; no silent retries with a changed world
+        f"--log-dir={log_dir}",      # per-rank error.json files land here (see _root_cause)
+        "--tee=3",                   # prefix every line with its rank and keep a copy in log_dir
+        "-m", "finlora_utils.parallel", "_worker", *worker_args,
+    ]
+
+
+def launch(config: TrainConfig, nproc: int | None = None, timeout_s: float = 1800, *, nnodes: int = 1,
+           rdzv_endpoint: str | None = None, rdzv_id: str | None = None, preset: str | None = None,
+           results_dir: str | Path | None = None, force: bool = False, env: dict | None = None, log=print,
+           threads_per_rank: int | None = None, device: str | None = None) -> dict:
+    """Train `config` under torchrun (`config.parallel` = none | ddp | pipeline) and return its results dict.
+
+    nproc: processes on this node (default config.nproc; `none` forces 1). nnodes > 1 with an
+    rdzv_endpoint host:port joins a multi-node job through torchrun's c10d rendezvous (run the same
+    call on every node). timeout_s bounds the whole run; on expiry the process group is killed and
+    ParallelRunError raised. results_dir: where rank 0 writes the results JSON (train.py's default if
+    None). force: retrain even if a finished result exists (else train's rule: return it). env: extra
+    environment for the ranks. log: called with each output line (None = silent). threads_per_rank:
+    OMP/torch threads per rank (default: this machine's cores / nproc). device: cuda | cpu for every rank
+    (default rank_device(nproc)). Raises ParallelRunError on failure.
+    """
+    config.validate()
+    nproc = 1 if config.parallel == "none" else int(nproc or config.nproc)
+    _check_world(config, nproc, nnodes, rdzv_endpoint, timeout_s)
+    if threads_per_rank is None:  # share this machine's cores between the local ranks
+        threads_per_rank = max(1, (os.cpu_count() or 1) // nproc)
+    device = device or rank_device(nproc)
+    if device not in ("cuda", "cpu"):
+        raise ConfigError(f"device={device!r}: expected cuda or cpu")
+    if device == "cpu" and _cuda_count() and log is not None:
+        log(f"[parallel] {nproc} ranks but {_cuda_count()} GPU(s): every rank runs on CPU (gloo)")
+    with tempfile.TemporaryDirectory(prefix="finlora-torchrun-") as tmp:
+        tmp = Path(tmp)
+        cfg_path, pointer = tmp / "config.json", tmp / "result_path.txt"
+        cfg_path.write_text(json.dumps(config.to_dict(), default=list))
+        args = ["--config", str(cfg_path)]
+        if preset:
+            args += ["--preset", preset]
+        if results_dir:
+            args += ["--results-dir", str(Path(results_dir).resolve())]
+        if force:
+            args.append("--force")
+        # MALLOC_MMAP_THRESHOLD_: glibc returns freed large blocks, so each rank's VmHWM is a true peak
+        run_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536"),
+                       TOKENIZERS_PARALLELISM="false", **(env or {}))
+        run_env.update({RESULT_POINTER: str(pointer), "OMP_NUM_THREADS": str(threads_per_rank), DEVICE_ENV: device,
+                        DIST_TIMEOUT_ENV: str(int(min(timeout_s, 1800))), "PYTHONUNBUFFERED": "1",
+                        # the ranks import this package even when it is not installed (a notebook's cwd)
+                        "PYTHONPATH": os.pathsep.join(filter(None, (str(Path(__file__).resolve().parents[1]),
+                                                                    os.environ.get("PYTHONPATH"))))})
+        cmd = torchrun_command(args, nproc, tmp / "logs", nnodes, rdzv_endpoint, rdzv_id)
+        t0 = time.time()
+        code, tail = _run_bounded(cmd, timeout_s, run_env, log)
+        if code == "timeout":
+            raise ParallelRunError(
+                f"parallel={config.parallel} nproc={nproc}: no result within timeout_s={timeout_s:g}; all ranks "
+                f"were killed. Last output:\n{_tail_text(tail)}")
+        if code != 0:
+            raise _failure(config, nproc, code, tmp / "logs", tail, nnodes)
+        if nnodes > 1 and not pointer.exists():
+            return {}  # not the node holding global rank 0: that node returns the results
+        if not pointer.exists():
+            raise ParallelRunError(f"parallel={config.parallel}: torchrun exited 0 but rank 0 wrote no results "
+                                   f"(expected {RESULT_POINTER}). Last output:\n{_tail_text(tail)}")
+        from .results import read_result
+
+        result = read_result(pointer.read_text().strip(), require=("run_id", "train_info"))
+        result["_path"] = pointer.read_text().strip()
+        result["_launch_wall_s"] = round(time.time() - t0, 3)
+        return result
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def rank_device(nproc: int) -> str:
+    """cuda when this node has a GPU for every local rank (NCCL needs one GPU per rank), else cpu + gloo.
+    One decision for all modes, so a single-process run compares with its parallel twins on equal hardware."""
+    return "cuda" if _cuda_count() >= nproc else "cpu"
+
+
+def _check_world(config: TrainConfig, nproc: int, nnodes: int, rdzv_endpoint, timeout_s) -> None:
+    if nproc < 1:
+        raise ConfigError(f"nproc={nproc!r}: expected >= 1")
+    if nnodes < 1:
+        raise ConfigError(f"nnodes={nnodes!r}: expected >= 1")
+    if nnodes > 1 and not rdzv_endpoint:
+        raise ConfigError(f"rdzv_endpoint={rdzv_endpoint!r}: expected host:port of the rendezvous when nnodes > 1")
+    if not timeout_s or timeout_s <= 0:
+        raise ConfigError(f"timeout_s={timeout_s!r}: expected seconds > 0 (distributed runs are always bounded)")
+    if config.parallel == "pipeline" and nproc * nnodes < 2:
+        raise ConfigError(f"nproc={nproc!r}: expected >= 2 stages for parallel='pipeline' (use parallel='none')")
+
+
+def _run_bounded(cmd: list[str], timeout_s: float, env: dict, log) -> tuple[int | str, deque]:
+    """Run cmd in a new session, stream its output lines to `log`, kill the whole group on timeout."""
+    tail: deque = deque(maxlen=200)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                            bufsize=1, start_new_session=True, errors="replace")
+
+    def pump():
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if log is not None and _worth_showing(line):
+                log(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        code = "timeout"
+    except BaseException:  # KeyboardInterrupt in a notebook: leave no orphaned ranks behind
+        _kill_group(proc)
+        raise
+    reader.join(timeout=5)
+    return code, tail
+
+
+def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the launcher's whole process group (agent + ranks), SIGKILL what survives the grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+_NOISE = ("Warning: ", "warnings.warn(", "Loading weights", "FutureWarning", "kernels-community",
+          "OMP_NUM_THREADS", "*****", "examples/s]", "is_gradient_checkpointing")
+
+
+def _worth_showing(line: str) -> bool:
+    body = line.split("]:", 1)[1] if line.startswith("[default") else line  # torchrun's --tee prefix
+    return bool(body.strip()) and not any(n in line for n in _NOISE)
+
+
+def _tail_text(tail, n: int = 25) -> str:
+    lines = [ln for ln in tail if _worth_showing(ln)]
+    return "\n".join(lines[-n:])
+
+
+def _root_cause(log_dir: Path) -> tuple[int | None, str | None, str]:
+    """(rank, 'ExcType: message', traceback) of the first rank to fail, from torchrun's error files.
+
+    Ranks that died because a peer died report gloo/NCCL connection errors; the rank that raised
+    first is the one to show. Error files sit at <log_dir>/<run>/attempt_0/<local_rank>/error.json.
+    """
+    found = []
+    for f in Path(log_dir).glob("*/attempt_*/*/error.json"):
+        try:
+            msg = json.loads(f.read_text())["message"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if isinstance(msg, dict):
+            text, extra = msg.get("message", ""), msg.get("extraInfo", {})
+            stamp, stack = int(extra.get("timestamp", 0) or 0), extra.get("py_callstack", "")
+        else:
+            text, stamp, stack = str(msg), 0, ""
+        secondary = any(s in text for s in _SECONDARY)
+        found.append((secondary, stamp, int(f.parent.name), text, stack.strip()))
+    if not found:
+        return None, None, ""
+    _, _, rank, text, stack = min(found)
+    return rank, text, stack
+
+
+# Errors of a rank that lost its peer: symptoms, not the cause.
+_SECONDARY = ("Connection closed by peer", "Connection reset", "NCCL communicator", "recvBytes", "SIGTERM",
+              "Broken pipe", "DistNetworkError", "DistBackendError")
+
+
+def _failure(config: TrainConfig, nproc: int, code: int, log_dir: Path, tail, nnodes: int = 1) -> ParallelRunError:
+    rank, text, stack = _root_cause(log_dir)
+    head = f"parallel={config.parallel} nproc={nproc}: torchrun exited with status {code}"
+    who = "rank" if nnodes == 1 else "this node's local rank"
+    if text:
+        return ParallelRunError(f"{head}; {who} {rank} failed: {text}\n{stack}", rank=rank, exitcode=code)
+    # No error file: the rank died without raising (killed, out of memory, segfault).
+    return ParallelRunError(f"{head}; no rank recorded an exception (killed? out of memory?). "
+                            f"Last output:\n{_tail_text(tail)}", exitcode=code)
+
+
+# ---------------------------------------------------------------- worker (one per rank, under torchrun)
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_distributed(timeout_s: float | None = None):
+    """Join torchrun's process group: NCCL on CUDA (one GPU per local rank), gloo on CPU. Returns the device."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world, local_rank = _dist_env()
+    if os.environ.get(DEVICE_ENV, "cuda" if torch.cuda.is_available() else "cpu") == "cuda":
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if world > 1 and not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=float(timeout_s or os.environ.get(DIST_TIMEOUT_ENV, 1800)))
+        dist.init_process_group(backend, timeout=timeout,
+                                device_id=device if backend == "nccl" else None)
+    return device
+
+
+def _fault_plan() -> tuple[int, int] | None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    try:
+        kv = dict(part.split("=", 1) for part in spec.split(","))
+        return int(kv["rank"]), int(kv.get("step", 1))
+    except (ValueError, KeyError):
+        raise ConfigError(f"{FAULT_ENV}={spec!r}: expected rank=R,step=S") from None
+
+
+def peak_memory_bytes(device=None) -> int:
+    """This process's peak memory since the training loop began (train/memory.measure_peak reset it):
+    CUDA max allocated on a GPU, else the resident-set high-water mark."""
+    import torch
+
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    from .memory import _vm_hwm
+
+    return _vm_hwm()
+
+
+class StepMonitor:
+    """on_step hook for every rank: step times and failure drills (FINLORA_PARALLEL_FAULT=rank=R,step=S
+    makes rank R raise after its step S, the way a real rank dies mid-run)."""
+
+    def __init__(self, rank: int, device=None):
+        self.rank, self.device = rank, device
+        self.fault = _fault_plan()
+        self.times: list[float] = []
+        self.t_last = time.time()
+
+    def __call__(self, step: int, loss: float) -> None:
+        now = time.time()
+        self.times.append(now - self.t_last)
+        self.t_last = now
+        if self.fault and self.fault[0] == self.rank and step >= self.fault[1]:
+            raise RuntimeError(f"injected fault on rank {self.rank} after step {step} ({FAULT_ENV})")
+
+    def stats(self, **extra) -> dict:
+        later = self.times[1:] or self.times  # the first step pays one-off costs (allocations, shape inference)
+        return dict(rank=self.rank, peak_mem_bytes=peak_memory_bytes(self.device),
+                    step_time_s=round(sum(later) / max(len(later), 1), 4),
+                    step_times_s=[round(t, 4) for t in self.times], **extra)
+
+
+def gather_rank_stats(stats: dict) -> list[dict]:
+    """Every rank's stats dict, on every rank (a list ordered by rank)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [stats]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, stats)
+    return out
+
+
+def record_parallel_info(result_path, config: TrainConfig, world: int, ranks: list[dict] | None, **extra) -> None:
+    """Add train_info.parallel (mode, world size, per-rank step time and peak memory) to rank 0's results."""
+    from .results import read_result, update_result
+
+    if not result_path or ranks is None:
+        return
+    info = read_result(result_path)["train_info"]
+    info["parallel"] = dict(mode=config.parallel, world_size=world, micro_batches=config.micro_batches,
+                            schedule=config.schedule if config.parallel == "pipeline" else None,
+                            per_rank_batch=-(-config.batch_size // world) if config.parallel == "ddp" else None,
+                            ranks=ranks, **extra)
+    update_result(result_path, train_info=info)
+
+
+def _worker_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="finlora_utils.parallel _worker")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--results-dir", default=None)
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    config = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+    _run_rank(config, args.preset, args.results_dir, args.force)
+    return 0
+
+
+def _run_rank(config: TrainConfig, preset: str | None, results_dir: str | None, force: bool) -> None:
+    import torch.distributed as dist
+
+    device = init_distributed()
+    rank, world, _ = _dist_env()
+    try:
+        if config.parallel == "pipeline":
+            from . import pipeline
+
+            result = pipeline.train_pipeline(config, rank, world, device, preset=preset, results_dir=results_dir,
+                                             force=force, monitor=StepMonitor)
+        else:
+            result = _train_replica(config, rank, world, device, preset, results_dir, force)
+        if rank == 0 and result.get("_path") and os.environ.get(RESULT_POINTER):
+            Path(os.environ[RESULT_POINTER]).write_text(result["_path"])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train_replica(config: TrainConfig, rank: int, world: int, device, preset, results_dir, force) -> dict:
+    """none / ddp: train.py's own loop; DDP enters through wrap_model and the rank/world_size arguments
+    (every rank plans the same global batches and takes its shard of each)."""
+    from . import train
+
+    def wrap(module):
+        if world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DDP(module, device_ids=ids, find_unused_parameters=False)
+
+    monitor = StepMonitor(rank, device)
+    result = train.train(config, rank=rank, world_size=world, wrap_model=wrap, preset=preset,
+                         results_dir=results_dir, force=force, device=_device_arg(device),
+                         log=print if rank == 0 else _quiet, on_step=monitor)
+    ranks = gather_rank_stats(monitor.stats()) if monitor.times else None  # all ranks trained, or none did
+    if rank == 0:
+        record_parallel_info(result.get("_path"), config, world, ranks)
+    return result
+
+
+def _device_arg(device) -> str:
+    # load_model's device: "cuda:<local_rank>" puts the whole quantized replica on this rank's GPU
+    return str(device)
+
+
+def _quiet(*_args, **_kw) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- comparing the modes (notebook 04, bench)
+
+def comparison_configs(base: TrainConfig, modes, nproc: int) -> dict[str, TrainConfig]:
+    """One config per mode with the same global batch, data and seed; each gets its own run id
+    (variant_tag) so the runs do not overwrite each other. Bad combinations fail here, before any launch."""
+    if isinstance(modes, str):
+        modes = [m.strip() for m in modes.split(",") if m.strip()]
+    out = {}
+    for mode in modes:
+        n = 1 if mode == "none" else nproc
+        tag = "_".join(x for x in (base.variant_tag, "single" if mode == "none" else f"{mode}{n}",
+                                   base.schedule if mode == "pipeline" else "") if x)
+        cfg = TrainConfig.from_dict(dict(base.to_dict(), parallel=mode, nproc=n, variant_tag=tag))
+        if mode == "pipeline":
+            from .pipeline import check_pipeline_config
+
+            check_pipeline_config(cfg, n)
+        elif mode == "ddp" and cfg.batch_size < n:
+            raise ConfigError(f"batch_size={cfg.batch_size}: expected >= nproc ({n}) for ddp (a share per rank)")
+        out[mode] = cfg
+    if not out:
+        raise ConfigError(f"modes={modes!r}: expected some of none, ddp, pipeline")
+    return out
+
+
+def run_comparison(configs: dict[str, TrainConfig], timeout_s: float = 1800, results_dir=None,
+                   preset: str | None = None, log=None) -> dict[str, dict]:
+    """launch() every config, each process with the same share of the cores (cores / the largest nproc).
+
+    Equal threads per process make speedup a measure of the parallelism itself: with more OpenMP threads
+    than free cores (a shared machine) a multi-threaded single process slows down many-fold while
+    one-thread ranks do not, which would credit DDP with a gain that is only the scheduler's.
+    """
+    widest = max(c.nproc for c in configs.values())
+    share, device = max(1, (os.cpu_count() or 1) // widest), rank_device(widest)  # same hardware for every mode
+    return {mode: launch(cfg, timeout_s=timeout_s, results_dir=results_dir, preset=preset, force=True, log=log,
+                         threads_per_rank=share, device=device) for mode, cfg in configs.items()}
+
+
+def summary_table(results: dict):
+    """One row per run: ranks, steps, step time, tokens/s, speedup over the single run, final loss, peak memory."""
+    import pandas as pd
+
+    rows = []
+    for mode, res in results.items():
+        ti = res["train_info"]
+        ranks = (ti.get("parallel") or {}).get("ranks") or [{"peak_mem_bytes": ti["peak_mem_bytes"]}]
+        rows.append(dict(mode=mode, ranks=ti.get("world_size", 1), steps=ti["steps"],
+                         step_s=round(ti["wall_s"] / ti["steps"], 3), tokens_per_s=round(ti["tokens_per_s"], 1),
+                         final_loss=ti["loss_curve"][-1][1],
+                         max_peak_gib=round(max(r["peak_mem_bytes"] for r in ranks) / 2**30, 3)))
+    df = pd.DataFrame(rows)
+    if "none" in results:
+        df["speedup"] = (df["tokens_per_s"] / df.loc[df["mode"] == "none", "tokens_per_s"].iloc[0]).round(2)
+    return df
+
+
+def loss_curves(results: dict):
+    import pandas as pd
+
+    return pd.DataFrame([dict(mode=mode, step=s, loss=loss) for mode, res in results.items()
+                         for s, loss in res["train_info"]["loss_curve"]])
+
+
+def rank_table(results: dict):
+    """Per rank: mean step time (after step 1) and peak memory; for pipeline stages, their layers."""
+    import pandas as pd
+
+    rows = []
+    for mode, res in results.items():
+        for r in res["train_info"]["parallel"]["ranks"]:
+            rows.append(dict(mode=mode, rank=r["rank"], step_s=r["step_time_s"],
+                             peak_gib=round(r["peak_mem_bytes"] / 2**30, 3),
+                             layers="{}-{}".format(*r["layers"]) if "layers" in r else "all"))
+    return pd.DataFrame(rows)
+
+
+def planner_table(models=("llama-3.1-8b", "llama-3.1-70b"), gpus: int = 4, bits: int = 4, rank: int = 4,
+                  gpu_gb: float = 48.0, seq_len: int = 2048, batch: int = 4, micro_batches: int = 4,
+                  grad_checkpointing: bool = True):
+    """What the memory planner predicts per GPU for DDP vs pipeline at the paper's settings (4-bit r4 on
+    4 GPUs): a DDP replica must hold the whole quantized model, a pipeline stage only its layers."""
+    import pandas as pd
+
+    from . import memory
+
+    rows = []
+    for model in models:
+        for mode in ("ddp", "pipeline"):
+            p = memory.plan(model=model, bits=bits, rank=rank, seq_len=seq_len, batch=batch, gpus=gpus,
+                            parallel=mode, micro_batches=micro_batches, grad_checkpointing=grad_checkpointing,
+                            label_only_logits=True, device="cuda")
+            per = [d["total_bytes"] / 1e9 for d in p.per_device]
+            rows.append(dict(model=model, mode=mode, gpus=gpus, layers_per_gpu=p.layers_per_device,
+                             **{f"gpu{i}_gb": round(x, 1) for i, x in enumerate(per)},
+                             max_gb=round(max(per), 1), fits=f"{'yes' if max(per) <= gpu_gb else 'NO'} ({gpu_gb:g} GB)"))
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- CLI
+
+def _config_args(ap: argparse.ArgumentParser) -> None:
+    """One --flag per TrainConfig field (lora fields as --lora-rank etc.), defaults from the dataclass."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "lora":
+            continue
+        ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                        help=f"TrainConfig.{f.name}")
+    from .config import LoraSettings
+
+    for f in dataclasses.fields(LoraSettings):
+        ap.add_argument(f"--lora-{f.name}", dest=f"lora_{f.name}", default=None, help=f"LoraSettings.{f.name}")
+
+
+def config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from CLI strings, cast to each field's default type; --config FILE gives the base."""
+    from .config import LoraSettings
+
+    base = json.loads(Path(ns.config).read_text()) if getattr(ns, "config", None) else {}
+    base.setdefault("lora", {})
+    defaults, lora_defaults = TrainConfig(), LoraSettings()
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(ns, f.name, None)
+        if f.name != "lora" and v is not None:
+            base[f.name] = _cast(v, getattr(defaults, f.name), f.name)
+    for f in dataclasses.fields(LoraSettings):
+        v = getattr(ns, f"lora_{f.name}", None)
+        if v is not None:
+            base["lora"][f.name] = _cast(v, getattr(lora_defaults, f.name), f"lora.{f.name}")
+    return TrainConfig.from_dict(base)
+
+
+def _cast(v: str, default, name: str):
+    kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default))
+    try:
+        if isinstance(default, bool):
+            if v.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return v.lower() in ("1", "true", "yes")
+        if isinstance(default, (int, float)):
+            return type(default)(v)
+    except ValueError:
+        raise ConfigError(f"{name}={v!r}: expected {kind}") from None
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m finlora_utils.parallel", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=None, help="TrainConfig JSON to start from (flags override it)")
+    ap.add_argument("--timeout", type=float, default=3600, help="hard limit for the whole run, seconds")
+    ap.add_argument("--nnodes", type=int, default=1)
+    ap.add_argument("--rdzv-endpoint", default=None, help="host:port of the rendezvous (multi-node)")
+    ap.add_argument("--rdzv-id", default=None, help="job id shared by all nodes (multi-node)")
+    ap.add_argument("--preset", default=None, help="recorded in run_info.preset")
+    ap.add_argument("--results-dir", default=None, help="default: reports/results")
+    ap.add_argument("--force", action="store_true", help="retrain even if a finished result exists")
+    _config_args(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_worker"]:
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(_worker_main)(argv[1:])
+    ns = _parser().parse_args(argv)
+    try:
+        config = config_from_args(ns)
+        result = launch(config, timeout_s=ns.timeout, nnodes=ns.nnodes, rdzv_endpoint=ns.rdzv_endpoint,
+                        rdzv_id=ns.rdzv_id, preset=ns.preset, results_dir=ns.results_dir, force=ns.force)
+    except (ConfigError, ParallelRunError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result:
+        print(f"[parallel] results: {result['_path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""Pipeline-parallel LoRA finetuning with torch.distributed.pipelining: one stage per rank.
+
+The (quantized) PEFT model is built on every rank exactly as single-process training builds it (same
+seed, so the same LoRA init), then each rank keeps only its stage: embeddings + the first decoder
+layers on stage 0, later layers on the middle stages, final norm + lm_head on the last stage (which
+also computes the loss, with labels passed to it). Layers per stage come from the memory planner.
+`PipelineStage` is built by hand (tracing does not see through bitsandbytes layers) and run with
+`ScheduleGPipe` or `Schedule1F1B`. Each rank optimises its own LoRA parameters; at the end rank 0
+gathers every stage's LoRA tensors and saves one standard PEFT adapter.
+
+Shapes: a PipelineStage fixes its activation shapes at its first step, so every step pads its
+micro-batches to one length rounded up to PAD_MULTIPLE, and keeps one stage + schedule per shape.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+
+from .config import ConfigError, TrainConfig
+from .tokenization import collate
+
+PAD_MULTIPLE = 16   # pad sequence length up to a multiple of this: few distinct shapes, few stage objects
+
+
+# ---------------------------------------------------------------- the split
+
+def stage_split(config: TrainConfig, n_stages: int, n_layers: int | None = None, device: str = "cpu") -> list[int]:
+    """Decoder layers per stage, balanced by the memory planner (embeddings count on the first stage,
+    norm + head + logits on the last); an even split when the planner does not know the model."""
+    from . import memory
+
+    if n_layers is None:
+        from .lora import model_config, n_layers as count
+
+        n_layers = count(model_config(_config_source(config.model)))
+    if n_stages > n_layers:
+        raise ConfigError(f"nproc={n_stages}: expected at most {n_layers} pipeline stages (one decoder layer "
+                          f"each at least) for model={config.model!r}")
+    try:
+        split = memory.plan(model=_config_source(config.model), bits=config.bits, rank=config.lora.rank,
+                            targets=config.lora.targets, seq_len=config.max_seq_len,
+                            batch=max(config.batch_size, config.micro_batches), gpus=n_stages,
+                            parallel="pipeline", micro_batches=min(config.micro_batches, config.batch_size),
+                            schedule=config.schedule, device=device,
+                            label_only_logits=config.label_only_logits).layers_per_device
+    except (ConfigError, KeyError, ValueError):
+        split = memory.pipeline_split(n_layers, n_stages)
+    if sum(split) != n_layers or len(split) != n_stages:  # the planner read a different config than the model's
+        split = memory.pipeline_split(n_layers, n_stages)
+    return list(split)
+
+
+def _config_source(model: str):
+    """What lora.model_config understands for this model name (a local dir for the kit's own models)."""
+    from . import models
+
+    if model in (models.EMBEDDED, models.TINY):
+        return models.resolve_model_path(model)
+    return model
+
+
+def bounds(split: list[int], stage: int) -> tuple[int, int]:
+    """[lo, hi) decoder-layer indices of `stage`."""
+    lo = sum(split[:stage])
+    return lo, lo + split[stage]
+
+
+# ---------------------------------------------------------------- one stage
+
+def decoder(causal_lm) -> nn.Module:
+    """The decoder stack (embed_tokens, layers, norm, rotary_emb) of a Llama-style *ForCausalLM."""
+    inner = getattr(causal_lm, "model", None)
+    if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm")):
+        raise ConfigError(f"model={type(causal_lm).__name__}: pipeline parallelism supports Llama-style decoders "
+                          "(model.embed_tokens / model.layers / model.norm: Llama, Mistral, Qwen2, SmolLM2)")
+    return inner
+
+
+class StageModule(nn.Module):
+    """Layers [lo, hi) of the decoder; the first stage embeds token ids, the last applies the final norm.
+
+    forward(token ids on the first stage, hidden states after) -> hidden states; the last stage's are
+    normed, and the loss function applies lm_head at label positions only. The decoder's own forward
+    runs (causal mask, rotary embeddings), so this works for any Llama-style model. No attention mask
+    travels between stages: batches are right-padded (tokenization.collate), and causal attention never
+    lets a labelled position see the padding to its right (train.loss_fn drops the mask for the same reason).
+    """
+
+    def __init__(self, causal_lm, lo: int, hi: int, first: bool, last: bool):
+        super().__init__()
+        inner = decoder(causal_lm)
+        inner.layers = nn.ModuleList(list(inner.layers)[lo:hi])  # the others are freed with the old list
+        if not first:
+            inner.embed_tokens = None
+        if not last:
+            inner.norm = nn.Identity()
+        self.inner, self.first, self.last = inner, first, last
+        self.lm_head = causal_lm.get_output_embeddings() if last else None
+        if not last:
+            causal_lm.lm_head = None  # tied or not, the head lives on the last stage only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = {"input_ids": x} if self.first else {"inputs_embeds": x}
+        return self.inner(use_cache=False, **inputs).last_hidden_state
+
+
+def build_stage(peft_model, stage: int, split: list[int]) -> tuple[StageModule, dict]:
+    """Cut `peft_model` down to `stage`; returns the stage module and {parameter: original name} of its
+    trainable (LoRA) parameters, names as in the unsplit model's state_dict (for reassembly)."""
+    names = {p: n for n, p in peft_model.named_parameters() if p.requires_grad}
+    lo, hi = bounds(split, stage)
+    module = StageModule(peft_model.get_base_model(), lo, hi, stage == 0, stage == len(split) - 1)
+    kept = {p: names[p] for p in module.parameters() if p in names}
+    return module, kept
+
+
+def pad_to(batch: dict, length: int, pad_id: int) -> dict:
+    """Right-pad input_ids / attention_mask / labels to `length` (extra positions carry no loss)."""
+    if not bool((batch["attention_mask"][:, :-1] >= batch["attention_mask"][:, 1:]).all()):
+        raise ValueError("pipeline stages pass no attention mask: expected right-padded batches (collate)")
+    from .tokenization import IGNORE
+
+    extra = length - batch["input_ids"].shape[1]
+    if extra <= 0:
+        return batch
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
+    return {k: nn.functional.pad(v, (0, extra), value=fill[k]) if k in fill else v for k, v in batch.items()}
+
+
+def bucket(length: int, max_len: int) -> int:
+    """`length` rounded up to PAD_MULTIPLE, never past max_len (or past length itself if that is longer)."""
+    return max(length, min(max_len, -(-length // PAD_MULTIPLE) * PAD_MULTIPLE))
+
+
+# ---------------------------------------------------------------- reassembly
+
+def gather_adapter(stage_params: dict, dst: int = 0) -> dict | None:
+    """Every stage's LoRA tensors (CPU copies keyed by original name) collected on rank `dst`."""
+    import torch.distributed as dist
+
+    mine = {name: p.detach().to("cpu", copy=True) for p, name in stage_params.items()}
+    if not dist.is_initialized():
+        return mine
+    parts = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(mine, parts, dst=dst)
+    if dist.get_rank() != dst:
+        return None
+    full = {}
+    for part in parts:
+        full.update(part)
+    return full
+
+
+def save_adapter(peft_model, state_dict: dict, path) -> None:
+    """A standard PEFT adapter (adapter_config.json + adapter_model.safetensors) from the gathered tensors.
+
+    peft's save_pretrained picks the adapter's tensors by walking the model's LoRA modules, and a stage
+    holds only its own; so it walks an unsplit skeleton of the same architecture on the meta device
+    (no memory), wrapped with this adapter's config, and takes the tensors from `state_dict`.
+    """
+    import copy
+
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(peft_model.get_base_model().config)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config   # the skeleton only needs the module names
+    peft_cfg = peft_model.peft_config["default"]
+    with torch.device("meta"):
+        skeleton = get_peft_model(AutoModelForCausalLM.from_config(cfg), copy.deepcopy(peft_cfg))
+    skeleton.peft_config["default"] = peft_cfg   # keeps base_model_name_or_path of the real base model
+    missing = sorted(n for n, p in skeleton.named_parameters() if p.requires_grad and n not in state_dict)
+    if missing:
+        raise RuntimeError(f"adapter reassembly: no stage sent {missing[0]} ({len(missing)} tensors missing)")
+    skeleton.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
+
+
+# ---------------------------------------------------------------- the schedule
+
+class StageRunner:
+    """This rank's stage under GPipe / 1F1B: one PipelineStage + schedule per (chunks, batch, length) shape."""
+
+    def __init__(self, module: StageModule, rank: int, world: int, device, schedule: str, amp=None):
+        self.module, self.rank, self.world, self.device = module, rank, world, device
+        self.schedule, self.amp = schedule, amp
+        self.cache: dict = {}
+        self.n_targets = 1      # target tokens of the whole optimizer step: the loss normaliser
+        self.losses: list = []  # last stage: per-chunk losses of the current step
+
+    def _loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Label-only logits as train.loss_fn: lm_head only where the next token carries a label.
+        from .tokenization import IGNORE
+
+        targets = labels[:, 1:]
+        where = targets != IGNORE
+        logits = self.module.lm_head(hidden[:, :-1][where])
+        return nn.functional.cross_entropy(logits.float(), targets[where], reduction="sum") / self.n_targets
+
+    def _schedule(self, chunks: int, shape: tuple):
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+        key = (chunks, *shape)
+        if key not in self.cache:
+            stage = PipelineStage(self.module, self.rank, self.world, self.device)
+            # 1F1B needs at least one chunk per stage; a smaller (last) batch runs GPipe, same numbers
+            cls = Schedule1F1B if self.schedule == "1f1b" and chunks >= self.world else ScheduleGPipe
+            # scale_grads=False: _loss already divides by the step's target tokens, like train_step
+            self.cache[key] = cls(stage, n_microbatches=chunks, loss_fn=self._loss, scale_grads=False)
+        return self.cache[key]
+
+    def run(self, batch: dict, chunks: int) -> None:
+        """Forward + backward of one (accumulation) batch through the pipeline, split into `chunks`."""
+        ids = batch["input_ids"].to(self.device)
+        sched = self._schedule(chunks, tuple(ids.shape))
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            if self.rank == 0:
+                sched.step(ids)
+            elif self.rank == self.world - 1:
+                sched.step(target=batch["labels"].to(self.device), losses=self.losses)
+            else:
+                sched.step()
+
+
+def chunks_for(batch_len: int, micro_batches: int) -> int:
+    """Most pipeline micro-batches <= micro_batches that split the batch evenly (a stage's shapes are
+    fixed per schedule, so every chunk must have the same size)."""
+    return max(d for d in range(1, min(batch_len, micro_batches) + 1) if batch_len % d == 0)
+
+
+def clip_global_grad_norm(params: list, max_norm: float) -> float:
+    """clip_grad_norm_ over the whole model when each rank holds one stage's parameters."""
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    local = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=params[0].device)
+    sq = (local.double() ** 2).reshape(1)
+    if dist.is_initialized():
+        dist.all_reduce(sq)
+    total = sq.sqrt().reshape(()).to(local.dtype)
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
+
+
+def _from_last_stage(x: float, world: int, device) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=world - 1)
+    return float(t.item())
+
+
+# ---------------------------------------------------------------- the run
+
+def check_pipeline_config(config: TrainConfig, world: int) -> None:
+    if world < 2:
+        raise ConfigError(f"nproc={world}: expected >= 2 stages for parallel='pipeline' (use parallel='none')")
+    if config.batch_size % config.micro_batches:
+        raise ConfigError(f"micro_batches={config.micro_batches}: expected a divisor of batch_size="
+                          f"{config.batch_size} (every pipeline micro-batch has the same shape)")
+    if config.schedule == "1f1b" and config.micro_batches < world:
+        raise ConfigError(f"micro_batches={config.micro_batches}: expected >= nproc ({world}) for schedule='1f1b'")
+
+
+def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: str | None = None,
+                   results_dir=None, force: bool = False, data_dir=None, log=print, monitor=None) -> dict:
+    """Pipeline-parallel twin of train.train: same data plan, optimizer, checkpoints and results schema.
+
+    Every rank calls it; rank 0 returns the results dict (with '_path'), the others {}.
+    monitor: a class taking (rank, device), called after every step like train's on_step and asked for
+    .stats() at the end (parallel.StepMonitor).
+    """
+    import shutil
+    from pathlib import Path
+
+    from . import results, train
+    from .models import load_tokenizer
+
+    config.validate()
+    check_pipeline_config(config, world)
+    log = log if rank == 0 else (lambda *a, **k: None)
+    run_id, run_dir = config.run_id(), Path(config.output_dir) / config.run_id()
+    results_path = Path(results_dir or train.results_default_dir()) / f"{run_id}.json"
+    done = None if force else train.finished_result(config, results_path, run_dir)
+    if done is not None:
+        log(f"[pipeline {run_id}] finished earlier: {results_path} (force=True retrains)")
+        return dict(done, _path=str(results_path)) if rank == 0 else {}
+    data = train.build_data(config, load_tokenizer(config.model), data_dir)
+    split = stage_split(config, world, device=device.type)
+    peft_model, tok = train.build_model(config, str(device))
+    ex = data.examples
+    ckpt_on, why = train.decide_grad_checkpointing(   # the whole model's plan: conservative for one stage
+        config, peft_model, max(len(e["input_ids"]) for e in ex), config.batch_size // config.micro_batches,
+        max(len(e["labels"]) - e["labels"].count(-100) for e in ex), device)
+    train.set_grad_checkpointing(peft_model, ckpt_on)
+    module, names = build_stage(peft_model, rank, split)
+    peft_model.train()
+    params = list(names)
+    optimizer, scheduler = train.make_optimizer(config, params, len(data.plan))
+    amp = train.amp_dtype(config.precision, device)
+    amp = None if amp == torch.float16 else amp   # fp16 needs a GradScaler across stages: not supported, run fp32
+    stage_dir = run_dir / f"stage-{rank}-of-{world}"
+    state = _resume(config, stage_dir, peft_model, optimizer, scheduler, split, force, rank, world, device)
+    state = state or dict(step=0, plan=data.plan, loss_curve=[], split=split,
+                          stats=dict(examples=0, tokens=0, nonpad_tokens=0, target_tokens=0, wall_s=0.0))
+    plan, stats, curve, start = state["plan"], state["stats"], state["loss_curve"], state["step"]
+    runner = StageRunner(module, rank, world, device, config.schedule, amp)
+    mon = monitor(rank, device) if monitor else None
+    lo, hi = bounds(split, rank)
+    log(f"[pipeline {run_id}] {len(ex)} examples, {len(plan)} steps, {world} stages {split}, {config.schedule}, "
+        f"{config.micro_batches} micro-batches, amp {amp}, grad checkpointing {'on' if ckpt_on else 'off'}")
+
+    def loop():
+        t_mark = time.time()
+        for step in range(start, len(plan)):
+            batches = [collate([ex[i] for i in mb], tok.pad_token_id) for mb in plan[step]]
+            counts = _counts(ex, plan[step])
+            runner.n_targets, runner.losses = max(counts["target_tokens"], 1), []
+            for mb, batch in zip(plan[step], batches):
+                length = bucket(batch["input_ids"].shape[1], config.max_seq_len)
+                runner.run(pad_to(batch, length, tok.pad_token_id), chunks_for(len(mb), config.micro_batches))
+            clip_global_grad_norm(params, train.MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = _from_last_stage(float(sum(x.item() for x in runner.losses)), world, device)
+            curve.append([step + 1, round(loss, 6)])
+            for k, v in counts.items():
+                stats[k] += v
+            now = time.time()
+            stats["wall_s"] += now - t_mark
+            t_mark = now
+            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < len(plan):
+                # every stage writes its own part (its LoRA tensors and optimizer state)
+                train.save_checkpoint(stage_dir, peft_model, optimizer, scheduler, None, dict(
+                    step=step + 1, plan=plan, stats=stats, loss_curve=curve, split=split,
+                    config=train._as_stored(config)))
+            if (step + 1) % config.log_every == 0 or step + 1 == len(plan):
+                log(f"[pipeline {run_id}] step {step + 1}/{len(plan)}  loss {loss:.4f}")
+            if mon is not None:
+                mon(step + 1, loss)
+
+    from . import memory
+
+    _, peak, method = memory.measure_peak(loop)
+    full = gather_adapter(names)
+    ranks = _gather_stats(mon, layers=[lo, hi], stage=rank)
+    if rank != 0:
+        _cleanup_after(stage_dir)
+        return {}
+    wall = max(stats["wall_s"], 1e-9)
+    info = dict(stats, steps=len(plan), tokens_per_s=stats["nonpad_tokens"] / wall,
+                target_tokens_per_s=stats["target_tokens"] / wall, peak_mem_bytes=peak, peak_mem_method=method,
+                loss_curve=curve, truncated=data.truncated, examples_per_task=train._count_tasks(ex),
+                grad_checkpointing=ckpt_on, grad_checkpointing_reason=why, label_only_logits=True,
+                amp_dtype=str(amp).replace("torch.", "") if amp else None, device=str(device), world_size=world,
+                trainable_params=sum(t.numel() for t in full.values()), resumed_from_step=start or None,
+                parallel=dict(mode="pipeline", world_size=world, schedule=config.schedule,
+                              micro_batches=config.micro_batches, split=split, ranks=ranks))
+    adapter_dir = run_dir / "adapter"
+    info["adapter_bytes"] = train.save_adapter(_Gathered(peft_model, full), adapter_dir,
+                                               train.model_card(config, info, train.base_model_id(config.model)))
+    info["adapter_path"] = str(adapter_dir.resolve())
+    res = results.new_result(run_id, train._as_stored(config), config.seed, preset, data.source)
+    res["train_info"] = info
+    results.write_json(results_path, res)
+    _cleanup_after(stage_dir)
+    log(f"[pipeline {run_id}] done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "
+        f"results {results_path}")
+    return dict(res, _path=str(results_path))
+
+
+class _Gathered:
+    """Stands in for the PEFT model in train.save_adapter: saves the gathered (all-stage) LoRA tensors."""
+
+    def __init__(self, peft_model, state_dict: dict):
+        self.peft_model, self.state_dict = peft_model, state_dict
+
+    def save_pretrained(self, path, **kw):
+        save_adapter(self.peft_model, self.state_dict, path)
+
+
+def _counts(ex: list[dict], step: list[list[int]]) -> dict:
+    lens = [[len(ex[i]["input_ids"]) for i in mb] for mb in step]
+    labelled = [len(ex[i]["labels"]) - ex[i]["labels"].count(-100) for mb in step for i in mb]
+    return dict(examples=sum(map(len, lens)), tokens=sum(len(x) * max(x) for x in lens),
+                nonpad_tokens=sum(map(sum, lens)), target_tokens=sum(labelled))
+
+
+def _gather_stats(mon, **extra) -> list[dict] | None:
+    from .parallel import gather_rank_stats
+
+    return gather_rank_stats(mon.stats(**extra)) if mon is not None else None
+
+
+def _resume(config, stage_dir, peft_model, optimizer, scheduler, split, force, rank, world, device):
+    """Each stage restores its own checkpoint; all stages must be at the same step with the same split."""
+    import shutil
+
+    import torch.distributed as dist
+
+    from . import train
+
+    if force:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+        state = None
+    else:
+        state = train.load_checkpoint(stage_dir, peft_model, optimizer, scheduler, None)
+    mine = (state or {}).get("step", 0), (state or {}).get("split", split)
+    every = [None] * world
+    dist.all_gather_object(every, mine)
+    if any(s != split for _, s in every):
+        raise ConfigError(f"nproc={world}: the checkpoint in {stage_dir.parent} was made with stages "
+                          f"{next(s for _, s in every if s != split)}, this run splits {split}; expected the same "
+                          "nproc, or force=True to start over")
+    if len({st for st, _ in every}) > 1:
+        raise RuntimeError(f"{stage_dir.parent}: stage checkpoints disagree (steps {[st for st, _ in every]}), a run "
+                           "died while saving; expected force=True to start over")
+    if state is not None:
+        diff = train._differences(state["config"], train._as_stored(config))
+        if diff:
+            raise ConfigError(f"{diff[0]}={getattr(config, diff[0], None)!r}: the checkpoint in {stage_dir} was made "
+                              f"with {diff[0]}={state['config'].get(diff[0])!r}; expected force=True to start over")
+    return state
+
+
+def _cleanup_after(stage_dir) -> None:
+    """Drop this stage's checkpoints once rank 0 has written the results (they supersede them)."""
+    import shutil
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    shutil.rmtree(stage_dir, ignore_errors=True)

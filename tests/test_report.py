@@ -1,0 +1,182 @@
+"""The report reads only results JSONs: paper layout, sanity columns, efficiency, header, paper side by side,
+and a results file missing a field names the file and the field."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from finlora_utils import data, evaluate as ev, plots, report, results
+from finlora_utils.config import TrainConfig, paper_settings
+
+SENT = ["negative", "neutral", "positive"]
+
+
+def eval_entry(gold, pred, mode="score", **extra):
+    e = ev.classification_metrics(gold, pred, SENT)
+    e.update(mode=mode, s_per_example=0.01, data_source="real", **extra)
+    return e
+
+
+def write_trained(d, bits, acc_pred, peak_mib=100.0, model="embedded"):
+    prec, lora = paper_settings(bits)
+    cfg = TrainConfig(model=model, tasks=("fpb",), precision=prec, lora=lora)
+    r = results.new_result(cfg.run_id(), cfg.to_dict(), 0, "smoke", "real")
+    r["train_info"] = {"wall_s": 12.0, "steps": 3, "tokens": 3000, "nonpad_tokens": 2500, "tokens_per_s": 200.0,
+                       "peak_mem_bytes": int(peak_mib * 2 ** 20), "peak_mem_method": "vmhwm",
+                       "loss_curve": [[1, 2.0], [2, 1.0], [3, 0.5]], "adapter_path": "x", "adapter_bytes": 4096}
+    gold = ["neutral"] * 6 + ["positive"] * 3 + ["negative"]
+    sc = eval_entry(gold, acc_pred)
+    gen = eval_entry(gold, acc_pred[:-1] + [None], mode="generate")
+    r["eval_info"] = {"fpb": {**sc, "modes": {"score": {**sc, "predictions": acc_pred}, "generate": gen},
+                              "generate_score_agreement": 0.9, "precision": prec}}
+    return results.write_json(d / f"{cfg.run_id()}.json", r)
+
+
+def write_base(d, model="embedded"):
+    gold = ["neutral"] * 6 + ["positive"] * 3 + ["negative"]
+    run_id = ev.base_run_id("fpb", model, "bf16")
+    r = results.new_result(run_id, {"model": model, "tasks": ["fpb"], "precision": "bf16"}, 0, "smoke", "real")
+    sc = eval_entry(gold, ["negative"] * 10)  # the degenerate base the issue describes
+    cal = eval_entry(gold, ["neutral"] * 5 + ["negative"] * 5, mode="calibrated")
+    r["eval_info"] = {"fpb": {**sc, "modes": {"score": sc, "calibrated": cal}}}
+    return results.write_json(d / f"{run_id}.json", r)
+
+
+@pytest.fixture
+def study(tmp_path):
+    d = tmp_path / "results"
+    write_base(d)
+    good = ["neutral"] * 6 + ["positive"] * 3 + ["negative"]
+    write_trained(d, 16, good, 300.0)
+    write_trained(d, 8, good[:-2] + ["neutral", "neutral"], 200.0)
+    write_trained(d, 4, ["neutral"] * 10, 120.0)
+    return d
+
+
+def test_paper_layout_rows_tasks_columns_configs_with_majority(study):
+    runs = report.load(study)
+    acc = report.paper_layout(runs, "accuracy")
+    assert list(acc.columns) == ["base", "16-bit r8", "8-bit r8", "4-bit r4", "majority baseline"]
+    assert list(acc.index) == ["fpb"]
+    row = acc.loc["fpb"]
+    assert row["base"] == pytest.approx(0.1) and row["16-bit r8"] == 1.0 and row["4-bit r4"] == pytest.approx(0.6)
+    assert row["majority baseline"] == pytest.approx(0.6)
+    f1 = report.paper_layout(runs, "f1_weighted")
+    assert f1.loc["fpb", "16-bit r8"] == 1.0 and f1.loc["fpb", "4-bit r4"] < 0.6
+    assert f1.loc["fpb", "majority baseline"] == pytest.approx(0.6 * 0.75)  # the majority predictor's weighted F1
+    cal = report.paper_layout(runs, "accuracy", mode="calibrated")
+    assert list(cal.columns) == ["base", "majority baseline"] and cal.loc["fpb", "base"] == pytest.approx(0.6)
+
+
+def test_nwgi_gets_a_three_class_row(tmp_path):
+    gold = ["strong negative", "mildly negative", "neutral", "mildly positive"]
+    pred = ["mildly negative", "mildly negative", "neutral", "strong negative"]
+    e = ev.classification_metrics(gold, pred, data.NWGI_LABELS)
+    e.update(mode="score", nwgi_3class=ev.collapse_nwgi(gold, pred))
+    r = results.new_result("nwgi_embedded_16bit_base", {"model": "embedded", "tasks": ["nwgi"]}, 0, "smoke", "real")
+    r["eval_info"] = {"nwgi": e}
+    results.write_json(tmp_path / "r.json", r)
+    acc = report.paper_layout(report.load(tmp_path), "accuracy")
+    assert acc.loc["nwgi", "base"] == pytest.approx(0.5) and acc.loc["nwgi (3-class)", "base"] == pytest.approx(0.75)
+
+
+def test_sanity_table_shows_prediction_distribution_and_unparseable(study):
+    s = report.sanity_table(report.load(study))
+    base = s[(s["config"] == "base") & (s["mode"] == "score")].iloc[0]
+    assert base["top_pred"] == "negative" and base["top_pred_share"] == 1.0
+    assert base["accuracy"] < base["majority_baseline"]
+    gen = s[(s["config"] == "16-bit r8") & (s["mode"] == "generate")].iloc[0]
+    assert gen["unparseable"] == 1 and json.loads(gen["pred_distribution"])["<unparseable>"] == 1
+
+
+def test_efficiency_table_and_paper_scale_estimates(study):
+    runs = report.load(study)
+    eff = report.efficiency_table(runs).set_index("config")
+    assert list(eff.index) == ["16-bit r8", "4-bit r4", "8-bit r8"]  # sorted by run id, base excluded
+    assert eff.loc["4-bit r4", "peak_mem_mib"] == pytest.approx(120.0)
+    assert eff.loc["8-bit r8", "adapter_kib"] == 4.0 and eff.loc["8-bit r8", "train_s"] == 12.0
+    # 2500 tokens x 4 x 8.03e9 FLOPs at 50 TFLOPS
+    assert eff.loc["4-bit r4", "paper_gpu_hours"] == pytest.approx(2500 * 4 * 8.03e9 / 50e12 / 3600)
+    # the planner: an 8B model's 4-bit weights alone exceed 4 GiB, 16-bit ones 14 GiB
+    assert 4 < eff.loc["4-bit r4", "paper_peak_gib_per_gpu"] < eff.loc["16-bit r8", "paper_peak_gib_per_gpu"]
+    assert eff.loc["16-bit r8", "paper_peak_gib_per_gpu"] > 14
+    avm = report.accuracy_vs_memory(runs, "fpb")
+    assert len(avm) == 3 and set(avm["config"]) == {"16-bit r8", "8-bit r8", "4-bit r4"}
+
+
+def test_paper_comparison_side_by_side(study):
+    pc = report.paper_comparison(report.load(study), all_tasks=True)
+    row = pc[(pc["task"] == "fpb") & (pc["config"] == "8-bit r8")].iloc[0]
+    assert row["ours_accuracy"] == pytest.approx(80.0) and row["paper_accuracy"] == 85.64
+    assert row["paper_source"] == "2505.19819"
+    assert pc[(pc["task"] == "ner")]["ours_accuracy"].isna().all()  # no NER run: shown as missing, not dropped
+    assert pc[pc["config"] == "16-bit r8"]["paper_accuracy"].isna().all()  # unverified numbers stay null
+    assert set(report.paper_comparison(report.load(study))["task"]) == {"fpb"}  # default: tasks evaluated here
+
+
+def test_paper_results_file_is_complete_and_cited():
+    p = report.paper_results()
+    assert "2412.11378" in p["sources"] and "arXiv:2412.11378" in p["sources"]["2412.11378"]["citation"]
+    assert set(p["results"]) == {"fpb", "fiqa", "tfns", "nwgi", "headline", "ner"}
+    for task, by_cfg in p["results"].items():
+        assert set(by_cfg) == set(p["configurations"])
+        for cfg, v in by_cfg.items():
+            assert (v["accuracy"] is None) == (v["source"] is None), (task, cfg)
+            if v["accuracy"] is not None:
+                assert 0 < v["accuracy"] <= 100 and 0 < v["f1_weighted"] <= 1 and v["source"] in p["sources"]
+
+
+def test_header_states_what_ran(study):
+    h = report.header(report.load(study))
+    assert h["model"] == "embedded" and h["data"] == "real" and h["preset"] == "smoke"
+    assert "torch" in h["versions"] and "transformers" in h["versions"]
+    assert h["runs"] == "4 (3 finetuned, 1 base)"
+    assert "CPU" in h["hardware"] or "GPU" in h["hardware"] or h["hardware"]
+    assert report.header_markdown(report.load(study)).startswith("| what ran |")
+
+
+def test_missing_field_names_file_and_field(study):
+    path = next(study.glob("*4bit_r4.json"))
+    r = json.loads(path.read_text())
+    del r["train_info"]["peak_mem_bytes"]
+    path.write_text(json.dumps(r))
+    runs = report.load(study)
+    with pytest.raises(results.ResultsError) as e:
+        report.efficiency_table(runs)
+    assert str(path) in str(e.value) and "train_info.peak_mem_bytes" in str(e.value)
+
+    r["eval_info"]["fpb"].pop("majority_baseline")
+    path.write_text(json.dumps(r))
+    with pytest.raises(results.ResultsError, match=r"4bit_r4\.json: missing field 'eval_info\.fpb\.majority_baseline'"):
+        report.paper_layout(report.load(study))
+
+    path.write_text(json.dumps({"run_id": "x", "run_info": {}}))
+    with pytest.raises(results.ResultsError, match=r"4bit_r4\.json: missing field 'run_info.config'"):
+        report.load(study)
+
+
+def test_empty_or_missing_folder_says_what_to_run(tmp_path):
+    with pytest.raises(results.ResultsError, match="results folder not found"):
+        report.load(tmp_path / "nope")
+    with pytest.raises(results.ResultsError, match="nothing ran"):
+        report.header([])
+
+
+def test_figures_save_png_and_csv(study, tmp_path):
+    runs = report.load(study)
+    figs = {
+        "acc_mem": (report.fig_accuracy_vs_memory, report.accuracy_vs_memory(runs)),
+        "loss": (report.fig_loss_curves, report.loss_curves(runs)),
+        "mem": (report.fig_memory_breakdown, report.memory_breakdown(runs)),
+    }
+    for stem, (fn, df) in figs.items():
+        png, csv = plots.save_figure(fn(df), df, stem, tmp_path / "figures")
+        assert png.stat().st_size > 1000 and len(pd.read_csv(csv)) == len(df)
+    mb = report.memory_breakdown(runs)
+    assert {"quantized_weights", "lora", "measured peak"} <= set(mb["component"])
+    cm = report.confusion_long(runs)
+    assert cm.groupby("run_id")["count"].sum().eq(10).all()
+    frames = {r["run_id"]: report.confusion_frame(r["eval_info"]["fpb"]) for r in runs}
+    plots.save_figure(report.fig_confusions(frames), cm, "cm", tmp_path / "figures")

@@ -1,0 +1,331 @@
+"""finlora_utils.train: label-only loss, QLoRA training, checkpoints/resume, outputs, early errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from finlora_utils import train
+from finlora_utils.config import ConfigError, LoraSettings, TrainConfig
+from finlora_utils.tokenization import collate, encode
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTEXT = ("Instruction: What is the sentiment of this news? Please choose an answer from "
+           "{negative/neutral/positive}.\nInput: Sales fell 12 % in the quarter .\nAnswer: ")
+
+
+def tiny_config(tmp_path, **kw) -> TrainConfig:
+    base = dict(model="tiny-random-llama", tasks="fpb", precision="nf4", max_train_samples=24, batch_size=4,
+                max_steps=6, lr=5e-3, warmup_ratio=0.0, output_dir=str(tmp_path / "runs"), log_every=100)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(cfg, tmp_path, **kw):
+    return train.train(cfg, results_dir=tmp_path / "results", log=lambda *_: None, **kw)
+
+
+def adapter_weights(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(path) / "adapter_model.safetensors")
+
+
+def _batch(tok, n=3):
+    targets = ["negative", "neutral", "positive"][:n]
+    return collate([encode(tok, CONTEXT.replace("12", str(10 + i)), t) for i, t in enumerate(targets)],
+                   tok.pad_token_id)
+
+
+def _perturb_lora_b(model, seed=1):
+    """LoRA B starts at zero, which makes every A-gradient zero; give B values so both are tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def _lora_grads(model) -> dict:
+    # a None gradient (no path back to the parameter) counts as zero
+    return {n: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "nf4"])
+def test_label_only_logits_match_full_logits(tmp_path, precision):
+    cfg = tiny_config(tmp_path, precision=precision, lora=LoraSettings(rank=4, dropout=0.0))
+    model, tok = train.build_model(cfg)
+    _perturb_lora_b(model)
+    model.train()
+    batch = _batch(tok)
+    out = {}
+    for label_only in (True, False):
+        model.zero_grad()
+        loss, n = train.loss_fn(model, batch, label_only=label_only)
+        (loss / n).backward()
+        out[label_only] = (loss.item() / n, n, _lora_grads(model))
+    (l1, n1, g1), (l0, n0, g0) = out[True], out[False]
+    assert n1 == n0 == 6                              # 3 one-token targets + eos each
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    for k in g0:
+        assert g0[k].abs().sum() > 0, k
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-7)
+
+
+def test_loss_counts_only_target_tokens(tmp_path):
+    cfg = tiny_config(tmp_path, precision="fp32")
+    model, tok = train.build_model(cfg)
+    batch = _batch(tok)
+    with torch.no_grad():
+        loss, n = train.loss_fn(model, batch)
+        logits = train.causal_lm(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # by hand: cross-entropy at the positions before each target token / eos, nowhere else
+    ref = 0.0
+    for r in range(3):
+        pos = (batch["labels"][r] != -100).nonzero().flatten()
+        ref += torch.nn.functional.cross_entropy(logits[r, pos - 1], batch["labels"][r, pos], reduction="sum")
+    assert n == 6 and loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_4bit_lora_gradients_after_generate(tmp_path):
+    """bitsandbytes' AVX-512-BF16 CPU path repacks 4-bit weights on the first no-grad forward; training
+    after that gets wrong LoRA gradients unless models.fix_bnb_cpu disabled the path (load_model does)."""
+    import bitsandbytes as bnb
+
+    from finlora_utils.models import _cpu_flag
+
+    cfg = tiny_config(tmp_path, lora=LoraSettings(rank=4, dropout=0.0))
+
+    def grads(after_generate: bool, fixed: bool = True):
+        model, tok = train.build_model(cfg)
+        _perturb_lora_b(model)
+        if not fixed:
+            for m in model.modules():
+                if isinstance(m, bnb.nn.Linear4bit):
+                    m.support_avx512bf16_for_cpu = True
+        batch = _batch(tok)
+        if after_generate:
+            model.eval()
+            with torch.no_grad():
+                model.generate(input_ids=batch["input_ids"][:1, :20], max_new_tokens=3, do_sample=False,
+                               pad_token_id=tok.pad_token_id)
+        model.train()
+        loss, n = train.loss_fn(model, batch)
+        (loss / n).backward()
+        return _lora_grads(model)
+
+    reference, after = grads(False), grads(True)
+    for k in reference:
+        assert after[k].abs().sum() > 0, f"{k}: zero gradient after generate"
+        torch.testing.assert_close(after[k], reference[k], rtol=1e-3, atol=1e-6)
+    if _cpu_flag("avx512_bf16"):   # this CPU has the faulty path: show it breaks the gradients unfixed
+        broken = grads(True, fixed=False)
+        assert any(not torch.allclose(broken[k], reference[k], rtol=1e-2, atol=1e-5) for k in reference)
+
+
+def test_qlora_on_tiny_model_lowers_target_loss(tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=12, lr=5e-2, max_train_samples=16)
+    res = run(cfg, tmp_path)
+    ti = res["train_info"]
+    before = ti["loss_curve"][0][1]                           # step 1's loss is the untrained adapter's
+    last = sum(loss for _, loss in ti["loss_curve"][-3:]) / 3
+    assert last < before - 0.2, ti["loss_curve"]
+    assert ti["steps"] == 12 and ti["examples"] == 48 and ti["target_tokens"] > 0
+    assert ti["label_only_logits"] and ti["grad_checkpointing"] is False and ti["peak_mem_bytes"] > 0
+    assert ti["tokens"] >= ti["nonpad_tokens"] > ti["target_tokens"]
+    saved = json.loads(Path(res["_path"]).read_text())
+    assert saved["run_id"] == "fpb_tiny-random-llama_4bit_r4" and saved["train_info"]["loss_curve"] == ti["loss_curve"]
+    assert saved["run_info"]["config"]["precision"] == "nf4" and saved["meta_info"]["packages"]["torch"]
+    card = (Path(ti["adapter_path"]) / "README.md").read_text()
+    assert "base_model:" in card and "rank 4" in card and "loss on target tokens" in card
+    assert ti["adapter_bytes"] == (Path(ti["adapter_path"]) / "adapter_model.safetensors").stat().st_size
+
+
+def test_adapter_loads_with_plain_peft_and_gives_identical_logits(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from finlora_utils.models import default_compute_dtype, fix_bnb_cpu, load_tokenizer, resolve_model_path
+
+    held = {}
+
+    def keep(module):
+        held["module"] = module
+        return module
+
+    res = run(tiny_config(tmp_path, max_steps=4), tmp_path, wrap_model=keep)
+    ours = held["module"].model.eval()
+    dtype = default_compute_dtype()
+    base = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path("tiny-random-llama"), dtype=dtype, device_map={"": "cpu"},
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_compute_dtype=dtype))
+    plain = PeftModel.from_pretrained(base, res["train_info"]["adapter_path"]).eval()
+    # the same bitsandbytes CPU kernel on both sides (its packed bf16 inference path rounds differently)
+    fix_bnb_cpu(plain)
+    x = _batch(load_tokenizer("tiny-random-llama"))
+    with torch.no_grad():
+        a = ours(input_ids=x["input_ids"]).logits
+        b = plain(input_ids=x["input_ids"]).logits
+    assert any(p.abs().sum() > 0 for n, p in plain.named_parameters() if "lora_B" in n)   # trained, not the init
+    mine = dict(ours.named_parameters())
+    for n, p in plain.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p, mine[n]), n
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_resume_after_crash_reproduces_uninterrupted_run(tmp_path):
+    ref = run(tiny_config(tmp_path / "a", max_steps=6), tmp_path / "a")
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_at_5(step, loss):
+        if step == 5:
+            raise Crash
+
+    cfg = tiny_config(tmp_path / "b", max_steps=6, save_every=2)
+    with pytest.raises(Crash):
+        run(cfg, tmp_path / "b", on_step=crash_at_5)
+    ckpt = Path(cfg.output_dir) / cfg.run_id() / "checkpoints"
+    assert (ckpt / "latest").read_text() == "step-000004"
+    resumed = run(cfg, tmp_path / "b")
+    assert resumed["train_info"]["resumed_from_step"] == 4
+    assert resumed["train_info"]["loss_curve"] == ref["train_info"]["loss_curve"]
+    wa, wb = adapter_weights(ref["train_info"]["adapter_path"]), adapter_weights(resumed["train_info"]["adapter_path"])
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-6, atol=1e-8)
+    assert not ckpt.exists()   # a finished run keeps the adapter, not the checkpoints
+
+
+def test_sigkill_mid_step_loses_only_steps_since_checkpoint(tmp_path):
+    """A real SIGKILL inside the forward of step 4 (checkpoint at step 2), then resume: same adapter."""
+    cfg = tiny_config(tmp_path, max_steps=5, save_every=2)
+    script = textwrap.dedent(f"""
+        import json, os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from finlora_utils import train
+        from finlora_utils.config import TrainConfig
+        cfg = TrainConfig.from_dict(json.loads({json.dumps(cfg.to_dict(), default=list)!r}))
+        calls = {{"n": 0}}
+        def kill_in_step_4(module, args):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+        def wrap(module):
+            module.register_forward_pre_hook(kill_in_step_4)
+            return module
+        train.train(cfg, results_dir={str(tmp_path / "results")!r}, wrap_model=wrap)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ))
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_dir = Path(cfg.output_dir) / cfg.run_id()
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-000002"
+    assert not (tmp_path / "results" / f"{cfg.run_id()}.json").exists()
+    resumed = run(cfg, tmp_path)
+    ref = run(tiny_config(tmp_path / "ref", max_steps=5), tmp_path / "ref")
+    assert resumed["train_info"]["resumed_from_step"] == 2
+    wa, wb = adapter_weights(ref["train_info"]["adapter_path"]), adapter_weights(resumed["train_info"]["adapter_path"])
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-6, atol=1e-8)
+
+
+def test_finished_run_is_skipped_unless_forced(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, max_steps=2)
+    first = run(cfg, tmp_path)
+
+    def no_model(*a, **k):
+        raise AssertionError("a finished run must not load the model again")
+
+    monkeypatch.setattr(train, "build_model", no_model)
+    again = run(tiny_config(tmp_path, max_steps=2, log_every=1), tmp_path)   # cosmetic change: still finished
+    assert again["train_info"] == first["train_info"]
+    with pytest.raises(ConfigError, match=r"lr=0\.001.*force=True"):
+        run(tiny_config(tmp_path, max_steps=2, lr=1e-3), tmp_path)
+    with pytest.raises(AssertionError, match="must not load"):
+        run(cfg, tmp_path, force=True)
+
+
+def test_bad_parameters_fail_before_training(tmp_path, monkeypatch):
+    def no_model(*a, **k):
+        raise AssertionError("the model must not load for a bad config")
+
+    monkeypatch.setattr(train, "build_model", no_model)
+    with pytest.raises(ConfigError, match=r"^lr=0: expected > 0"):
+        tiny_config(tmp_path, lr=0)
+    with pytest.raises(ConfigError, match=r"^lr=-0\.1: expected > 0"):
+        tiny_config(tmp_path, lr=-0.1)
+    with pytest.raises(ConfigError, match=r"^tasks='fbp': unknown task; expected one of .*fpb"):
+        run(tiny_config(tmp_path, tasks="fbp"), tmp_path)
+    with pytest.raises(ConfigError, match=r"^max_seq_len=24: expected >= \d+: the instruction"):
+        run(tiny_config(tmp_path, max_seq_len=24), tmp_path)
+    with pytest.raises(ConfigError, match=r"^optimizer='paged_adamw_8bit': expected adamw on CPU"):
+        if torch.cuda.is_available():
+            raise ConfigError("optimizer='paged_adamw_8bit': expected adamw on CPU (skipped on CUDA)")
+        run(tiny_config(tmp_path, optimizer="paged_adamw_8bit"), tmp_path)
+
+
+def test_gradient_accumulation_and_sharding_give_the_single_batch_gradient(tmp_path, monkeypatch):
+    """train_step's normalisation: 2 micro-batches (or 2 DDP shards averaged) == one batch of 4."""
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: None)   # compare raw gradients
+    cfg = tiny_config(tmp_path, precision="fp32", lora=LoraSettings(rank=4, dropout=0.0))
+    model, tok = train.build_model(cfg)
+    _perturb_lora_b(model)
+    exs = [encode(tok, CONTEXT.replace("12", str(i)), t) for i, t in enumerate(["negative", "positive"] * 2)]
+    exs[1] = encode(tok, CONTEXT.replace("Sales", "Sales and profit"), "neutral")   # unequal lengths
+    n_targets = sum(len(e["labels"]) - e["labels"].count(-100) for e in exs)
+    module = train.TrainModule(model)
+
+    def grads_of(groups, world_size=1):
+        acc = None
+        for rank_groups in groups:   # each entry: one rank's micro-batches
+            opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+            captured = {}
+            orig = opt.step
+
+            def step(*a, **k):
+                captured.update(_lora_grads(model))
+                return orig(*a, **k)
+
+            opt.step = step
+            train.train_step(module, opt, sched, [collate(g, tok.pad_token_id) for g in rank_groups], n_targets,
+                             world_size=world_size)
+            acc = captured if acc is None else {k: acc[k] + captured[k] for k in acc}
+        return {k: v / world_size for k, v in acc.items()} if world_size > 1 else acc
+
+    whole = grads_of([[exs]])
+    accumulated = grads_of([[exs[:2], exs[2:]]])
+    ddp = grads_of([[exs[0::2]], [exs[1::2]]], world_size=2)   # what DDP's averaging computes
+    for k in whole:
+        torch.testing.assert_close(accumulated[k], whole[k], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(ddp[k], whole[k], rtol=1e-4, atol=1e-7)
+
+
+def test_cli_maps_every_flag_to_the_config(monkeypatch, capsys):
+    seen = {}
+
+    def fake_train(config, **kw):
+        seen.update(config=config, **kw)
+        return {"_path": "results/x.json"}
+
+    monkeypatch.setattr(train, "train", fake_train)
+    rc = train.main(["--task", "fpb,fiqa", "--precision", "nf4", "--rank", "4", "--lr", "0.0005", "--max-steps", "7",
+                     "--lora-variant", "rslora", "--grad-checkpointing", "on", "--label-only-logits", "false",
+                     "--force", "--results-dir", "/tmp/r"])
+    cfg = seen["config"]
+    assert rc == 0 and capsys.readouterr().out.strip() == "results/x.json"
+    assert cfg.tasks == ("fpb", "fiqa") and cfg.precision == "nf4" and cfg.lora.rank == 4 and cfg.lr == 5e-4
+    assert cfg.max_steps == 7 and cfg.lora.variant == "rslora" and cfg.grad_checkpointing == "on"
+    assert cfg.label_only_logits is False and seen["force"] and seen["results_dir"] == "/tmp/r"
+    assert train.main(["--lr", "-1"]) == 2
+    assert "lr=-1.0: expected > 0" in capsys.readouterr().err
