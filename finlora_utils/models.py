@@ -117,7 +117,9 @@ def resolve_model_path(name: str) -> str:
         return str(embedded_model_dir())
     if name == TINY:
         return str(tiny_model_dir())
-    return name
+    from .lora import hub_id  # short names of the shipped configs ('llama-3.1-8b') name hub models too
+
+    return hub_id(name) or name
 
 
 def tiny_model_dir(seed: int = 0) -> Path:
@@ -229,6 +231,12 @@ def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool
         raise _offline_hint(name, e) from e
     if qcfg is None:
         model.to(device)
+    elif device == "cpu":
+        # Unquantized tensors (embeddings, norms) are zero-copy views of the mmapped safetensors file,
+        # which keeps the whole file resident (~300 MiB for the embedded int8 model): own them instead.
+        for p in model.parameters():
+            if type(p) is torch.nn.Parameter:
+                p.data = p.data.clone()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     fix_bnb_cpu(model)
