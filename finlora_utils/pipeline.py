@@ -13,13 +13,16 @@ micro-batches to one length rounded up to PAD_MULTIPLE, and keeps one stage + sc
 """
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from .config import ConfigError, TrainConfig
-from .tokenization import collate
+from .tokenization import IGNORE, collate
 
 PAD_MULTIPLE = 16   # pad sequence length up to a multiple of this: few distinct shapes, few stage objects
 
@@ -120,8 +123,6 @@ def pad_to(batch: dict, length: int, pad_id: int) -> dict:
     """Right-pad input_ids / attention_mask / labels to `length` (extra positions carry no loss)."""
     if not bool((batch["attention_mask"][:, :-1] >= batch["attention_mask"][:, 1:]).all()):
         raise ValueError("pipeline stages pass no attention mask: expected right-padded batches (collate)")
-    from .tokenization import IGNORE
-
     extra = length - batch["input_ids"].shape[1]
     if extra <= 0:
         return batch
@@ -138,8 +139,6 @@ def bucket(length: int, max_len: int) -> int:
 
 def gather_adapter(stage_params: dict, dst: int = 0) -> dict | None:
     """Every stage's LoRA tensors (CPU copies keyed by original name) collected on rank `dst`."""
-    import torch.distributed as dist
-
     mine = {name: p.detach().to("cpu", copy=True) for p, name in stage_params.items()}
     if not dist.is_initialized():
         return mine
@@ -192,8 +191,6 @@ class StageRunner:
 
     def _loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Label-only logits as train.loss_fn: lm_head only where the next token carries a label.
-        from .tokenization import IGNORE
-
         targets = labels[:, 1:]
         where = targets != IGNORE
         logits = self.module.lm_head(hidden[:, :-1][where])
@@ -232,8 +229,6 @@ def chunks_for(batch_len: int, micro_batches: int) -> int:
 
 def clip_global_grad_norm(params: list, max_norm: float) -> float:
     """clip_grad_norm_ over the whole model when each rank holds one stage's parameters."""
-    import torch.distributed as dist
-
     grads = [p.grad for p in params if p.grad is not None]
     local = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=params[0].device)
     sq = (local.double() ** 2).reshape(1)
@@ -245,8 +240,6 @@ def clip_global_grad_norm(params: list, max_norm: float) -> float:
 
 
 def _from_last_stage(x: float, world: int, device) -> float:
-    import torch.distributed as dist
-
     t = torch.tensor([x], dtype=torch.float64, device=device)
     dist.broadcast(t, src=world - 1)
     return float(t.item())
@@ -272,10 +265,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
     monitor: a class taking (rank, device), called after every step like train's on_step and asked for
     .stats() at the end (parallel.StepMonitor).
     """
-    import shutil
-    from pathlib import Path
-
-    from . import results, train
+    from . import artifacts, memory, results, train
     from .models import load_tokenizer
 
     config.validate()
@@ -283,7 +273,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
     log = log if rank == 0 else (lambda *a, **k: None)
     run_id, run_dir = config.run_id(), Path(config.output_dir) / config.run_id()
     results_path = Path(results_dir or train.results_default_dir()) / f"{run_id}.json"
-    done = None if force else train.finished_result(config, results_path, run_dir)
+    done = None if force else artifacts.finished_result(config, results_path, run_dir)
     if done is not None:
         log(f"[pipeline {run_id}] finished earlier: {results_path} (force=True retrains)")
         return dict(done, _path=str(results_path)) if rank == 0 else {}
@@ -293,7 +283,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
     ex = data.examples
     ckpt_on, why = train.decide_grad_checkpointing(   # the whole model's plan: conservative for one stage
         config, peft_model, max(len(e["input_ids"]) for e in ex), config.batch_size // config.micro_batches,
-        max(len(e["labels"]) - e["labels"].count(-100) for e in ex), device)
+        max(len(e["labels"]) - e["labels"].count(IGNORE) for e in ex), device)
     train.set_grad_checkpointing(peft_model, ckpt_on)
     module, names = build_stage(peft_model, rank, split)
     peft_model.train()
@@ -302,9 +292,9 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
     amp = train.amp_dtype(config.precision, device)
     amp = None if amp == torch.float16 else amp   # fp16 needs a GradScaler across stages: not supported, run fp32
     stage_dir = run_dir / f"stage-{rank}-of-{world}"
-    state = _resume(config, stage_dir, peft_model, optimizer, scheduler, split, force, rank, world, device)
+    state = _resume(config, stage_dir, peft_model, optimizer, scheduler, split, force, world)
     state = state or dict(step=0, plan=data.plan, loss_curve=[], split=split,
-                          stats=dict(examples=0, tokens=0, nonpad_tokens=0, target_tokens=0, wall_s=0.0))
+                          stats=dict(examples=0, tokens=0, nonpad_tokens=0, target_tokens=0, wall_s=0.0, cpu_s=0.0))
     plan, stats, curve, start = state["plan"], state["stats"], state["loss_curve"], state["step"]
     runner = StageRunner(module, rank, world, device, config.schedule, amp)
     mon = monitor(rank, device) if monitor else None
@@ -313,7 +303,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
         f"{config.micro_batches} micro-batches, amp {amp}, grad checkpointing {'on' if ckpt_on else 'off'}")
 
     def loop():
-        t_mark = time.time()
+        t_mark, c_mark = time.time(), time.process_time()
         for step in range(start, len(plan)):
             batches = [collate([ex[i] for i in mb], tok.pad_token_id) for mb in plan[step]]
             counts = _counts(ex, plan[step])
@@ -329,20 +319,19 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
             curve.append([step + 1, round(loss, 6)])
             for k, v in counts.items():
                 stats[k] += v
-            now = time.time()
+            now, cpu_now = time.time(), time.process_time()
             stats["wall_s"] += now - t_mark
-            t_mark = now
+            stats["cpu_s"] = stats.get("cpu_s", 0.0) + cpu_now - c_mark   # vs wall_s: a contended machine
+            t_mark, c_mark = now, cpu_now
             if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < len(plan):
                 # every stage writes its own part (its LoRA tensors and optimizer state)
-                train.save_checkpoint(stage_dir, peft_model, optimizer, scheduler, None, dict(
+                artifacts.save_checkpoint(stage_dir, peft_model, optimizer, scheduler, None, dict(
                     step=step + 1, plan=plan, stats=stats, loss_curve=curve, split=split,
-                    config=train._as_stored(config)))
+                    config=artifacts.as_stored(config)))
             if (step + 1) % config.log_every == 0 or step + 1 == len(plan):
                 log(f"[pipeline {run_id}] step {step + 1}/{len(plan)}  loss {loss:.4f}")
             if mon is not None:
                 mon(step + 1, loss)
-
-    from . import memory
 
     _, peak, method = memory.measure_peak(loop)
     full = gather_adapter(names)
@@ -360,10 +349,10 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
                 parallel=dict(mode="pipeline", world_size=world, schedule=config.schedule,
                               micro_batches=config.micro_batches, split=split, ranks=ranks))
     adapter_dir = run_dir / "adapter"
-    info["adapter_bytes"] = train.save_adapter(_Gathered(peft_model, full), adapter_dir,
-                                               train.model_card(config, info, train.base_model_id(config.model)))
+    info["adapter_bytes"] = artifacts.save_adapter(_Gathered(peft_model, full), adapter_dir,
+                                               artifacts.model_card(config, info, train.base_model_id(config.model)))
     info["adapter_path"] = str(adapter_dir.resolve())
-    res = results.new_result(run_id, train._as_stored(config), config.seed, preset, data.source)
+    res = results.new_result(run_id, artifacts.as_stored(config), config.seed, preset, data.source)
     res["train_info"] = info
     results.write_json(results_path, res)
     _cleanup_after(stage_dir)
@@ -384,7 +373,7 @@ class _Gathered:
 
 def _counts(ex: list[dict], step: list[list[int]]) -> dict:
     lens = [[len(ex[i]["input_ids"]) for i in mb] for mb in step]
-    labelled = [len(ex[i]["labels"]) - ex[i]["labels"].count(-100) for mb in step for i in mb]
+    labelled = [len(ex[i]["labels"]) - ex[i]["labels"].count(IGNORE) for mb in step for i in mb]
     return dict(examples=sum(map(len, lens)), tokens=sum(len(x) * max(x) for x in lens),
                 nonpad_tokens=sum(map(sum, lens)), target_tokens=sum(labelled))
 
@@ -395,19 +384,15 @@ def _gather_stats(mon, **extra) -> list[dict] | None:
     return gather_rank_stats(mon.stats(**extra)) if mon is not None else None
 
 
-def _resume(config, stage_dir, peft_model, optimizer, scheduler, split, force, rank, world, device):
+def _resume(config, stage_dir, peft_model, optimizer, scheduler, split, force, world):
     """Each stage restores its own checkpoint; all stages must be at the same step with the same split."""
-    import shutil
-
-    import torch.distributed as dist
-
-    from . import train
+    from . import artifacts
 
     if force:
         shutil.rmtree(stage_dir, ignore_errors=True)
         state = None
     else:
-        state = train.load_checkpoint(stage_dir, peft_model, optimizer, scheduler, None)
+        state = artifacts.load_checkpoint(stage_dir, peft_model, optimizer, scheduler, None)
     mine = (state or {}).get("step", 0), (state or {}).get("split", split)
     every = [None] * world
     dist.all_gather_object(every, mine)
@@ -419,7 +404,7 @@ def _resume(config, stage_dir, peft_model, optimizer, scheduler, split, force, r
         raise RuntimeError(f"{stage_dir.parent}: stage checkpoints disagree (steps {[st for st, _ in every]}), a run "
                            "died while saving; expected force=True to start over")
     if state is not None:
-        diff = train._differences(state["config"], train._as_stored(config))
+        diff = artifacts.differences(state["config"], artifacts.as_stored(config))
         if diff:
             raise ConfigError(f"{diff[0]}={getattr(config, diff[0], None)!r}: the checkpoint in {stage_dir} was made "
                               f"with {diff[0]}={state['config'].get(diff[0])!r}; expected force=True to start over")
@@ -428,9 +413,5 @@ def _resume(config, stage_dir, peft_model, optimizer, scheduler, split, force, r
 
 def _cleanup_after(stage_dir) -> None:
     """Drop this stage's checkpoints once rank 0 has written the results (they supersede them)."""
-    import shutil
-
-    import torch.distributed as dist
-
     dist.barrier()
     shutil.rmtree(stage_dir, ignore_errors=True)
