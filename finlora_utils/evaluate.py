@@ -19,10 +19,10 @@ scikit-learn with (y_true, y_pred) in that order: FinLoRA's 2024 code had them s
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -493,44 +493,51 @@ def evaluate(model, tokenizer, dataset_or_task, mode: str = "score", batch_size:
     from .models import fix_bnb_cpu
 
     fix_bnb_cpu(model)  # a no-grad 4-bit forward must not break later LoRA training on CPU
-    with warnings.catch_warnings():
-        # bitsandbytes int8 warns on every matmul that fp32 inputs are cast to fp16: that cast is the design.
-        warnings.filterwarnings("ignore", message="MatMul8bitLt")
-        return _evaluate(model, tokenizer, prompts, gold, task, source, labels, kind, metric, mode, batch_size,
-                         max_new_tokens, max_len, keep_predictions, boundary)
-
-
-def _evaluate(model, tokenizer, prompts, gold, task, source, labels, kind, metric, mode, batch_size,
-              max_new_tokens, max_len, keep_predictions, boundary) -> dict:
     t0 = time.perf_counter()
     info: dict[str, Any] = {"task": task, "kind": kind, "metric": metric, "batch_size": batch_size,
                             "data_source": source}
-    if not labels:
-        preds = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens or EXTRACT_MAX_NEW_TOKENS, max_len)
-        info.update(mode="generate", **extraction_metrics(gold, preds, batched=metric == "batched_accuracy"))
-        if metric == "bertscore":
-            info["note"] = "BERTScore not computed offline; exact_match and token_f1 shown instead"
-    else:
-        gold = [_canon(g, labels) for g in gold]
-        if mode == "generate":
-            outs = generate_texts(model, tokenizer, prompts, batch_size, max_new_tokens or CLS_MAX_NEW_TOKENS, max_len)
-            preds = [parse_label(o, labels) for o in outs]
-            info["raw_outputs_sample"] = outs[:5]
+    with _quiet_bnb_int8():
+        if not labels:
+            n_new = max_new_tokens or EXTRACT_MAX_NEW_TOKENS
+            preds = generate_texts(model, tokenizer, prompts, batch_size, n_new, max_len)
+            info.update(mode="generate", **extraction_metrics(gold, preds, batched=metric == "batched_accuracy"))
+            if metric == "bertscore":
+                info["note"] = "BERTScore not computed offline; exact_match and token_f1 shown instead"
         else:
-            sc = score_labels(model, tokenizer, prompts, labels, batch_size, max_len, boundary)
-            info["boundary"] = boundary
-            if mode == "calibrated":
-                sc, info["calibration"] = calibrate(model, tokenizer, prompts, labels, sc, batch_size, max_len, boundary)
-            preds = [labels[j] for j in sc.argmax(axis=1)]
-        info.update(mode=mode, **classification_metrics(gold, preds, labels))
-        if task == "nwgi" and len(labels) == 7:
-            info["nwgi_3class"] = collapse_nwgi(gold, preds)
+            gold = [_canon(g, labels) for g in gold]
+            if mode == "generate":
+                n_new = max_new_tokens or CLS_MAX_NEW_TOKENS
+                outs = generate_texts(model, tokenizer, prompts, batch_size, n_new, max_len)
+                preds = [parse_label(o, labels) for o in outs]
+                info["raw_outputs_sample"] = outs[:5]
+            else:
+                sc = score_labels(model, tokenizer, prompts, labels, batch_size, max_len, boundary)
+                info["boundary"] = boundary
+                if mode == "calibrated":
+                    sc, info["calibration"] = calibrate(model, tokenizer, prompts, labels, sc, batch_size, max_len,
+                                                        boundary)
+                preds = [labels[j] for j in sc.argmax(axis=1)]
+            info.update(mode=mode, **classification_metrics(gold, preds, labels))
+            if task == "nwgi" and len(labels) == 7:
+                info["nwgi_3class"] = collapse_nwgi(gold, preds)
     wall = time.perf_counter() - t0
     info.update(wall_s=wall, s_per_example=wall / len(prompts),
                 truncated=sum(prompt_ids(tokenizer, p, max_len)[1] for p in prompts) if max_len else 0)
     if keep_predictions:
         info["predictions"] = [UNPARSEABLE if p is None else p for p in preds]
     return info
+
+
+@contextlib.contextmanager
+def _quiet_bnb_int8():
+    """bitsandbytes logs on every int8 matmul that fp32 inputs are cast to fp16: that cast is the design."""
+    log = logging.getLogger("bitsandbytes.autograd._functions")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _canon(target: str, labels: Sequence[str]) -> str:
@@ -568,7 +575,8 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
     entry = {k: v for k, v in first.items() if k != "predictions"}
     entry["modes"] = by_mode
     if "score" in by_mode and "generate" in by_mode:
-        entry["generate_score_agreement"] = agreement(by_mode["score"]["predictions"], by_mode["generate"]["predictions"])
+        entry["generate_score_agreement"] = agreement(by_mode["score"]["predictions"],
+                                                      by_mode["generate"]["predictions"])
     return entry
 
 

@@ -13,14 +13,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import warnings
+import logging
 
 import torch
 
 from .paths import cache_dir
 
-# bitsandbytes warns on every int8 matmul that fp32 inputs are cast to fp16; that cast is the design.
-warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+# bitsandbytes logs on every int8 matmul that fp32 inputs are cast to fp16; that cast is the design.
+logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 
 EMBEDDED = "embedded"
 TINY = "tiny-random-llama"

@@ -104,7 +104,8 @@ def eval_table(runs: Sequence[dict], all_modes: bool = True) -> pd.DataFrame:
             modes = entry.get("modes") if all_modes and entry.get("modes") else {entry["mode"]: entry}
             for mode, e in modes.items():
                 common = dict(run_id=r["run_id"], model=r["run_info"]["config"].get("model"), config=config_label(r),
-                              mode=mode, primary=mode == entry["mode"], own_task=not is_trained(r) or task in trained_on,
+                              mode=mode, primary=mode == entry["mode"],
+                              own_task=not is_trained(r) or task in trained_on,
                               s_per_example=e.get("s_per_example"), eval_precision=entry.get("precision"),
                               data_source=e.get("data_source") or r["run_info"].get("data_source"),
                               agreement=entry.get("generate_score_agreement"))
@@ -265,8 +266,8 @@ def paper_comparison(runs: Sequence[dict], paper: dict | None = None, all_tasks:
     paper = paper or paper_results()
     ev = eval_table(runs)
     done = set(ev["task"]) if not ev.empty else set()
-    ours = ev[ev["primary"] & ev["own_task"]].groupby(["task", "config"])[["accuracy", "f1_weighted", "mode", "model"]].first() \
-        if not ev.empty else pd.DataFrame()
+    cols = ["accuracy", "f1_weighted", "mode", "model"]
+    ours = pd.DataFrame() if ev.empty else ev[ev["primary"] & ev["own_task"]].groupby(["task", "config"])[cols].first()
     rows = []
     for task, by_cfg in paper["results"].items():
         if not all_tasks and task not in done:
@@ -298,7 +299,7 @@ def header(runs: Sequence[dict]) -> dict:
     hw = [r["meta_info"]["hardware"] for r in runs]
     pk = [r["meta_info"]["packages"] for r in runs]
     return {
-        "runs": f"{len(runs)} ({sum(is_trained(r) for r in runs)} finetuned, {sum(not is_trained(r) for r in runs)} base)",
+        "runs": f"{len(runs)} ({sum(map(is_trained, runs))} finetuned, {len(runs) - sum(map(is_trained, runs))} base)",
         "model": distinct(r["run_info"]["config"]["model"] for r in runs),
         "data": distinct(r["run_info"].get("data_source") for r in runs),
         "preset": distinct(r["run_info"].get("preset") for r in runs),
@@ -358,9 +359,11 @@ def fig_memory_breakdown(df: pd.DataFrame):
 
     fig, ax = plt.subplots(figsize=(7, 4))
     planned = df[df["kind"] == "planned"].pivot_table(index="run_id", columns="component", values="mib", aggfunc="sum")
-    measured = df[df["kind"] == "measured"].set_index("run_id")["mib"]
-    runs = list(measured.index)
-    labels = df.drop_duplicates("run_id").set_index("run_id")["config"].reindex(runs)
+    config_of = df.drop_duplicates("run_id").set_index("run_id")["config"]
+    rank = {c: i for i, c in enumerate(_order(config_of))}
+    runs = sorted(config_of.index, key=lambda r: (rank[config_of[r]], r))
+    measured = df[df["kind"] == "measured"].set_index("run_id")["mib"].reindex(runs)
+    labels = config_of.reindex(runs)
     if not planned.empty:
         planned.reindex(runs).fillna(0).plot.bar(stacked=True, ax=ax, rot=0, width=0.6)
     ax.scatter(range(len(runs)), measured.values, color="black", marker="_", s=600, zorder=3, label="measured peak")
@@ -383,6 +386,7 @@ def fig_confusions(frames: dict[str, pd.DataFrame], title: str = ""):
     """One heat-map per (name -> confusion frame), side by side."""
     import matplotlib.pyplot as plt
 
+    frames = {k: frames[k] for k in _order(frames)}  # base, 16-bit r8, 8-bit r8, 4-bit r4, others
     n = len(frames)
     fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2), squeeze=False)
     for ax, (name, cm) in zip(axes[0], frames.items()):
