@@ -71,8 +71,16 @@ def build_model(config: TrainConfig, device: str | None = None):
     from .lora import build_lora_config
     from .models import fix_bnb_cpu, load_model
 
+    from transformers.utils import logging as hf_logging
+
     torch.manual_seed(config.seed)
-    model, tok = load_model(config.model, config.precision, config.double_quant, device=device)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()   # a 272-step 'Loading weights' bar per run buries the training log
+    try:
+        model, tok = load_model(config.model, config.precision, config.double_quant, device=device)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.config.use_cache = False   # a KV cache in training is wasted memory
     peft_model = get_peft_model(model, build_lora_config(config.lora, model))
     fix_bnb_cpu(peft_model)          # bnb's packed bf16 CPU path corrupts LoRA grads after a no-grad forward
@@ -354,7 +362,7 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
                               f"with {diff[0]}={state['config'].get(diff[0])!r}; expected force=True to start over")
         log(f"[train {run_id}] resuming from step {state['step']}/{len(state['plan'])}")
     state = state or dict(step=0, plan=data.plan, loss_curve=[],
-                          stats=dict(examples=0, tokens=0, nonpad_tokens=0, target_tokens=0, wall_s=0.0))
+                          stats=dict(examples=0, tokens=0, nonpad_tokens=0, target_tokens=0, wall_s=0.0, cpu_s=0.0))
     plan, stats, curve, start = state["plan"], state["stats"], state["loss_curve"], state["step"]
     amp_name = str(amp).replace("torch.", "") if amp else None
     log(f"[train {run_id}] {len(ex)} examples, {len(plan)} steps, {config.precision}, amp {amp_name}, "
@@ -362,6 +370,7 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
 
     def loop():
         t_start = t_mark = time.time()
+        c_mark = time.process_time()   # CPU seconds of all threads: with wall_s, shows a contended machine
         session_tokens = 0
         for step in range(start, len(plan)):
             micro, weights, counts = _step_batches(ex, plan[step], rank, world_size, tok.pad_token_id)
@@ -372,9 +381,10 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
             for k, v in counts.items():
                 stats[k] += v
             session_tokens += counts["nonpad_tokens"]
-            now = time.time()
+            now, cpu_now = time.time(), time.process_time()
             stats["wall_s"] += now - t_mark
-            t_mark = now
+            stats["cpu_s"] = stats.get("cpu_s", 0.0) + cpu_now - c_mark
+            t_mark, c_mark = now, cpu_now
             if rank == 0 and config.save_every and (step + 1) % config.save_every == 0 and step + 1 < len(plan):
                 save_checkpoint(run_dir, model, optimizer, scheduler, scaler, dict(
                     step=step + 1, plan=plan, stats=stats, loss_curve=curve, config=as_stored(config)))
@@ -385,7 +395,7 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
             if on_step is not None:
                 on_step(step + 1, loss)
 
-    _, peak, method = memory.measure_peak(loop)
+    _, peak, method = _measure_peak(loop)
     if rank != 0:
         return {}
     wall = max(stats["wall_s"], 1e-9)
@@ -405,6 +415,26 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
     log(f"[train {run_id}] done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "
         f"peak {peak / 2**30:.2f} GiB ({method}), results {results_path}")
     return dict(res, _path=str(results_path))
+
+
+def release_free_heap() -> None:
+    """Give glibc's freed-but-kept heap pages back to the OS (malloc_trim), so that a VmHWM reset starts
+    from the memory really in use. (A candidate for memory.measure_peak itself.)"""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _measure_peak(fn, *args):
+    """memory.measure_peak after a heap trim, so that a CPU peak starts from live memory rather than from
+    the freed buffers of model loading; the method says so."""
+    release_free_heap()
+    result, peak, method = memory.measure_peak(fn, *args)
+    return result, peak, f"{method}+malloc_trim" if method.startswith("vmhwm") else method
 
 
 def base_model_id(name: str) -> str:
@@ -505,10 +535,12 @@ def _sweep_here(config: TrainConfig, seq_lens: list[int], batch_size: int) -> li
             if plan.total_bytes > budget:
                 rows.append(dict(row, status="skipped: planner says it does not fit"))
                 continue
-            batch, base = _synthetic_batch(tok, n, batch_size, n), memory.current_bytes()
+            batch = _synthetic_batch(tok, n, batch_size, n)
+            release_free_heap()
+            base = memory.current_bytes()   # after the trim: live memory before the step
             t0 = time.perf_counter()
             try:
-                _, peak, method = memory.measure_peak(step, batch)
+                _, peak, method = _measure_peak(step, batch)
             except torch.OutOfMemoryError:
                 rows.append(dict(row, status="out of memory"))
                 break
@@ -522,9 +554,10 @@ def seq_len_sweep(config: TrainConfig, seq_lens=(256, 512, 1024, 2048, 4096), ba
     """Time and peak memory of one training step per sequence length, without and with gradient
     checkpointing (synthetic long-input batches, the model and LoRA of `config`).
 
-    Runs in a fresh process started with MALLOC_MMAP_THRESHOLD_ so that freed memory goes back to the
-    OS and the CPU peak (VmHWM) of each step is its own; peak_mem_bytes - base_bytes is the step's cost.
-    Points the planner says cannot fit are skipped; a CUDA out-of-memory ends that series.
+    Runs in a fresh process; before each step freed heap goes back to the OS (malloc_trim), so the CPU
+    peak (VmHWM) is the step's own: peak_mem_bytes - base_bytes is what the step added. (Not
+    MALLOC_MMAP_THRESHOLD_: it would halve the speed being measured.) Points the planner says cannot
+    fit are skipped; a CUDA out-of-memory ends that series.
     """
     import subprocess
     import tempfile
@@ -534,8 +567,7 @@ def seq_len_sweep(config: TrainConfig, seq_lens=(256, 512, 1024, 2048, 4096), ba
         cfg_path.write_text(json.dumps(as_stored(config)))
         cmd = [sys.executable, "-m", "finlora_utils.train", "_sweep", str(cfg_path), str(out),
                ",".join(map(str, seq_lens)), str(batch_size)]
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s,
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                               cwd=Path(__file__).resolve().parents[1])
         if proc.returncode != 0:
             raise RuntimeError(f"seq_len_sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

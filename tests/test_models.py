@@ -64,6 +64,9 @@ def test_tiny_model_dims_are_multiples_of_32():
 def test_bad_precision_and_unreachable_hub_id(monkeypatch):
     with pytest.raises(ValueError, match="^precision='int2'"):
         models.load_model("tiny-random-llama", "int2")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    # HF_HUB_OFFLINE is read at import time; flip the constant so the test sees offline mode at once
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(models.ModelLoadError, match="model='no-such-org/no-such-model'.*embedded"):
         models.load_model("no-such-org/no-such-model", "bf16")
