@@ -66,7 +66,7 @@ def run_one(cfg: dict) -> dict:
     # A throwaway tiny run first: lazy imports, kernels and thread pools land in the baseline.
     run_steps(dict(cfg, model="tiny-random-llama", seq_len=160, batch=1))
     gc.collect()
-    baseline = memory.current_bytes()
+    baseline = memory.baseline_bytes()
     out = run_steps(cfg)
     out["measured_bytes"] = out.pop("peak_bytes") - baseline
     out["static_bytes"] = out.pop("before_bytes") - baseline
@@ -116,7 +116,7 @@ def run_steps(cfg: dict) -> dict:
     t0 = time.time()
     step()   # warm-up: optimizer states, lazily created kernels/caches
     gc.collect()
-    before = memory.current_bytes()
+    before = memory.baseline_bytes()
     _, peak, method = memory.measure_peak(step)
     out = dict(peak_bytes=peak, before_bytes=before, method=method, step_s=round((time.time() - t0) / 2, 2),
                amp=str(amp))

@@ -449,14 +449,33 @@ def current_bytes() -> int:
     return _vm_rss()
 
 
+def release_free_heap() -> None:
+    """Give glibc's freed-but-kept heap pages back to the OS (malloc_trim). Without this a freed 50 MB
+    buffer stays resident, a new allocation reuses it without raising RSS, and a peak is missed."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def baseline_bytes() -> int:
+    """current_bytes() after a heap trim: the live memory a measure_peak result should be compared with."""
+    release_free_heap()
+    return current_bytes()
+
+
 def measure_peak(fn, *args, **kwargs):
     """Run fn(*args, **kwargs) and return (result, peak_bytes, method).
 
     CUDA: torch.cuda.max_memory_allocated after a reset ("cuda_max_allocated"; excludes the CUDA
-    context). CPU: reset the kernel's RSS high-water mark (/proc/self/clear_refs "5") and read VmHWM
-    ("vmhwm"); the number includes the process baseline (python + torch + anything loaded before).
-    glibc keeps freed heap memory unless MALLOC_MMAP_THRESHOLD_ was set at process start, so
-    without it the method is reported as "vmhwm_heap_retained" (peaks of reused heap are missed).
+    context). CPU: trim the heap (malloc_trim), reset the kernel's RSS high-water mark
+    (/proc/self/clear_refs "5") and read VmHWM ("vmhwm"); the number includes the process baseline
+    (python + torch + anything loaded before), so subtract baseline_bytes() taken just before.
+    glibc may keep memory that fn frees and reuse it inside fn unless MALLOC_MMAP_THRESHOLD_ was set at
+    process start; that reuse is real residency, but the method then says "vmhwm_heap_retained".
     """
     import torch
 
@@ -467,6 +486,7 @@ def measure_peak(fn, *args, **kwargs):
         torch.cuda.synchronize()
         return result, int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
     method = "vmhwm" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "vmhwm_heap_retained"
+    release_free_heap()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
