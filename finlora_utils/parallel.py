@@ -256,9 +256,23 @@ def _failure(config: TrainConfig, nproc: int, code: int, log_dir: Path, tail, nn
     who = "rank" if nnodes == 1 else "this node's local rank"
     if text:
         return ParallelRunError(f"{head}; {who} {rank} failed: {text}\n{stack}", rank=rank, exitcode=code)
-    # No error file: the rank died without raising (killed, out of memory, segfault).
-    return ParallelRunError(f"{head}; no rank recorded an exception (killed? out of memory?). "
-                            f"Last output:\n{_tail_text(tail)}", exitcode=code)
+    # No error file: the rank died without raising (killed, out of memory, segfault, C++ abort). Its own
+    # stderr (torchrun's --tee copy) holds what the merged stream may have lost, e.g. a gloo terminate().
+    return ParallelRunError(f"{head}; no rank recorded an exception (killed? out of memory? abort?). "
+                            f"Last output:\n{_tail_text(tail)}{_rank_stderr_tails(log_dir)}", exitcode=code)
+
+
+def _rank_stderr_tails(log_dir: Path, n: int = 12) -> str:
+    out = []
+    for f in sorted(Path(log_dir).glob("*/attempt_*/*/stderr.log")):
+        try:
+            lines = [ln for ln in f.read_text(errors="replace").splitlines() if _worth_showing(ln)]
+        except OSError:
+            continue
+        if lines:
+            out.append(f"\n--- local rank {f.parent.name} stderr (last {min(n, len(lines))} lines) ---\n"
+                       + "\n".join(lines[-n:]))
+    return "".join(out)
 
 
 # ---------------------------------------------------------------- worker (one per rank, under torchrun)
@@ -384,6 +398,8 @@ def _run_rank(config: TrainConfig, preset: str | None, results_dir: str | None, 
             result = _train_replica(config, rank, world, device, preset, results_dir, force)
         if rank == 0 and result.get("_path") and os.environ.get(RESULT_POINTER):
             Path(os.environ[RESULT_POINTER]).write_text(result["_path"])
+        if world > 1:
+            dist.barrier()   # no rank leaves while another still works (rank 0 writes the results last)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -586,7 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_worker"]:
         from torch.distributed.elastic.multiprocessing.errors import record
 
-        return record(_worker_main)(argv[1:])
+        code = record(_worker_main)(argv[1:])
+        # A rank that has finished skips interpreter teardown: C++ libraries' exit-time destructors
+        # (gloo pairs, tokenizer threads) can abort a process whose work is done, and torchrun would then
+        # kill a rank 0 still writing results. (Seen once in CI: rank 1 SIGABRT after a clean run.)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     ns = _parser().parse_args(argv)
     try:
         config = config_from_args(ns)
