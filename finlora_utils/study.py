@@ -53,6 +53,10 @@ def run_notebook(name: str, preset: str = "cpu", output_dir: str | Path | None =
     params["OUTPUT_DIR"] = str(out_root)
     params.update(extra_params or {})
     env_timeout = os.environ.get("FINLORA_CELL_TIMEOUT")
+    from .data.sources import ENV_DATA_DIR
+
+    if os.environ.get(ENV_DATA_DIR):   # the kernel runs in notebooks/: a relative data dir would move
+        os.environ[ENV_DATA_DIR] = str(Path(os.environ[ENV_DATA_DIR]).resolve())
     t0 = time.time()
     try:
         pm.execute_notebook(str(src), str(dst), parameters=params, cwd=str(notebooks_dir()),
