@@ -22,9 +22,7 @@ fp32), bf16 autocast where the hardware has it, no gradient checkpointing unless
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -176,7 +174,8 @@ def build_data(config: TrainConfig, tok, data_dir=None) -> TrainData:
     for t in config.tasks:
         if t not in data.TASKS:
             raise ConfigError(f"tasks={t!r}: unknown task; expected one of {', '.join(data.task_names())}")
-    ds = data.load_tasks(list(config.tasks), "train", data_dir, config.max_train_samples or None, config.seed)
+    ds = data.load_tasks(list(config.tasks), config.train_split, data_dir, config.max_train_samples or None,
+                         config.seed)
     examples, truncated = encode_dataset(ds, tok, config.max_seq_len, config.truncation)
     lengths = [len(e["input_ids"]) for e in examples]
     plan = batch_plan(lengths, config.batch_size, config.grad_accum, config.epochs, config.max_steps, config.seed)
@@ -395,7 +394,7 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
             if on_step is not None:
                 on_step(step + 1, loss)
 
-    _, peak, method = _measure_peak(loop)
+    _, peak, method = memory.measure_peak(loop)
     if rank != 0:
         return {}
     wall = max(stats["wall_s"], 1e-9)
@@ -415,26 +414,6 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
     log(f"[train {run_id}] done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "
         f"peak {peak / 2**30:.2f} GiB ({method}), results {results_path}")
     return dict(res, _path=str(results_path))
-
-
-def release_free_heap() -> None:
-    """Give glibc's freed-but-kept heap pages back to the OS (malloc_trim), so that a VmHWM reset starts
-    from the memory really in use. (A candidate for memory.measure_peak itself.)"""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
-def _measure_peak(fn, *args):
-    """memory.measure_peak after a heap trim, so that a CPU peak starts from live memory rather than from
-    the freed buffers of model loading; the method says so."""
-    release_free_heap()
-    result, peak, method = memory.measure_peak(fn, *args)
-    return result, peak, f"{method}+malloc_trim" if method.startswith("vmhwm") else method
 
 
 def base_model_id(name: str) -> str:
@@ -503,77 +482,6 @@ def summary_table(results_list: list[dict]):
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------- cost of one step vs sequence length
-
-def _synthetic_batch(tok, seq_len: int, batch_size: int, seed: int) -> dict:
-    """A prompt of seq_len - 2 random tokens and a 1-token target + eos: a long-input classification step."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(100, len(tok) - 1, (batch_size, seq_len), generator=g)
-    ids[:, -1] = tok.eos_token_id
-    labels = torch.full_like(ids, IGNORE)
-    labels[:, -2:] = ids[:, -2:]
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-
-
-def _sweep_here(config: TrainConfig, seq_lens: list[int], batch_size: int) -> list[dict]:
-    model, tok = build_model(config)
-    dev = next(p.device for p in model.parameters() if p.requires_grad)
-    module, amp = TrainModule(model, config.label_only_logits), amp_dtype(config.precision, dev)
-    model.train()
-    budget = memory_budget(dev)
-    rows = []
-    for ckpt in (False, True):
-        set_grad_checkpointing(model, ckpt)
-        opt, sched = make_optimizer(config, [p for p in model.parameters() if p.requires_grad], 10 ** 6)
-        step = lambda b: train_step(module, opt, sched, [b], int((b["labels"] != IGNORE).sum()), amp=amp)  # noqa: E731
-        step(_synthetic_batch(tok, min(seq_lens), batch_size, 0))   # warm-up: kernels, optimizer state
-        for n in sorted(seq_lens):
-            plan = planned(config, model, n, batch_size, 2, dev, grad_checkpointing=ckpt)
-            row = dict(seq_len=n, batch_size=batch_size, grad_checkpointing=ckpt, planned_bytes=plan.total_bytes,
-                       planned_step_bytes=plan.breakdown["activations"] + plan.breakdown["logits"],
-                       s_per_step=None, peak_mem_bytes=None, base_bytes=None, peak_mem_method=None, status="ok")
-            if plan.total_bytes > budget:
-                rows.append(dict(row, status="skipped: planner says it does not fit"))
-                continue
-            batch = _synthetic_batch(tok, n, batch_size, n)
-            release_free_heap()
-            base = memory.current_bytes()   # after the trim: live memory before the step
-            t0 = time.perf_counter()
-            try:
-                _, peak, method = _measure_peak(step, batch)
-            except torch.OutOfMemoryError:
-                rows.append(dict(row, status="out of memory"))
-                break
-            rows.append(dict(row, s_per_step=time.perf_counter() - t0, peak_mem_bytes=peak, base_bytes=base,
-                             peak_mem_method=method))
-    return rows
-
-
-def seq_len_sweep(config: TrainConfig, seq_lens=(256, 512, 1024, 2048, 4096), batch_size: int = 1,
-                  timeout_s: float = 1800) -> list[dict]:
-    """Time and peak memory of one training step per sequence length, without and with gradient
-    checkpointing (synthetic long-input batches, the model and LoRA of `config`).
-
-    Runs in a fresh process; before each step freed heap goes back to the OS (malloc_trim), so the CPU
-    peak (VmHWM) is the step's own: peak_mem_bytes - base_bytes is what the step added. (Not
-    MALLOC_MMAP_THRESHOLD_: it would halve the speed being measured.) Points the planner says cannot
-    fit are skipped; a CUDA out-of-memory ends that series.
-    """
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="finlora-sweep-") as tmp:
-        cfg_path, out = Path(tmp) / "config.json", Path(tmp) / "rows.json"
-        cfg_path.write_text(json.dumps(as_stored(config)))
-        cmd = [sys.executable, "-m", "finlora_utils.train", "_sweep", str(cfg_path), str(out),
-               ",".join(map(str, seq_lens)), str(batch_size)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              cwd=Path(__file__).resolve().parents[1])
-        if proc.returncode != 0:
-            raise RuntimeError(f"seq_len_sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        return json.loads(out.read_text())
-
-
 # ---------------------------------------------------------------- CLI
 
 def main(argv=None) -> int:
@@ -583,12 +491,6 @@ def main(argv=None) -> int:
     from .parallel import _config_args, config_from_args   # one flag per TrainConfig field, shared with torchrun
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_sweep"]:   # the child process of seq_len_sweep
-        cfg_path, out, lens, batch = argv[1:5]
-        config = TrainConfig.from_dict(json.loads(Path(cfg_path).read_text()))
-        rows = _sweep_here(config, [int(x) for x in lens.split(",")], int(batch))
-        results.write_json(out, rows)
-        return 0
     ap = argparse.ArgumentParser(prog="python -m finlora_utils.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=None, help="TrainConfig JSON to start from (flags override it)")
     _config_args(ap)
