@@ -75,6 +75,7 @@ class TrainConfig:
     max_seq_len: int = 512
     truncation: str = "head"           # head | head_tail: which part of the Input text survives
     max_train_samples: int = 0         # 0 = all
+    train_split: str = "train"         # train | fit (train minus the 10% validation holdout, for tuning)
     seed: int = 0
     grad_checkpointing: str = "auto"   # auto (planner decides) | on | off
     label_only_logits: bool = True
@@ -108,6 +109,8 @@ class TrainConfig:
         _check(self.max_seq_len >= 16, "max_seq_len", self.max_seq_len, ">= 16")
         _check(self.truncation in ("head", "head_tail"), "truncation", self.truncation, "head or head_tail")
         _check(self.max_train_samples >= 0, "max_train_samples", self.max_train_samples, ">= 0 (0 = all)")
+        _check(self.train_split in ("train", "fit"), "train_split", self.train_split,
+               "train (all of it) or fit (train minus the validation holdout)")
         _check(self.grad_checkpointing in ("auto", "on", "off"), "grad_checkpointing", self.grad_checkpointing, "auto, on or off")
         _check(self.optimizer in ("adamw", "adamw_8bit", "paged_adamw_8bit"), "optimizer", self.optimizer, "adamw, adamw_8bit or paged_adamw_8bit")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "in [0, 1)")
@@ -126,13 +129,15 @@ class TrainConfig:
         return PRECISION_BITS[self.precision]
 
     def run_id(self) -> str:
-        """<task(s)>_<model>_<bits>bit_r<rank>[_<variant>]"""
+        """<task(s)>_<model>_<bits>bit_r<rank>[_<variant>][_fit][_<variant_tag>]"""
         from .results import model_slug
 
         tasks = "+".join(self.tasks)
         parts = [tasks, model_slug(self.model), f"{self.bits}bit", f"r{self.lora.rank}"]
         if self.lora.variant != "lora":
             parts.append(self.lora.variant)
+        if self.train_split != "train":
+            parts.append(self.train_split)
         if self.variant_tag:
             parts.append(self.variant_tag)
         return "_".join(parts)

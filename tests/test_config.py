@@ -9,6 +9,7 @@ from finlora_utils.config import (ConfigError, EvalConfig, LoraSettings, TrainCo
     (dict(batch_size=0), "batch_size"), (dict(max_seq_len=8), "max_seq_len"), (dict(tasks=()), "tasks"),
     (dict(parallel="zero3"), "parallel"), (dict(grad_accum=0), "grad_accum"),
     (dict(grad_checkpointing="maybe"), "grad_checkpointing"), (dict(epochs=0, max_steps=0), "epochs"),
+    (dict(train_split="test"), "train_split"),
 ])
 def test_train_config_rejects_bad_values_naming_the_parameter(kwargs, param):
     with pytest.raises(ConfigError, match=rf"^{param}="):
@@ -35,6 +36,8 @@ def test_run_id_follows_the_schema():
     assert cfg.run_id() == "fpb_smollm2-135m_4bit_r4"
     assert TrainConfig(tasks="fpb,fiqa", precision="bf16", lora=dict(rank=8, variant="rslora")).run_id() \
         == "fpb+fiqa_smollm2-135m_16bit_r8_rslora"
+    assert TrainConfig(tasks="fpb", precision="nf4", lora=dict(rank=4), train_split="fit").run_id() \
+        == "fpb_smollm2-135m_4bit_r4_fit"
 
 
 def test_paper_settings_match_finlora():

@@ -178,7 +178,7 @@ def test_load_tasks_mixes_and_shuffles_deterministically(offline):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="split="):
-        data.load_task("fpb", "validation")
+        data.load_task("fpb", "dev")
     with pytest.raises(ValueError, match="unknown task"):
         data.load_task("nope")
     with pytest.raises(data.NoSplitError, match="nwgi.*only a test split.*nwgi_test.jsonl"):
@@ -204,6 +204,28 @@ def test_fpb_replay_reproduces_finlora_test(real_data_dir):
     test_text = {s for s, _ in (items[i] for i in test_idx)}
     assert [data.split_prompt(c)[1] for c in train["context"]] == \
         [items[i][0] for i in train_idx if items[i][0] not in test_text]
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("task", ["fpb", "fiqa", "headline"])
+def test_validation_is_a_fixed_stratified_tenth_of_train_and_fit_the_rest(real_data_dir, task):
+    """Tuning happens on 'validation' (carved from train), never on test; training for it uses 'fit'."""
+    load = lambda split: data.load_task(task, split, data_dir=real_data_dir, allow_sample=False)  # noqa: E731
+    train, val, fit, test = load("train"), load("validation"), load("fit"), load("test")
+    assert len(val) == round(len(train) * 0.1) and len(val) + len(fit) == len(train)
+    pairs = lambda ds: collections.Counter(zip(ds["context"], ds["target"]))  # noqa: E731
+    assert pairs(val) + pairs(fit) == pairs(train)
+    assert not set(val["context"]) & set(test["context"])
+    # stratified: every class's share within 1.5 points of train's
+    full, held = collections.Counter(train["target"]), collections.Counter(val["target"])
+    assert set(held) == set(full)
+    assert all(abs(held[k] / len(val) - full[k] / len(train)) < 0.015 for k in full)
+    assert load("validation")["context"] == val["context"]   # the same holdout every time
+
+
+def test_validation_split_needs_a_train_split():
+    with pytest.raises(data.NoSplitError, match="only a test split"):
+        data.load_task("nwgi", "validation")
 
 
 @pytest.mark.real_data

@@ -10,7 +10,11 @@ from . import builders, sample, sources
 from .sources import DataUnavailableError
 from .tasks import get_task
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "fit", "validation")
+# "validation": a fixed, stratified 10% of the train split for tuning (never the test set); "fit": the
+# other 90%. Fixed seed, so every run, notebook and bench sees the same holdout.
+DERIVED_SPLITS = ("fit", "validation")
+VALIDATION_FRACTION, VALIDATION_SEED = 0.1, 20241211
 COLUMNS = ("context", "target", "task", "source")
 
 FIQA_HEADLINE = "fiqa/task1_headline_ABSA_train.json"
@@ -31,6 +35,8 @@ def files_for(name: str, split: str) -> list[str]:
     """The data files (paths relative to the data dir) that ``load_task(name, split)`` reads."""
     task = get_task(name)
     _check_split(task, split)
+    if split in DERIVED_SPLITS:
+        split = "train"
     test = task.test_file
     special = {
         ("fpb", "train"): [FPB_RAW],
@@ -48,7 +54,7 @@ def files_for(name: str, split: str) -> list[str]:
 def _check_split(task, split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
-    if split == "train" and not task.has_train:
+    if split != "test" and not task.has_train:
         why = ("FinLoRA ships only nwgi_test.jsonl and the NWGI training set is not among the available sources"
                if task.name == "nwgi" else "FinLoRA provides this XBRL set as a test set only")
         raise NoSplitError(f"task {task.name!r} has only a test split ({why}); load split='test', or train on "
@@ -95,9 +101,21 @@ _ROWS: dict[tuple, tuple[list[dict], str]] = {}
 _WARNED: set[str] = set()
 
 
+def validation_indices(targets: list[str], classification: bool) -> list[int]:
+    """Indices of the validation holdout within a train split (stratified by label for classification)."""
+    n = max(1, round(len(targets) * VALIDATION_FRACTION))
+    return _subsample(targets, n, VALIDATION_SEED, classification)
+
+
 def _rows(name: str, split: str, data_dir, allow_sample: bool) -> tuple[list[dict], str]:
     """(rows, "real" | "sample") for a task split; built rows are memoised per resolved file set."""
-    get_task(name)
+    task = get_task(name)
+    if split in DERIVED_SPLITS:
+        _check_split(task, split)
+        rows, source = _rows(name, "train", data_dir, allow_sample)
+        held = set(validation_indices([r["target"] for r in rows], task.kind == "classification"))
+        keep = (lambda i: i in held) if split == "validation" else (lambda i: i not in held)
+        return [r for i, r in enumerate(rows) if keep(i)], source
     found, missing = _resolve_all(name, split, data_dir)
     if found is not None:
         key = (name, split, tuple(sorted((k, str(v), v.stat().st_mtime) for k, v in found.items())))
