@@ -490,9 +490,10 @@ def evaluate(model, tokenizer, dataset_or_task, mode: str = "score", batch_size:
     if boundary not in BOUNDARIES:
         raise EvalError(f"boundary={boundary!r}: expected one of {', '.join(BOUNDARIES)}")
     labels, kind, metric = _task_info(task, labels)
-    from .models import fix_bnb_cpu
+    from .models import contiguous_head, fix_bnb_cpu
 
     fix_bnb_cpu(model)  # a no-grad 4-bit forward must not break later LoRA training on CPU
+    contiguous_head(model)   # a frozen head on a strided last-position slice is ~350x slower on CPU
     t0 = time.perf_counter()
     info: dict[str, Any] = {"task": task, "kind": kind, "metric": metric, "batch_size": batch_size,
                             "data_source": source}

@@ -70,3 +70,16 @@ def test_bad_precision_and_unreachable_hub_id(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(models.ModelLoadError, match="model='no-such-org/no-such-model'.*embedded"):
         models.load_model("no-such-org/no-such-model", "bf16")
+
+
+def test_lm_head_sees_a_contiguous_input_even_for_the_last_position_slice():
+    """A frozen head on transformers' strided last-position slice takes a ~350x slower CPU path."""
+    model, tok = models.load_model("tiny-random-llama", "bf16")
+    for p in model.parameters():
+        p.requires_grad_(False)   # as under a peft adapter
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 5, 9, 3], [1, 7, 2, 8]]), logits_to_keep=1)
+    assert seen == [True]
+    assert models.contiguous_head(model) is False   # already hooked by load_model: never twice
