@@ -1,6 +1,6 @@
 """Evaluation speed: the paper's generate protocol vs label scoring, on the same FinLoRA test prompts.
 
-    FINLORA_DATA_DIR=../shared/data .venv/bin/python bench/eval_speed.py            # 500 FPB prompts, bf16
+    FINLORA_DATA_DIR=../shared/data .venv/bin/python bench/eval_speed.py            # 500 FPB prompts, auto precision
     .venv/bin/python bench/eval_speed.py --task nwgi --n 200 --precision fp32 --batch-size 8
 
 Both modes get the same prompts, batch size, length-sorted batches and precision. generate is at its
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from finlora_utils import data, evaluate as ev, models
+from finlora_utils.config import resolve_precision
 
 
 def timed(fn):
@@ -33,7 +34,8 @@ def main(argv=None):
     ap.add_argument("--task", default="fpb")
     ap.add_argument("--n", type=int, default=500, help="test prompts (seeded stratified subsample)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--precision", default="bf16", choices=models.PRECISIONS)
+    ap.add_argument("--precision", default="auto", choices=("auto",) + models.PRECISIONS,
+                    help="auto: bf16 where the hardware computes it natively, else fp32")
     ap.add_argument("--max-new-tokens", type=int, default=ev.CLS_MAX_NEW_TOKENS)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the fastest of each mode counts")
@@ -46,6 +48,7 @@ def main(argv=None):
         ap.error(f"--task={args.task}: expected a classification task (one with a label set)")
     ds = data.load_task(args.task, "test", max_samples=args.n, seed=0)
     prompts, gold, labels = list(ds["context"]), list(ds["target"]), list(task.labels)
+    args.precision = resolve_precision(args.precision)
     model, tok = models.load_model(args.model, precision=args.precision)
     print(f"model={args.model} precision={args.precision} task={args.task} n={len(prompts)} "
           f"source={data.source_of(ds)} batch_size={args.batch_size} threads={torch.get_num_threads()} "

@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 def _args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="embedded")
-    ap.add_argument("--configs", default="bf16:8,nf4:4", help="precision:rank pairs (paper: 16-bit r8, 4-bit r4)")
+    ap.add_argument("--configs", default="auto:8,nf4:4",
+                    help="precision:rank pairs (paper: 16-bit r8, 4-bit r4; auto = bf16 where native, else fp32)")
     ap.add_argument("--lrs", default="1e-3", help="learning rates to try, comma-separated")
     ap.add_argument("--targets", default="all-linear", help="LoRA targets: q_proj,k_proj,v_proj | all-linear | ...")
     ap.add_argument("--alpha-ratio", type=float, default=2.0, help="LoRA alpha = ratio x rank")

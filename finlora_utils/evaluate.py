@@ -609,7 +609,9 @@ def evaluate_base(model_name: str, tasks: Sequence[str], results_dir: str | Path
     Pass a loaded `model` (a PeftModel is evaluated with its adapters disabled) to avoid a reload.
     """
     from . import results
+    from .config import resolve_precision
 
+    precision = resolve_precision(precision)
     if model is None:
         model, tokenizer = _load(model_name, precision)
     from peft import PeftModel
@@ -671,8 +673,10 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
     """
     from peft import PeftModel
 
+    from .config import resolve_precision
     from .results import read_result, update_result
 
+    precision = resolve_precision(precision) if precision else None
     groups: dict[tuple, list] = {}
     for p in result_paths:
         r = read_result(p, require=("run_id", "run_info.config.model", "run_info.config.precision",

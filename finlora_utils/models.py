@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import logging
@@ -229,10 +230,16 @@ def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool
     """Return (model, tokenizer). ``precision`` is fp32 | bf16 | int8 | nf4 | fp4."""
     from transformers import AutoModelForCausalLM
 
+    from .config import AUTO, resolve_precision
+
+    precision = resolve_precision(precision)
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)} or {AUTO}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "bf16" and device == "cpu" and default_compute_dtype() != torch.bfloat16:
+        warnings.warn("precision='bf16' on a CPU without AVX-512-BF16/AMX: bf16 matmuls run about 8x slower "
+                      "than fp32 here; precision='auto' picks fp32 on such a CPU", stacklevel=2)
     tok = load_tokenizer(name)
     qcfg = bnb_config(precision, double_quant, compute_dtype)
     if qcfg is None:

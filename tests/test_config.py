@@ -67,3 +67,18 @@ def test_presets_load_and_are_flat(preset):
     assert all(isinstance(v, (str, int, float, bool)) for v in params.values()), params
     with pytest.raises(ConfigError, match="^PRESET="):
         load_preset("huge")
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_resolves_to_what_the_hardware_computes_natively(monkeypatch, native, expected):
+    import torch
+
+    from finlora_utils import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "default_compute_dtype", lambda: torch.bfloat16 if native else torch.float32)
+    cfg = TrainConfig(precision="auto", lora=LoraSettings(rank=8))
+    assert cfg.precision == expected and cfg.bits == (16 if native else 32)
+    assert cfg.run_id().endswith(f"_{cfg.bits}bit_r8")   # the run id says what actually ran
+    assert EvalConfig(precision="auto").precision == expected
+    assert TrainConfig(precision="nf4").precision == "nf4"   # explicit precisions are kept

@@ -19,8 +19,9 @@ def eval_entry(gold, pred, mode="score", **extra):
     return e
 
 
-def write_trained(d, bits, acc_pred, peak_mib=100.0, model="embedded"):
+def write_trained(d, bits, acc_pred, peak_mib=100.0, model="embedded", precision=None):
     prec, lora = paper_settings(bits)
+    prec = precision or prec
     cfg = TrainConfig(model=model, tasks=("fpb",), precision=prec, lora=lora)
     r = results.new_result(cfg.run_id(), cfg.to_dict(), 0, "smoke", "real")
     r["train_info"] = {"wall_s": 12.0, "steps": 3, "tokens": 3000, "nonpad_tokens": 2500, "tokens_per_s": 200.0,
@@ -114,6 +115,20 @@ def test_paper_comparison_side_by_side(study):
     assert pc[(pc["task"] == "ner")]["ours_accuracy"].isna().all()  # no NER run: shown as missing, not dropped
     assert pc[pc["config"] == "16-bit r8"]["paper_accuracy"].isna().all()  # unverified numbers stay null
     assert set(report.paper_comparison(report.load(study))["task"]) == {"fpb"}  # default: tasks evaluated here
+
+
+def test_fp32_baseline_stands_in_for_the_papers_16bit_row(tmp_path):
+    """precision='auto' on a CPU without native bf16 trains the unquantized baseline in fp32 ('32-bit r8')."""
+    d = tmp_path / "results"
+    write_base(d)
+    good = ["neutral"] * 6 + ["positive"] * 3 + ["negative"]
+    write_trained(d, 16, good, precision="fp32")
+    write_trained(d, 4, ["neutral"] * 10)
+    runs = report.load(d)
+    assert list(report.paper_layout(runs, "accuracy").columns) == ["base", "32-bit r8", "4-bit r4", "majority baseline"]
+    pc = report.paper_comparison(runs).set_index("config")
+    assert pc.loc["16-bit r8", "ours_config"] == "32-bit r8" and pc.loc["16-bit r8", "ours_accuracy"] == 100.0
+    assert pc.loc["4-bit r4", "ours_config"] == "4-bit r4" and pd.isna(pc.loc["8-bit r8", "ours_config"])
 
 
 def test_paper_results_file_is_complete_and_cited():
