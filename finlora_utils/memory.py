@@ -111,9 +111,12 @@ def dtype_bytes(bits: int, device: str, compute_bytes: int | None = None, base_b
            then keeps a copy in the compute dtype
     mask   dropout mask: bool on CUDA; on CPU dropout multiplies by a noise tensor of the input dtype
     """
-    bf16 = device == "cuda" or _cpu_has_bf16()
-    act = compute_bytes or (2 if bf16 else 4)
+    native = device == "cuda" or _cpu_has_bf16()
+    # a 16-bit (bf16) model computes in bf16 whether or not the CPU has bf16 instructions; a quantized
+    # one in bitsandbytes' compute dtype, which the kit sets to bf16 only where it is native
+    act = compute_bytes or (2 if bits == 16 or native else 4)
     resid = base_bytes or (4 if (bits == 8 and device == "cpu") else act)
+    autocast = autocast and native   # train.amp_dtype: autocast only where bf16 is native
     return {"act": act, "resid": resid, "lora": act if autocast else 4, "mask": 1 if device == "cuda" else 4}
 
 

@@ -330,9 +330,10 @@ def fig_accuracy_vs_memory(df: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for task, g in df.groupby("task"):
         ax.scatter(g["peak_mem_mib"], g["accuracy"], label=task)
-        for _, row in g.iterrows():
+        # neighbours in memory alternate above / below their point, so close configurations stay legible
+        for i, (_, row) in enumerate(g.sort_values("peak_mem_mib").iterrows()):
             ax.annotate(row["config"], (row["peak_mem_mib"], row["accuracy"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
+                        textcoords="offset points", xytext=(3, 4 if i % 2 == 0 else -10))
     ax.set_xlabel("measured peak training memory (MiB)")
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs memory per configuration")

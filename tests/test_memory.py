@@ -21,6 +21,25 @@ def test_planner_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_activation_dtypes_follow_what_the_kit_trains_in(monkeypatch, native):
+    """A bf16 model computes in bf16 even on a CPU without bf16 instructions (the planner once assumed fp32
+    there: +56% / +97% on the embedded 16-bit rows of bench/planner_accuracy.py on an AVX2-only CPU);
+    quantized models compute in bf16 only where it is native, and autocast runs only there."""
+    monkeypatch.setattr(memory, "_cpu_has_bf16", lambda: native)
+    assert memory.dtype_bytes(16, "cpu")["act"] == 2
+    assert memory.dtype_bytes(4, "cpu")["act"] == (2 if native else 4)
+    assert memory.dtype_bytes(16, "cpu")["lora"] == (2 if native else 4)   # peft's fp32 cast kept without autocast
+    assert memory.dtype_bytes(8, "cpu")["resid"] == 4                     # load_model: int8 on CPU keeps fp32
+    assert memory.dtype_bytes(16, "cpu", compute_bytes=4, base_bytes=4)["act"] == 4   # an fp32 run (train.planned)
+    act = {b: memory.plan("smollm2-135m", bits=b, rank=8, seq_len=512, device="cpu").breakdown["activations"]
+           for b in (16, 4)}
+    if native:   # both compute in bf16 under autocast
+        assert act[16] == act[4]
+    else:        # bf16 activations vs fp32 ones: about half, less the fp32 norms and LoRA inputs
+        assert 0.5 * act[4] < act[16] < 0.75 * act[4]
+
+
 def test_weights_follow_the_formats():
     p16, p8, p4 = (memory.plan("llama-3.1-8b", bits=b, rank=8) for b in (16, 8, 4))
     n_proj = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
