@@ -80,6 +80,8 @@ def _order(labels: Iterable[str]) -> list[str]:
 # ------------------------------------------------------------------ accuracy tables
 
 EVAL_FIELDS = ("mode", "n", "accuracy", "pred_distribution", "majority_baseline")
+# extraction / generation tasks (XBRL values, FinanceBench) have no label set: no distribution, no majority
+OPEN_EVAL_FIELDS = ("mode", "n", "accuracy")
 
 
 def _metric_row(e: dict) -> dict:
@@ -102,10 +104,12 @@ def eval_table(runs: Sequence[dict], all_modes: bool = True) -> pd.DataFrame:
         path = r.get("_path", r["run_id"])
         trained_on = r["run_info"]["config"].get("tasks") or []
         for task, entry in (r.get("eval_info") or {}).items():
-            for f in EVAL_FIELDS:
+            open_ended = isinstance(entry, dict) and entry.get("kind", "classification") != "classification"
+            for f in OPEN_EVAL_FIELDS if open_ended else EVAL_FIELDS:
                 get_field(r, f"eval_info.{task}.{f}", path)
             modes = entry.get("modes") if all_modes and entry.get("modes") else {entry["mode"]: entry}
-            for mode, e in modes.items():
+            for asked, e in modes.items():
+                mode = e.get("mode", asked)   # an extraction task asked for `score` is generated: say so
                 common = dict(run_id=r["run_id"], model=r["run_info"]["config"].get("model"), config=config_label(r),
                               mode=mode, primary=mode == entry["mode"],
                               own_task=not is_trained(r) or task in trained_on,

@@ -11,7 +11,8 @@ A grid file:
     grid:                              # cartesian product of these lists
       PRECISIONS: [nf4, int8]
       SEED: [0, 1]
-    include: [{PRECISIONS: bf16, SEED: 0}]    # optional extra points
+    include: [{PRECISIONS: bf16, SEED: 0}]    # optional extra points; one may name its own notebooks:
+    #   {TASKS: nwgi, SEED: 0, notebooks: [05_evaluation]}   (zero-shot only: nwgi has no train split)
     timeout: 1800                      # optional per-cell timeout (s)
 
 Each point writes reports/sweeps/<name>/points/<point_id>/{executed,results,figures,...} and, only when every
@@ -64,6 +65,11 @@ def load_grid(path: str | Path) -> dict:
     for k, v in spec["grid"].items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{path}: grid.{k}={v!r}: expected a non-empty list of values")
+    for i, extra in enumerate(spec["include"]):
+        nbs = extra.get("notebooks") if isinstance(extra, dict) else None
+        if not isinstance(extra, dict) or (nbs is not None and (not isinstance(nbs, list) or not nbs)):
+            raise ConfigError(f"{path}: include[{i}]={extra!r}: expected a mapping of parameters, with an "
+                              "optional non-empty list `notebooks`")
     return spec
 
 
@@ -88,15 +94,16 @@ def run_point(spec: dict, point: dict, out_root: Path) -> dict:
     done = pdir / "DONE.json"
     if done.exists():
         return {"point": point, "status": "skipped", "dir": str(pdir)}
-    params = {**spec["params"], **point}
+    notebooks = point.get("notebooks") or spec["notebooks"]   # an include point may run fewer notebooks
+    params = {**spec["params"], **{k: v for k, v in point.items() if k != "notebooks"}}
     t0 = time.time()
-    for nb in spec["notebooks"]:
+    for nb in notebooks:
         try:
             run_notebook(nb, spec["preset"], pdir, timeout=spec.get("timeout"), extra_params=params)
         except NotebookFailed as e:
             return {"point": point, "status": "failed", "notebook": nb, "error": str(e).splitlines()[0],
                     "executed": str(pdir / "executed" / f"{nb}.ipynb"), "dir": str(pdir)}
-    write_json(done, {"point": point, "params": params, "notebooks": spec["notebooks"],
+    write_json(done, {"point": point, "params": params, "notebooks": list(notebooks),
                       "finished": now_iso(), "wall_s": round(time.time() - t0, 1)})
     return {"point": point, "status": "done", "dir": str(pdir)}
 

@@ -131,6 +131,25 @@ def test_fp32_baseline_stands_in_for_the_papers_16bit_row(tmp_path):
     assert pc.loc["4-bit r4", "ours_config"] == "4-bit r4" and pd.isna(pc.loc["8-bit r8", "ours_config"])
 
 
+def test_extraction_results_join_the_tables_without_a_label_distribution(study):
+    """An extraction task (no label set) asked for `score` is generated: its row says generate, is the
+    primary one, and needs no pred_distribution / majority_baseline (a zero-shot sweep point once failed)."""
+    e = {"task": "xbrl_value", "kind": "extraction", "mode": "generate", "n": 4, "accuracy": 0.25,
+         "exact_match": 0.25, "numeric_accuracy": 0.5, "s_per_example": 0.1, "data_source": "real"}
+    r = results.new_result("xbrl_value_embedded_16bit_base", {"model": "embedded", "tasks": ["xbrl_value"]}, 0,
+                           "smoke", "real")
+    r["eval_info"] = {"xbrl_value": {**e, "modes": {"score": e}}}
+    results.write_json(study / "xbrl_value_embedded_16bit_base.json", r)
+    runs = report.load(study)
+    row = report.eval_table(runs).set_index("task").loc["xbrl_value"]
+    assert row["mode"] == "generate" and bool(row["primary"]) and row["numeric_accuracy"] == 0.5
+    assert report.paper_layout(runs, "accuracy").loc["xbrl_value", "base"] == 0.25
+    del r["eval_info"]["xbrl_value"]["accuracy"]
+    results.write_json(study / "xbrl_value_embedded_16bit_base.json", r)
+    with pytest.raises(results.ResultsError, match=r"xbrl_value_embedded_16bit_base\.json.*eval_info\.xbrl_value\.accuracy"):
+        report.eval_table(report.load(study))
+
+
 def test_paper_results_file_is_complete_and_cited():
     p = report.paper_results()
     assert "2412.11378" in p["sources"] and "arXiv:2412.11378" in p["sources"]["2412.11378"]["citation"]

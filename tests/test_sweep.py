@@ -67,3 +67,21 @@ def test_sweep_resumes_skips_finished_points_and_reports_failures(tmp_path):
     assert "±" in table.loc["fpb", "4-bit r4"]
     html = index.read_text()
     assert "Failed points" in html and "03_finetune" in html
+
+
+def test_an_include_point_may_run_only_some_notebooks(tmp_path, monkeypatch):
+    """Zero-shot-only tasks (nwgi, the XBRL test sets) have no train split: their point skips 03_finetune."""
+    calls = []
+    monkeypatch.setattr(sweep, "run_notebook", lambda nb, preset, pdir, timeout=None, extra_params=None:
+                        calls.append((nb, dict(extra_params))))
+    spec = {**GRID, "include": [{"TASKS": "nwgi", "SEED": 0, "notebooks": ["05_evaluation"]}]}
+    out = sweep.run_point(spec, spec["include"][0], tmp_path)
+    assert out["status"] == "done" and [nb for nb, _ in calls] == ["05_evaluation"]
+    assert calls[0][1]["TASKS"] == "nwgi" and "notebooks" not in calls[0][1]   # not a notebook parameter
+    calls.clear()
+    sweep.run_point(spec, {"CONFIGS": "nf4:4", "SEED": 0}, tmp_path)
+    assert [nb for nb, _ in calls] == ["03_finetune", "05_evaluation"]
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump({**GRID, "include": [{"TASKS": "nwgi", "notebooks": []}]}))
+    with pytest.raises(ConfigError, match=r"include\[0\]=.*optional non-empty list `notebooks`"):
+        sweep.load_grid(p)
