@@ -120,9 +120,11 @@ def run_candidate(cfg, a, scorer, val, epoch_steps: int) -> dict:
     curve = json.loads(partial.read_text()) if partial.exists() else []
 
     def on_step(step, loss):
-        # the loop checkpoints epoch ends (save_every = epoch_steps) before it calls this hook
-        if step % epoch_steps == 0 and (run_dir / CKPT_DIR / "latest").exists():
-            ck = run_dir / CKPT_DIR / (run_dir / CKPT_DIR / "latest").read_text().strip()
+        # the loop checkpoints epoch ends (save_every = epoch_steps) before it calls this hook, except the
+        # last step (the final adapter supersedes it): only a checkpoint of *this* step is this epoch's
+        latest = run_dir / CKPT_DIR / "latest"
+        if step % epoch_steps == 0 and latest.exists() and latest.read_text().strip() == f"step-{step:06d}":
+            ck = run_dir / CKPT_DIR / latest.read_text().strip()
             _keep_epoch(ck / "adapter.safetensors", keep, step // epoch_steps, curve, cfg, scorer, val, step)
 
     t0 = time.time()

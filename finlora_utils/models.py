@@ -227,7 +227,7 @@ def load_tokenizer(name: str = EMBEDDED):
 
 def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool = False,
                device: str | None = None, compute_dtype: torch.dtype | None = None):
-    """Return (model, tokenizer). ``precision`` is fp32 | bf16 | int8 | nf4 | fp4."""
+    """Return (model, tokenizer). ``precision`` is auto | fp32 | bf16 | int8 | nf4 | fp4 (auto: config.resolve_precision)."""
     from transformers import AutoModelForCausalLM
 
     from .config import AUTO, resolve_precision
