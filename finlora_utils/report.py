@@ -21,7 +21,7 @@ import pandas as pd
 from .results import ResultsError, get_field, load_results
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.json"
-CONFIG_ORDER = ("base", "16-bit r8", "32-bit r8", "8-bit r8", "4-bit r4")
+CONFIG_ORDER = ("base", "base calibrated", "16-bit r8", "32-bit r8", "8-bit r8", "4-bit r4")
 # precision='auto' trains the unquantized baseline in fp32 on CPUs without native bf16: it stands in for
 # the paper's 16-bit r8 in the side-by-side table (ours_config says which one ran)
 STANDS_IN_FOR = {"16-bit r8": "32-bit r8"}
@@ -53,7 +53,7 @@ def is_trained(run: dict) -> bool:
 
 
 def config_label(run: dict) -> str:
-    """'base' for zero-shot results, else '<bits>-bit r<rank>[ <variant>][ <tag>]' from run_info.config."""
+    """'base' for zero-shot results, else '<bits>-bit r<rank>[ <variant>][ multi-task][ <tag>]' from run_info.config."""
     from .config import PRECISION_BITS
 
     if not is_trained(run):
@@ -66,6 +66,8 @@ def config_label(run: dict) -> str:
     variant = (cfg.get("lora") or {}).get("variant", "lora")
     if variant != "lora":
         label += f" {variant}"
+    if len(cfg.get("tasks") or []) > 1:   # one adapter over a task mix must not average with single-task ones
+        label += " multi-task"
     if cfg.get("variant_tag"):
         label += f" {cfg['variant_tag']}"
     return label

@@ -9,22 +9,25 @@ A grid file:
     notebooks: [03_finetune, 05_evaluation]   # run in order for every point, into the point's own folder
     params: {TASKS: fpb}               # fixed overrides for every point
     grid:                              # cartesian product of these lists
-      PRECISIONS: [nf4, int8]
+      CONFIGS: ["nf4:4", "int8:8"]     # notebook parameters (precision:rank per run here)
       SEED: [0, 1]
-    include: [{PRECISIONS: bf16, SEED: 0}]    # optional extra points; one may name its own notebooks:
+    include: [{CONFIGS: "auto:8", SEED: 0}]    # optional extra points; one may name its own notebooks:
     #   {TASKS: nwgi, SEED: 0, notebooks: [05_evaluation]}   (zero-shot only: nwgi has no train split)
     timeout: 1800                      # optional per-cell timeout (s)
 
 Each point writes reports/sweeps/<name>/points/<point_id>/{executed,results,figures,...} and, only when every
 notebook succeeded, DONE.json. A rerun skips points with DONE.json; a failed point is recorded with its
 notebook and cell and the sweep goes on. At the end the results of all finished points are aggregated
-(mean ± std over seeds) into aggregate.csv and index.html.
+(mean ± std over seeds) into aggregate.csv, figures/sweep_accuracy.png and sweep_f1_weighted.png (each with
+its CSV) and index.html: the paper-layout table, the figures, what ran and each point's time. A varied
+parameter other than TASKS, SEED and CONFIGS (LR, ...) gets its own columns instead of being averaged.
 """
 from __future__ import annotations
 
 import argparse
 import html
 import itertools
+import json
 import re
 import sys
 import time
@@ -108,75 +111,232 @@ def run_point(spec: dict, point: dict, out_root: Path) -> dict:
     return {"point": point, "status": "done", "dir": str(pdir)}
 
 
-def _config_label(res: dict) -> str:
-    cfg = res.get("run_info", {}).get("config") or {}
-    if not res.get("train_info"):
-        return "base"
-    bits = {"fp32": 32, "bf16": 16, "int8": 8, "nf4": 4, "fp4": 4}.get(cfg.get("precision"), "?")
-    rank = (cfg.get("lora") or {}).get("rank", "?")
-    variant = (cfg.get("lora") or {}).get("variant", "lora")
-    return f"{bits}-bit r{rank}" + ("" if variant == "lora" else f" {variant}")
+# Point parameters that the table already shows (rows, columns, seeds); any other parameter that differs
+# between points (LR, ...) splits a configuration's column so different settings are never averaged as seeds.
+SHOWN_PARAMS = {"TASKS", "SEED", "CONFIGS", "notebooks"}
+AGG_COLUMNS = ["task", "config", "n", "accuracy_mean", "accuracy_std", "f1_weighted_mean", "f1_weighted_std",
+               "mode", "test_examples", "majority_baseline", "majority_f1_weighted", "train_truncated",
+               "test_truncated", "train_s", "peak_mem_gib", "note"]
+
+
+def _point_rows(done: Path) -> pd.DataFrame:
+    """report.eval_table of one finished point: each adapter on the tasks it was trained on, the base in its
+    primary mode (score for classification) and, where it ran, calibrated as its own 'base calibrated' column."""
+    from .report import eval_table
+
+    rdir = done.parent / "results"
+    runs = load_results(rdir) if rdir.is_dir() else []
+    runs = [r for r in runs if r.get("eval_info")]
+    if not runs:
+        return pd.DataFrame()
+    point = json.loads(done.read_text()).get("point", {})
+    extra = ",".join(f"{k}={v}" for k, v in sorted(point.items()) if k not in SHOWN_PARAMS)
+    df = eval_table(runs)
+    df = df[df["own_task"] & (df["primary"] | ((df["config"] == "base") & (df["mode"] == "calibrated")))].copy()
+    df.loc[~df["primary"], "config"] = "base calibrated"
+    df["setting"] = extra
+    by_id = {r["run_id"]: r for r in runs}
+    df["seed"] = [by_id[i]["run_info"].get("seed") for i in df["run_id"]]
+    df["path"] = [by_id[i]["_path"] for i in df["run_id"]]
+    df["train_truncated"] = [(by_id[i].get("train_info") or {}).get("truncated", {}).get(t)
+                             for i, t in zip(df["run_id"], df["task"])]
+    df["test_truncated"] = [((by_id[i].get("eval_info") or {}).get(t) or {}).get("truncated")
+                            for i, t in zip(df["run_id"], df["task"])]
+    train = [by_id[i].get("train_info") or {} for i in df["run_id"]]
+    df["train_s"] = [t.get("wall_s") for t in train]
+    df["peak_mem_gib"] = [t["peak_mem_bytes"] / 2 ** 30 if t.get("peak_mem_bytes") else None for t in train]
+    return df.assign(point=done.parent.name)
+
+
+def _task_note(task: str, configs: set[str]) -> str:
+    from .data.tasks import get_task
+
+    try:
+        t = get_task(task.removesuffix(" (3-class)"))
+    except (KeyError, ValueError):
+        return ""
+    if not t.has_train:
+        return "zero-shot only: no train split exists"
+    if t.variant_of:
+        return f"base scored against FinLoRA's labels of {t.variant_of}"
+    if t.kind != "classification":
+        return f"{t.kind}: generated, {t.metric}" + (" (BERTScore offline: exact match)" if t.metric == "bertscore" else "")
+    return "evaluation only" if configs <= {"base", "base calibrated"} else ""
 
 
 def aggregate(out_root: Path) -> pd.DataFrame:
-    """One row per (task, configuration): mean ± std of accuracy and weighted F1 over seeds/points."""
-    rows = []
-    for done in sorted((out_root / "points").glob("*/DONE.json")):
-        rdir = done.parent / "results"
-        if not rdir.is_dir():
-            continue
-        for res in load_results(rdir):
-            for task, ev in (res.get("eval_info") or {}).items():
-                if not isinstance(ev, dict) or "accuracy" not in ev:
-                    continue
-                rows.append(dict(task=task, config=_config_label(res), seed=res["run_info"].get("seed"),
-                                 mode=ev.get("mode"), accuracy=ev["accuracy"], f1_weighted=ev.get("f1_weighted"),
-                                 point=done.parent.name, path=res["_path"]))
-    if not rows:
-        return pd.DataFrame(columns=["task", "config", "n", "accuracy_mean", "accuracy_std",
-                                     "f1_weighted_mean", "f1_weighted_std"])
-    df = pd.DataFrame(rows).drop_duplicates(subset=["path", "task"])
+    """One row per (task, configuration): mean ± std of accuracy and weighted F1 over seeds/points, with the
+    test size, the majority-class baseline and how many train/test prompts were truncated."""
+    parts = [_point_rows(done) for done in sorted((out_root / "points").glob("*/DONE.json"))]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=AGG_COLUMNS)
+    df = pd.concat(parts, ignore_index=True).drop_duplicates(subset=["path", "task", "config"])
+    # A setting that differs between points of the same task and configuration splits its column; one that
+    # a task's points share (a smaller test sample for long prompts) is not worth a column of its own.
+    split = (df.groupby(["task", "config"])["setting"].transform("nunique") > 1) & (df["setting"] != "")
+    df.loc[split, "config"] = df.loc[split, "config"] + " (" + df.loc[split, "setting"] + ")"
+    # The same zero-shot evaluation (task, mode, seed, test size, precision) repeated by several points - the
+    # base of a single-task and of the multi-task point - is one measurement, not two seeds.
+    base = df["config"].str.startswith("base")
+    df = pd.concat([df[~base], df[base].drop_duplicates(subset=["task", "config", "mode", "seed", "n",
+                                                                "eval_precision", "model"])])
     g = df.groupby(["task", "config"], sort=True)
-    return g.agg(n=("accuracy", "size"), accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"),
-                 f1_weighted_mean=("f1_weighted", "mean"), f1_weighted_std=("f1_weighted", "std")).reset_index()
+    agg = g.agg(n=("accuracy", "size"), accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"),
+                f1_weighted_mean=("f1_weighted", "mean"), f1_weighted_std=("f1_weighted", "std"),
+                mode=("mode", "first"), test_examples=("n", "first"), majority_baseline=("majority_baseline", "first"),
+                majority_f1_weighted=("majority_f1_weighted", "first"), train_truncated=("train_truncated", "max"),
+                test_truncated=("test_truncated", "max"), train_s=("train_s", "mean"),
+                peak_mem_gib=("peak_mem_gib", "max")).reset_index()
+    configs = df.groupby("task")["config"].agg(set)
+    agg["note"] = [_task_note(t, configs[t]) for t in agg["task"]]
+    return agg[AGG_COLUMNS]
 
 
 def paper_layout(agg: pd.DataFrame) -> pd.DataFrame:
-    """Rows = tasks, columns = configurations, cells 'acc ± std / F1 ± std' (std only with several seeds)."""
-    def cell(r):
-        def fmt(m, s):
-            return f"{m:.3f}" + (f" ± {s:.3f}" if r["n"] > 1 and pd.notna(s) else "")
-        return f"{fmt(r['accuracy_mean'], r['accuracy_std'])} / {fmt(r['f1_weighted_mean'], r['f1_weighted_std'])}"
+    """Rows = tasks, columns = configurations in the paper's order, cells 'acc ± std / F1 ± std' (std only with
+    several seeds), then the test size, the majority-class baseline, truncations and a note per task."""
+    from .report import _order
+
+    def fmt(m, s, n):
+        if pd.isna(m):
+            return "—"
+        return f"{m:.3f}" + (f" ± {s:.3f}" if n > 1 and pd.notna(s) else "")
+
     if agg.empty:
         return pd.DataFrame()
-    return agg.assign(cell=agg.apply(cell, axis=1)).pivot(index="task", columns="config", values="cell").fillna("—")
+    cells = agg.assign(cell=[f"{fmt(r.accuracy_mean, r.accuracy_std, r.n)} / {fmt(r.f1_weighted_mean, r.f1_weighted_std, r.n)}"
+                             for r in agg.itertuples()])
+    table = cells.pivot(index="task", columns="config", values="cell").fillna("")
+    table = table[_order(table.columns)]
+    per_task = agg.groupby("task")
+    table["test n"] = per_task["test_examples"].max().astype("Int64")
+    maj = per_task[["majority_baseline", "majority_f1_weighted"]].first()
+    table["majority"] = [fmt(a, None, 1) + " / " + fmt(f, None, 1) if pd.notna(a) else "" for a, f in maj.itertuples(index=False)]
+    trunc = per_task[["train_truncated", "test_truncated"]].max()
+    table["truncated (train / test)"] = [f"{'' if pd.isna(a) else int(a)} / {'' if pd.isna(b) else int(b)}"
+                                         for a, b in trunc.itertuples(index=False)]
+    table["note"] = per_task["note"].first()
+    table.columns.name = None
+    return table
+
+
+def cost_layout(agg: pd.DataFrame) -> pd.DataFrame:
+    """Rows = tasks, columns = trained configurations, cells 'train s / peak GiB' (mean time, max peak)."""
+    from .report import _order
+
+    trained = agg.dropna(subset=["train_s"])
+    if trained.empty:
+        return pd.DataFrame()
+    cells = trained.assign(cell=[f"{t:.0f} s / {'?' if pd.isna(m) else f'{m:.2f}'} GiB"
+                                 for t, m in zip(trained["train_s"], trained["peak_mem_gib"])])
+    table = cells.pivot(index="task", columns="config", values="cell").fillna("")
+    table = table[_order(table.columns)]
+    table.columns.name = None
+    return table
+
+
+def accuracy_figure(agg: pd.DataFrame, figures_dir: Path) -> list[Path]:
+    """Accuracy and weighted F1 per task and configuration, one grouped bar chart each (PNG + CSV)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plots import save_figure
+    from .report import _order
+
+    pngs = []
+    for metric, title in (("accuracy", "Accuracy"), ("f1_weighted", "Weighted F1")):
+        data = agg.dropna(subset=[f"{metric}_mean"])[["task", "config", "n", f"{metric}_mean", f"{metric}_std"]]
+        if data.empty:
+            continue
+        piv = data.pivot(index="task", columns="config", values=f"{metric}_mean")
+        err = data.pivot(index="task", columns="config", values=f"{metric}_std").fillna(0.0)
+        order = _order(piv.columns)
+        fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(piv)), 3.8))
+        piv[order].plot.bar(ax=ax, rot=30, yerr=err.reindex(columns=order, fill_value=0.0), capsize=2, width=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(title)
+        ax.set_title(f"{title} per task (mean over seeds; bars: std)")
+        ax.legend(fontsize=8, ncols=min(len(order), 4))
+        png, _ = save_figure(fig, data, f"sweep_{metric}", figures_dir)
+        plt.close(fig)
+        pngs.append(png)
+    return pngs
+
+
+def _points_table(out_root: Path, outcomes: list[dict]) -> pd.DataFrame:
+    rows = []
+    for o in outcomes:
+        pid = point_id(o["point"])
+        done = out_root / "points" / pid / "DONE.json"
+        meta = json.loads(done.read_text()) if done.exists() else {}
+        rows.append({"point": pid, "status": o["status"], "notebooks": ", ".join(meta.get("notebooks", [])),
+                     "finished": meta.get("finished", ""),
+                     "wall_min": round(meta["wall_s"] / 60, 1) if "wall_s" in meta else None})
+    return pd.DataFrame(rows)
 
 
 def write_report(spec: dict, out_root: Path, outcomes: list[dict]) -> Path:
+    from .report import header
+
     agg = aggregate(out_root)
     atomic_write_text(out_root / "aggregate.csv", agg.to_csv(index=False))
     table = paper_layout(agg)
+    cost = cost_layout(agg)
+    pngs = accuracy_figure(agg, out_root / "figures") if not agg.empty else []
+    runs = []
+    for done in sorted((out_root / "points").glob("*/DONE.json")):
+        if (done.parent / "results").is_dir():
+            runs += load_results(done.parent / "results")
+    what_ran = pd.Series(header(runs)).to_frame("").to_html(escape=True, header=False) if runs else ""
+    points = _points_table(out_root, outcomes)
+    total_min = points["wall_min"].sum() if not points.empty else 0
     failed = [o for o in outcomes if o["status"] == "failed"]
     fail_html = "".join(f"<li><code>{html.escape(point_id(o['point']))}</code>: {html.escape(o['notebook'])} — "
                         f"{html.escape(o['error'])}</li>" for o in failed) or "<li>none</li>"
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>Sweep {html.escape(spec['name'])}</title></head>
-<body style="font-family:sans-serif;max-width:1000px;margin:2em auto">
+    figs = "".join(f'<p><img src="figures/{p.name}" style="max-width:100%"> '
+                   f'<a href="figures/{p.with_suffix(".csv").name}">numbers</a></p>' for p in pngs)
+    params = html.escape(", ".join(f"{k}={v}" for k, v in spec["params"].items()))
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>Sweep {html.escape(spec['name'])}</title>
+<style>table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
+<body style="font-family:sans-serif;max-width:1200px;margin:2em auto">
 <h1>Sweep {html.escape(spec['name'])}</h1>
 <p>Preset <b>{html.escape(spec['preset'])}</b>, notebooks {html.escape(', '.join(spec['notebooks']))},
-{len(outcomes)} points ({sum(o['status'] != 'failed' for o in outcomes)} finished), generated {now_iso()}.
-Cells: accuracy / weighted F1, mean ± std over the points that share a task and configuration.</p>
+fixed parameters {params}; {len(outcomes)} points ({sum(o['status'] in ('done', 'skipped') for o in outcomes)} finished,
+{total_min:.0f} min of notebook time), generated {now_iso()}.</p>
+<p>Cells: accuracy / weighted F1 on each task's test split (the first <i>test n</i> examples of a stratified
+subsample), mean ± std over the points that share a task and configuration. An adapter is scored on the tasks
+it was trained on; <i>base</i> is the zero-shot model in its primary mode (label scoring for classification,
+generation for tasks without a label set), <i>base calibrated</i> the same with per-label bias removed;
+<i>majority</i> always predicts the most frequent test label. <i>multi-task</i>: one adapter trained on the
+union of the single-task training sets.</p>
 {table.to_html(escape=True) if not table.empty else '<p>No evaluated results yet.</p>'}
+{figs}
+<h2>Cost</h2><p>Training wall time and peak memory (on CPU: the process's peak resident set, Python and
+torch included) per adapter.</p>
+{cost.to_html(escape=True) if not cost.empty else '<p>No finetuned runs.</p>'}
+<h2>What ran</h2>{what_ran}
+<h2>Points</h2>{points.to_html(escape=True, index=False) if not points.empty else ''}
 <h2>Failed points</h2><ul>{fail_html}</ul>
-<p>Numbers: <a href="aggregate.csv">aggregate.csv</a>; each point's executed notebooks under <code>points/</code>.</p>
+<p>Numbers: <a href="aggregate.csv">aggregate.csv</a>; each point's executed notebooks and results JSON under
+<code>points/</code>.</p>
 </body></html>
 """
     return atomic_write_text(out_root / "index.html", doc)
 
 
-def run_sweep(grid_path: str | Path, output_dir: str | Path | None = None) -> tuple[list[dict], Path]:
+def run_sweep(grid_path: str | Path, output_dir: str | Path | None = None,
+              report_only: bool = False) -> tuple[list[dict], Path]:
+    """Run every unfinished point, then write the report; report_only re-renders it from what finished."""
     spec = load_grid(grid_path)
     out_root = Path(output_dir or project_root() / "reports" / "sweeps" / spec["name"]).resolve()
     points = expand(spec)
+    if report_only:
+        outcomes = [{"point": p, "status": "skipped" if (out_root / "points" / point_id(p) / "DONE.json").exists()
+                     else "not run", "dir": str(out_root / "points" / point_id(p))} for p in points]
+        return outcomes, write_report(spec, out_root, outcomes)
     outcomes = []
     for i, point in enumerate(points, 1):
         print(f"[sweep] point {i}/{len(points)} {point_id(point)}", flush=True)
@@ -192,13 +352,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m finlora_utils.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("grid", help="grid YAML file")
     ap.add_argument("--output-dir", default=None, help="default: reports/sweeps/<name>")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: re-render the aggregate report from the points that finished")
     args = ap.parse_args(argv)
     try:
-        outcomes, index = run_sweep(args.grid, args.output_dir)
+        outcomes, index = run_sweep(args.grid, args.output_dir, args.report_only)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = [o for o in outcomes if o["status"] == "failed"]
+    if args.report_only:
+        missing = [point_id(o["point"]) for o in outcomes if o["status"] != "skipped"]
+        print(f"[sweep] report of {len(outcomes) - len(missing)} finished points: {index}"
+              + (f"; not finished: {', '.join(missing)}" if missing else ""))
+        return 0
     print(f"[sweep] {len(outcomes) - len(failed)} finished ({sum(o['status'] == 'skipped' for o in outcomes)} "
           f"skipped as already done), {len(failed)} failed; report: {index}")
     for o in failed:

@@ -1,4 +1,5 @@
 """A 2x2 sweep with the smoke preset: killed after its first point, rerun, failures reported, aggregated."""
+import json
 import os
 import signal
 import subprocess
@@ -62,7 +63,8 @@ def test_sweep_resumes_skips_finished_points_and_reports_failures(tmp_path):
     agg = sweep.aggregate(out)
     table = sweep.paper_layout(agg)
     assert list(table.index) == ["fpb"]
-    assert sorted(table.columns) == ["16-bit r8", "4-bit r4", "base"]
+    assert list(table.columns) == ["base", "16-bit r8", "4-bit r4", "test n", "majority", "truncated (train / test)",
+                                   "note"]
     assert agg.set_index("config").loc["4-bit r4", "n"] == 2      # two seeds averaged
     assert "±" in table.loc["fpb", "4-bit r4"]
     html = index.read_text()
@@ -85,3 +87,94 @@ def test_an_include_point_may_run_only_some_notebooks(tmp_path, monkeypatch):
     p.write_text(yaml.safe_dump({**GRID, "include": [{"TASKS": "nwgi", "notebooks": []}]}))
     with pytest.raises(ConfigError, match=r"include\[0\]=.*optional non-empty list `notebooks`"):
         sweep.load_grid(p)
+
+
+def _result(run_id, tasks, precision, rank, evals, seed=0, trained=True, truncated=None):
+    from finlora_utils.results import new_result
+
+    cfg = {"model": "embedded", "tasks": list(tasks), "precision": precision}
+    if trained:
+        cfg["lora"] = {"rank": rank, "variant": "lora"}
+    r = new_result(run_id, cfg, seed)
+    if trained:
+        r["train_info"] = {"wall_s": 1.0, "truncated": truncated or {}}
+    for task, (acc, f1, mode) in evals.items():
+        r["eval_info"][task] = {"task": task, "kind": "classification", "mode": mode, "n": 50, "accuracy": acc,
+                                "f1_weighted": f1, "pred_distribution": {"neutral": 50}, "majority_baseline": 0.6,
+                                "majority_f1_weighted": 0.45, "truncated": 0}
+    return r
+
+
+def _point(root, point, results):
+    from finlora_utils.results import write_json
+
+    pdir = root / "points" / sweep.point_id(point)
+    for r in results:
+        write_json(pdir / "results" / f"{r['run_id']}.json", r)
+    write_json(pdir / "DONE.json", {"point": point, "notebooks": ["03_finetune", "05_evaluation"], "wall_s": 60})
+
+
+def test_aggregate_keeps_multitask_adapters_apart_and_counts_a_repeated_base_once(tmp_path):
+    """The cpu-table layout: single-task points, a multi-task point over the same tasks, a zero-shot-only point."""
+    base_fpb = _result("fpb_base", ["fpb"], "fp32", None, {"fpb": (0.13, 0.05, "score")}, trained=False)
+    base_fpb["eval_info"]["fpb"]["modes"] = {"score": dict(base_fpb["eval_info"]["fpb"]),
+                                             "calibrated": dict(base_fpb["eval_info"]["fpb"], mode="calibrated",
+                                                                accuracy=0.19)}
+    base_fiqa = _result("fiqa_base", ["fiqa"], "fp32", None, {"fiqa": (0.20, 0.10, "score")}, trained=False)
+    _point(tmp_path, {"TASKS": "fpb", "SEED": 0}, [
+        base_fpb, _result("fpb_4bit_r4", ["fpb"], "nf4", 4, {"fpb": (0.70, 0.68, "score")}, truncated={"fpb": 2}),
+        _result("fpb_8bit_r8", ["fpb"], "int8", 8, {"fpb": (0.72, 0.71, "score")})])
+    _point(tmp_path, {"TASKS": "fpb,fiqa", "SEED": 0}, [
+        base_fpb, base_fiqa,
+        # a multi-task adapter scored on both of its tasks and - by 05 - on nothing else
+        _result("fpb_fiqa_4bit_r4", ["fpb", "fiqa"], "nf4", 4, {"fpb": (0.75, 0.74, "score"),
+                                                                  "fiqa": (0.60, 0.58, "score")})])
+    _point(tmp_path, {"TASKS": "nwgi", "SEED": 0, "MAX_TEST_SAMPLES": 5, "notebooks": ["05_evaluation"]}, [
+        _result("nwgi_base", ["nwgi"], "fp32", None, {"nwgi": (0.30, 0.20, "score")}, trained=False)])
+
+    agg = sweep.aggregate(tmp_path)
+    cell = agg.set_index(["task", "config"])
+    assert cell.loc[("fpb", "4-bit r4"), "accuracy_mean"] == 0.70              # not averaged with the mix
+    assert cell.loc[("fpb", "4-bit r4 multi-task"), "accuracy_mean"] == 0.75
+    assert cell.loc[("fpb", "base"), "n"] == 1                                 # evaluated by two points, once
+    assert cell.loc[("fpb", "base calibrated"), "accuracy_mean"] == 0.19
+    assert cell.loc[("fpb", "4-bit r4"), "train_truncated"] == 2
+    table = sweep.paper_layout(agg)
+    assert list(table.index) == ["fiqa", "fpb", "nwgi"]
+    assert list(table.columns[:5]) == ["base", "base calibrated", "8-bit r8", "4-bit r4", "4-bit r4 multi-task"]
+    assert table.loc["fpb", "4-bit r4"] == "0.700 / 0.680" and table.loc["fiqa", "8-bit r8"] == ""
+    assert table.loc["nwgi", "note"] == "zero-shot only: no train split exists"
+    assert table.loc["nwgi", "base"] == "0.300 / 0.200"       # a setting only its own point has: no extra column
+    assert table.loc["fpb", "majority"] == "0.600 / 0.450" and table.loc["fpb", "test n"] == 50
+    cost = sweep.cost_layout(agg)
+    assert list(cost.columns) == ["8-bit r8", "4-bit r4", "4-bit r4 multi-task"] and "base" not in cost.columns
+    assert cost.loc["fpb", "4-bit r4"] == "1 s / ? GiB" and cost.loc["fiqa", "8-bit r8"] == ""
+    pngs = sweep.accuracy_figure(agg, tmp_path / "figures")
+    assert [p.name for p in pngs] == ["sweep_accuracy.png", "sweep_f1_weighted.png"]
+    assert (tmp_path / "figures" / "sweep_accuracy.csv").read_text().count("\n") == len(agg) + 1
+    outcomes = [{"point": json.loads(d.read_text())["point"], "status": "done"}
+                for d in sorted((tmp_path / "points").glob("*/DONE.json"))]
+    page = sweep.write_report({"name": "t", "preset": "cpu", "notebooks": ["03_finetune"], "params": {}},
+                              tmp_path, outcomes).read_text()
+    assert 'src="figures/sweep_accuracy.png"' in page and "4-bit r4 multi-task" in page and "What ran" in page
+
+
+def test_a_varied_setting_that_is_not_a_seed_gets_its_own_column(tmp_path):
+    for lr, acc in ((0.001, 0.70), (0.0001, 0.50)):
+        _point(tmp_path, {"TASKS": "fpb", "SEED": 0, "LR": lr},
+               [_result(f"fpb_4bit_r4_{lr}", ["fpb"], "nf4", 4, {"fpb": (acc, acc, "score")})])
+    agg = sweep.aggregate(tmp_path).set_index("config")
+    assert agg.loc["4-bit r4 (LR=0.001)", "accuracy_mean"] == 0.70
+    assert agg.loc["4-bit r4 (LR=0.0001)", "n"] == 1
+
+
+def test_report_only_renders_what_finished_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "run_notebook", lambda *a, **k: pytest.fail("--report-only must not run a notebook"))
+    _point(tmp_path / "out", {"TASKS": "fpb", "SEED": 0},
+           [_result("fpb_4bit_r4", ["fpb"], "nf4", 4, {"fpb": (0.70, 0.68, "score")})])
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({**GRID, "params": {}, "include": [], "grid": {"TASKS": ["fpb", "fiqa"], "SEED": [0]}}))
+    assert sweep.main([str(grid), "--output-dir", str(tmp_path / "out"), "--report-only"]) == 0
+    assert "not finished: seed-0_tasks-fiqa" in capsys.readouterr().out
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "0.700 / 0.680" in page and "not run" in page
