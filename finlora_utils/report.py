@@ -94,7 +94,7 @@ def _metric_row(e: dict) -> dict:
                 majority_f1_weighted=e.get("majority_f1_weighted"), top_pred=top,
                 top_pred_share=(top_n / e["n"]) if e.get("n") else None,
                 pred_distribution=json.dumps(dist, sort_keys=True), unparseable=e.get("unparseable", 0),
-                exact_match=e.get("exact_match"), numeric_accuracy=e.get("numeric_accuracy"))
+                exact_match=e.get("exact_match"), numeric_accuracy=e.get("numeric_accuracy"), token_f1=e.get("token_f1"))
 
 
 def eval_table(runs: Sequence[dict], all_modes: bool = True) -> pd.DataFrame:

@@ -135,6 +135,8 @@ def _point_rows(done: Path) -> pd.DataFrame:
     df = df[df["own_task"] & (df["primary"] | ((df["config"] == "base") & (df["mode"] == "calibrated")))].copy()
     df.loc[~df["primary"], "config"] = "base calibrated"
     df["setting"] = extra
+    # Generated answers (formula, XBRL, FinanceBench) have no label set: their F1 is token F1 over the answer.
+    df["f1_weighted"] = df["f1_weighted"].fillna(df["token_f1"])
     by_id = {r["run_id"]: r for r in runs}
     df["seed"] = [by_id[i]["run_info"].get("seed") for i in df["run_id"]]
     df["path"] = [by_id[i]["_path"] for i in df["run_id"]]
@@ -155,13 +157,17 @@ def _task_note(task: str, configs: set[str]) -> str:
         t = get_task(task.removesuffix(" (3-class)"))
     except (KeyError, ValueError):
         return ""
+    notes = []
     if not t.has_train:
-        return "zero-shot only: no train split exists"
-    if t.variant_of:
-        return f"base scored against FinLoRA's labels of {t.variant_of}"
+        notes.append("zero-shot only: no train split exists")
+    elif t.variant_of:
+        notes.append(f"base scored against FinLoRA's labels of {t.variant_of}")
+    elif configs <= {"base", "base calibrated"}:
+        notes.append("evaluation only")
     if t.kind != "classification":
-        return f"{t.kind}: generated, {t.metric}" + (" (BERTScore offline: exact match)" if t.metric == "bertscore" else "")
-    return "evaluation only" if configs <= {"base", "base calibrated"} else ""
+        notes.append("generated; accuracy = exact or numeric match"
+                     + (" (BERTScore needs the hub)" if t.metric == "bertscore" else "") + ", F1 = token F1")
+    return "; ".join(notes)
 
 
 def aggregate(out_root: Path) -> pd.DataFrame:
