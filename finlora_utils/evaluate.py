@@ -102,6 +102,19 @@ def parse_number(text: str) -> float | None:
         return None
 
 
+_WHOLE_NUM = re.compile(r"\s*[-+]?\$?\s*(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*%?\s*\.?\s*")
+
+
+def gold_number(text: str) -> float | None:
+    """The value of a gold answer that *is* a number ('$1,234.5', '12%', '1832.'), else None.
+
+    A number inside a sentence, a formula or a tag name ('... in 2019 ...', '(6226 / 38542) * 100',
+    'StockRepurchaseProgramAuthorizedAmount1') is text: crediting a prediction that merely contains it
+    would reward echoing the prompt.
+    """
+    return parse_number(text) if _WHOLE_NUM.fullmatch(text or "") else None
+
+
 def _norm_text(s: str) -> str:
     return re.sub(r"\s+", " ", (s or "").strip().strip(".").strip().lower())
 
@@ -126,7 +139,8 @@ def extraction_metrics(gold: Sequence[str], pred: Sequence[str], rel_tol: float 
                        abs_tol: float = 0.01, batched: bool = False) -> dict:
     """Exact match (whitespace/case/trailing-period normalised), numeric-tolerance accuracy, token F1.
 
-    Numeric accuracy compares the first number of each side with math.isclose(rel_tol, abs_tol);
+    Numeric accuracy applies where the gold answer is a number (gold_number): the first number of the
+    prediction is compared with math.isclose(rel_tol, abs_tol); `numeric_gold` counts those examples.
     `accuracy` counts an example right if it matches exactly or numerically. With batched=True
     (FiNER/FNXL), `accuracy` is the item-level accuracy of comma-separated answers instead.
     """
@@ -138,7 +152,7 @@ def extraction_metrics(gold: Sequence[str], pred: Sequence[str], rel_tol: float 
     em = [_norm_text(g) == _norm_text(p) for g, p in zip(gold, pred)]
     num_ok, num_gold = [], 0
     for g, p in zip(gold, pred):
-        gv, pv = parse_number(g), parse_number(p)
+        gv, pv = gold_number(g), parse_number(p)
         num_gold += gv is not None
         num_ok.append(gv is not None and pv is not None and math.isclose(gv, pv, rel_tol=rel_tol, abs_tol=abs_tol))
     out = {"n": n, "exact_match": sum(em) / n, "numeric_accuracy": sum(num_ok) / n, "numeric_gold": num_gold,
@@ -562,11 +576,12 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
         modes = (modes,)
     if not modes or any(m not in MODES for m in modes):
         raise EvalError(f"modes={list(modes)!r}: expected a non-empty list from {', '.join(MODES)}")
+    sample = None
     if isinstance(task, str):
         from . import data
 
-        task = data.load_task(task, split="test", data_dir=kw.pop("data_dir", None),
-                              max_samples=kw.pop("max_samples", None) or None, seed=kw.pop("seed", 0))
+        sample = {"max_samples": kw.pop("max_samples", None) or None, "seed": kw.pop("seed", 0)}
+        task = data.load_task(task, split="test", data_dir=kw.pop("data_dir", None), **sample)
     by_mode = {}
     for m in dict.fromkeys(modes):
         by_mode[m] = evaluate(model, tokenizer, task, mode=m, **kw)
@@ -575,6 +590,8 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
     first = next(iter(by_mode.values()))
     entry = {k: v for k, v in first.items() if k != "predictions"}
     entry["modes"] = by_mode
+    if sample is not None:
+        entry["test_sample"] = sample
     if "score" in by_mode and "generate" in by_mode:
         entry["generate_score_agreement"] = agreement(by_mode["score"]["predictions"],
                                                       by_mode["generate"]["predictions"])
@@ -717,3 +734,53 @@ def _run_tasks(run: dict, tasks: Sequence[str] | None, trained_only: bool) -> li
 def evaluate_run(results_json_path: str | Path, tasks: Sequence[str] | None = None, **kw) -> dict:
     """One run's adapter on `tasks` (default: its training tasks); eval_info is merged into the file."""
     return next(iter(evaluate_runs([results_json_path], tasks, **kw).values()))
+
+
+def rescore(results_path: str | Path, data_dir: str | None = None, max_samples: int | None = None,
+            seed: int | None = None) -> dict:
+    """Re-apply today's generated-answer metrics to the predictions a results file stored; no model needed.
+
+    The gold answers are drawn again (data.load_task with the test sample the evaluation used: its
+    recorded `test_sample`, else run_info.config's max_samples and seed, else the arguments). The metrics
+    whose rules did not change (exact match, token F1) must come out as stored, which proves the gold
+    lines up with the predictions; otherwise nothing is written. Classification entries are left alone.
+    Returns {task: {"before": {...}, "after": {...}}} and rewrites the file atomically.
+    """
+    from . import data
+    from .results import git_commit, now_iso, read_result, update_result
+
+    path = Path(results_path)
+    r = read_result(path, require=("eval_info",))
+    cfg = r.get("run_info", {}).get("config", {})
+    changed, info = {}, {}
+    for task, entry in r["eval_info"].items():
+        if entry.get("kind") == "classification" or not entry.get("modes"):
+            continue
+        mode = next(iter(entry["modes"]))
+        preds = entry["modes"][mode].get("predictions")
+        if preds is None:
+            raise EvalError(f"{path}: eval_info.{task} stored no predictions; rerun the evaluation")
+        sample = entry.get("test_sample") or {
+            "max_samples": max_samples if max_samples is not None else cfg.get("max_samples"),
+            "seed": seed if seed is not None else r.get("run_info", {}).get("seed", 0)}
+        _, gold, _, _ = _rows(data.load_task(task, split="test", data_dir=data_dir, **sample))
+        if sample["max_samples"]:
+            gold = gold[:sample["max_samples"]]
+        if len(gold) != len(preds):
+            raise EvalError(f"{path}: eval_info.{task} has {len(preds)} predictions but the test sample "
+                            f"{sample} has {len(gold)} examples; pass max_samples/seed as evaluated")
+        new = extraction_metrics(gold, preds, batched=entry.get("metric") == "batched_accuracy",
+                                 rel_tol=entry.get("numeric_rel_tol", 0.01), abs_tol=entry.get("numeric_abs_tol", 0.01))
+        for k in ("exact_match", "token_f1"):
+            if not math.isclose(new[k], entry[k], rel_tol=1e-9, abs_tol=1e-12):
+                raise EvalError(f"{path}: eval_info.{task}.{k} recomputes to {new[k]:.6f}, stored {entry[k]:.6f}: "
+                                f"the gold does not line up with the stored predictions (sample {sample})")
+        before = {k: entry.get(k) for k in new}
+        entry.update(new, test_sample=sample,
+                     rescored={"at": now_iso(), "git_commit": git_commit(), "before": before})
+        entry["modes"][mode].update(new)
+        info[task] = entry
+        changed[task] = {"before": before, "after": new}
+    if info:
+        update_result(path, eval_info=info)
+    return changed

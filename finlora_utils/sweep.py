@@ -21,6 +21,8 @@ notebook and cell and the sweep goes on. At the end the results of all finished 
 (mean ± std over seeds) into aggregate.csv, figures/sweep_accuracy.png and sweep_f1_weighted.png (each with
 its CSV) and index.html: the paper-layout table, the figures, what ran and each point's time. A varied
 parameter other than TASKS, SEED and CONFIGS (LR, ...) gets its own columns instead of being averaged.
+`--report-only` re-renders the report from the finished points; `--rescore` first re-applies the current
+generated-answer metrics to the predictions those points stored (evaluate.rescore: no model, no rerun).
 """
 from __future__ import annotations
 
@@ -159,13 +161,16 @@ def _task_note(task: str, configs: set[str]) -> str:
         return ""
     notes = []
     if not t.has_train:
-        notes.append("zero-shot only: no train split exists")
+        # nwgi has none upstream; FinLoRA's XBRL train files are Git LFS blobs the data does not hold
+        notes.append("zero-shot only: no train split available")
     elif t.variant_of:
         notes.append(f"base scored against FinLoRA's labels of {t.variant_of}")
     elif configs <= {"base", "base calibrated"}:
         notes.append("evaluation only")
-    if t.kind != "classification":
-        notes.append("generated; accuracy = exact or numeric match"
+    if t.metric == "batched_accuracy":
+        notes.append("generated; accuracy = per-tag accuracy of the comma-separated answer, F1 = token F1")
+    elif t.kind != "classification":
+        notes.append("generated; accuracy = exact match, or numeric match where the gold is a number"
                      + (" (BERTScore needs the hub)" if t.metric == "bertscore" else "") + ", F1 = token F1")
     return "; ".join(notes)
 
@@ -354,16 +359,41 @@ def run_sweep(grid_path: str | Path, output_dir: str | Path | None = None,
     return outcomes, write_report(spec, out_root, outcomes)
 
 
+def rescore_points(grid_path: str | Path, output_dir: str | Path | None = None) -> list[tuple[Path, dict]]:
+    """evaluate.rescore on every results file of every finished point, with the point's test sample."""
+    from .evaluate import rescore
+
+    spec = load_grid(grid_path)
+    out_root = Path(output_dir or project_root() / "reports" / "sweeps" / spec["name"]).resolve()
+    done = []
+    for d in sorted((out_root / "points").glob("*/DONE.json")):
+        done_info = json.loads(d.read_text())
+        params = done_info.get("params") or done_info.get("point") or {}
+        for f in sorted((d.parent / "results").glob("*.json")):
+            changed = rescore(f, max_samples=params.get("MAX_TEST_SAMPLES") or None, seed=params.get("SEED", 0))
+            if changed:
+                done.append((f, changed))
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m finlora_utils.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("grid", help="grid YAML file")
     ap.add_argument("--output-dir", default=None, help="default: reports/sweeps/<name>")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: re-render the aggregate report from the points that finished")
+    ap.add_argument("--rescore", action="store_true",
+                    help="re-apply today's metrics to the generated answers finished points stored, then re-render")
     args = ap.parse_args(argv)
     try:
+        if args.rescore:
+            for f, changed in rescore_points(args.grid, args.output_dir):
+                for task, c in changed.items():
+                    print(f"[sweep] rescored {f.parent.parent.name}/{f.name} {task}: accuracy "
+                          f"{c['before']['accuracy']:.4f} -> {c['after']['accuracy']:.4f}")
+            args.report_only = True
         outcomes, index = run_sweep(args.grid, args.output_dir, args.report_only)
-    except ConfigError as e:
+    except ValueError as e:   # ConfigError, EvalError (rescore), ResultsError: each names file and field
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = [o for o in outcomes if o["status"] == "failed"]

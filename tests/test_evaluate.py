@@ -229,6 +229,53 @@ def test_extraction_exact_match_and_numeric_tolerance():
     assert b["accuracy"] == pytest.approx(3 / 4) and b["batched_items"] == 4
 
 
+def test_numbers_inside_text_gold_are_not_credited():
+    """Only a gold answer that is a number is compared numerically: echoing a year, a formula's first
+    operand or a tag's digit out of the prompt must not score."""
+    assert ev.gold_number(" $1,832. ") == 1832.0 and ev.gold_number("12.5%") == 12.5
+    assert ev.gold_number("-0.397") == -0.397 and ev.gold_number(".5") == 0.5
+    for text in ("In 2019 revenue rose", "(6226000000 / 38542000000) * 100", "AuthorizedAmount1", "1 2", ""):
+        assert ev.gold_number(text) is None, text
+    gold = ["Multiple lawsuits followed the 2018 Lion Air crash", "(6226000000 / 38542000000) * 100",
+            "StockRepurchaseProgramAuthorizedAmount1,Revenues", "1832"]
+    pred = ["The 2018 season", "6226000000", "1", "The answer is 1,832 million"]
+    m = ev.extraction_metrics(gold, pred)
+    assert m["numeric_gold"] == 1 and m["numeric_accuracy"] == pytest.approx(1 / 4)
+    assert m["accuracy"] == pytest.approx(1 / 4) and m["exact_match"] == 0
+    b = ev.extraction_metrics(gold[2:3], pred[2:3], batched=True)
+    assert b["numeric_accuracy"] == 0 and b["accuracy"] == 0
+
+
+@pytest.mark.real_data
+def test_rescore_reapplies_metrics_to_stored_predictions(tmp_path, real_data_dir):
+    """A results file scored under an older rule is rescored from its predictions without a model; a
+    sample that does not line up with the predictions is refused and nothing is written."""
+    from finlora_utils import data
+
+    gold = list(data.load_task("xbrl_formula", "test", data_dir=real_data_dir, max_samples=4, seed=3)["target"])
+    preds = [gold[0], gold[1].split()[0].strip("("), "no idea", gold[3] + " "]   # 2 exact, 1 echoed operand
+    stale = dict(ev.extraction_metrics(gold, preds), accuracy=0.75, numeric_accuracy=0.25, numeric_gold=4)
+    entry = dict(stale, task="xbrl_formula", kind="extraction", metric="accuracy", mode="generate",
+                 modes={"score": dict(stale, predictions=preds)})
+    obj = results.new_result("xbrl_formula_x_base", {"model": "x", "max_samples": 4}, seed=3)
+    obj["eval_info"] = {"xbrl_formula": entry}
+    path = results.write_json(tmp_path / "r.json", obj)
+    changed = ev.rescore(path, data_dir=real_data_dir)
+    assert changed["xbrl_formula"]["before"]["accuracy"] == 0.75
+    after = results.read_result(path)["eval_info"]["xbrl_formula"]
+    assert after["accuracy"] == pytest.approx(2 / 4) and after["numeric_gold"] == 0
+    assert after["modes"]["score"]["accuracy"] == after["accuracy"] and after["modes"]["score"]["predictions"] == preds
+    assert after["test_sample"] == {"max_samples": 4, "seed": 3} and after["rescored"]["before"]["accuracy"] == 0.75
+    assert ev.rescore(path, data_dir=real_data_dir)["xbrl_formula"]["after"]["accuracy"] == pytest.approx(2 / 4)
+
+    obj["eval_info"]["xbrl_formula"]["test_sample"] = {"max_samples": 4, "seed": 4}   # another sample
+    bad = results.write_json(tmp_path / "bad.json", obj)
+    before = bad.read_text()
+    with pytest.raises(ev.EvalError, match="does not line up"):
+        ev.rescore(bad, data_dir=real_data_dir)
+    assert bad.read_text() == before
+
+
 # --- calibration -------------------------------------------------------------------------------------
 
 def test_calibration_removes_a_constant_label_bias():

@@ -143,7 +143,7 @@ def test_aggregate_keeps_multitask_adapters_apart_and_counts_a_repeated_base_onc
     assert list(table.index) == ["fiqa", "fpb", "nwgi"]
     assert list(table.columns[:5]) == ["base", "base calibrated", "8-bit r8", "4-bit r4", "4-bit r4 multi-task"]
     assert table.loc["fpb", "4-bit r4"] == "0.700 / 0.680" and table.loc["fiqa", "8-bit r8"] == ""
-    assert table.loc["nwgi", "note"] == "zero-shot only: no train split exists"
+    assert table.loc["nwgi", "note"] == "zero-shot only: no train split available"
     assert table.loc["nwgi", "base"] == "0.300 / 0.200"       # a setting only its own point has: no extra column
     assert table.loc["fpb", "majority"] == "0.600 / 0.450" and table.loc["fpb", "test n"] == 50
     cost = sweep.cost_layout(agg)
@@ -178,3 +178,31 @@ def test_report_only_renders_what_finished_and_runs_nothing(tmp_path, monkeypatc
     assert "not finished: seed-0_tasks-fiqa" in capsys.readouterr().out
     page = (tmp_path / "out" / "index.html").read_text()
     assert "0.700 / 0.680" in page and "not run" in page
+
+
+@pytest.mark.real_data
+def test_rescore_uses_each_points_test_sample_and_rerenders(tmp_path, monkeypatch, capsys, real_data_dir):
+    """An adapter's results file records no test sample: --rescore takes the point's MAX_TEST_SAMPLES and SEED."""
+    from finlora_utils import data, evaluate
+    from finlora_utils.results import read_result, write_json
+
+    monkeypatch.setenv("FINLORA_DATA_DIR", str(real_data_dir))
+    monkeypatch.setattr(sweep, "run_notebook", lambda *a, **k: pytest.fail("--rescore must not run a notebook"))
+    gold = list(data.load_task("xbrl_formula", "test", max_samples=4, seed=3)["target"])
+    preds = [gold[0], gold[1].split()[0].strip("("), "x", "y"]   # one exact, one echoed first operand
+    stale = dict(evaluate.extraction_metrics(gold, preds), accuracy=0.5, numeric_accuracy=0.25)
+    r = _result("xbrl_formula_4bit_r4", ["xbrl_formula"], "nf4", 4, {})
+    r["eval_info"]["xbrl_formula"] = dict(stale, task="xbrl_formula", kind="extraction", metric="accuracy",
+                                          mode="generate", truncated=0,
+                                          modes={"score": dict(stale, mode="generate", predictions=preds)})
+    point = {"TASKS": "xbrl_formula", "SEED": 3}
+    _point(tmp_path / "out", point, [r])
+    done = tmp_path / "out" / "points" / sweep.point_id(point) / "DONE.json"
+    write_json(done, {**json.loads(done.read_text()), "params": {**point, "MAX_TEST_SAMPLES": 4}})
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({**GRID, "params": {}, "include": [], "grid": {"TASKS": ["xbrl_formula"], "SEED": [3]}}))
+    assert sweep.main([str(grid), "--output-dir", str(tmp_path / "out"), "--rescore"]) == 0
+    assert "accuracy 0.5000 -> 0.2500" in capsys.readouterr().out
+    e = read_result(done.parent / "results" / "xbrl_formula_4bit_r4.json")["eval_info"]["xbrl_formula"]
+    assert e["accuracy"] == pytest.approx(0.25) and e["test_sample"] == {"max_samples": 4, "seed": 3}
+    assert "0.250" in (tmp_path / "out" / "index.html").read_text()
