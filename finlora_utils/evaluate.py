@@ -741,7 +741,7 @@ def rescore(results_path: str | Path, data_dir: str | None = None, max_samples: 
     """Re-apply today's generated-answer metrics to the predictions a results file stored; no model needed.
 
     The gold answers are drawn again (data.load_task with the test sample the evaluation used: its
-    recorded `test_sample`, else run_info.config's max_samples and seed, else the arguments). The metrics
+    recorded `test_sample`, else the arguments, else run_info.config.max_samples and run_info.seed). The metrics
     whose rules did not change (exact match, token F1) must come out as stored, which proves the gold
     lines up with the predictions; otherwise nothing is written. Classification entries are left alone.
     Returns {task: {"before": {...}, "after": {...}}} and rewrites the file atomically.
@@ -776,8 +776,9 @@ def rescore(results_path: str | Path, data_dir: str | None = None, max_samples: 
                 raise EvalError(f"{path}: eval_info.{task}.{k} recomputes to {new[k]:.6f}, stored {entry[k]:.6f}: "
                                 f"the gold does not line up with the stored predictions (sample {sample})")
         before = {k: entry.get(k) for k in new}
+        first = (entry.get("rescored") or {}).get("before", before)   # a second rescore keeps the as-run numbers
         entry.update(new, test_sample=sample,
-                     rescored={"at": now_iso(), "git_commit": git_commit(), "before": before})
+                     rescored={"at": now_iso(), "git_commit": git_commit(), "before": first})
         entry["modes"][mode].update(new)
         info[task] = entry
         changed[task] = {"before": before, "after": new}

@@ -267,6 +267,7 @@ def test_rescore_reapplies_metrics_to_stored_predictions(tmp_path, real_data_dir
     assert after["modes"]["score"]["accuracy"] == after["accuracy"] and after["modes"]["score"]["predictions"] == preds
     assert after["test_sample"] == {"max_samples": 4, "seed": 3} and after["rescored"]["before"]["accuracy"] == 0.75
     assert ev.rescore(path, data_dir=real_data_dir)["xbrl_formula"]["after"]["accuracy"] == pytest.approx(2 / 4)
+    assert results.read_result(path)["eval_info"]["xbrl_formula"]["rescored"]["before"]["accuracy"] == 0.75
 
     obj["eval_info"]["xbrl_formula"]["test_sample"] = {"max_samples": 4, "seed": 4}   # another sample
     bad = results.write_json(tmp_path / "bad.json", obj)
