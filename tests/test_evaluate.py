@@ -172,6 +172,28 @@ def test_f1_argument_order_pinned_with_asymmetric_classes():
     assert m["majority_label"] == "a" and m["majority_baseline"] == pytest.approx(4 / 7)
 
 
+def test_finlora_f1_rule_pinned_beside_sklearn_weighted_f1():
+    """FinLoRA's test_dataset.py: the first gold label found (substring) decides; a wrong answer is replaced
+    by its raw text, so it no longer counts against the precision of the label it mentions."""
+    gold = ["positive", "positive", "negative", "neutral", "neutral", "neutral", "negative"]
+    outputs = ["positive", "unclear", "Negative.", "neutral", "positive sentiment", "I think neutral",
+               "positive, not negative"]
+    ours = ev.classification_metrics(gold, [ev.parse_label(o, SENT) for o in outputs], SENT)
+    theirs = ev.f1_weighted_finlora(gold, outputs)
+    # ours: positive predicted 3x (1 right) -> F1 0.4; negative 2/3; neutral 0.8; weights 2, 2, 3
+    assert ours["f1_weighted"] == pytest.approx((2 * 0.4 + 2 * 2 / 3 + 3 * 0.8) / 7)      # 0.6476
+    # FinLoRA: "positive sentiment" / "positive, not negative" are classes of their own -> positive F1 2/3
+    assert theirs["f1_weighted_finlora"] == pytest.approx((2 * 2 / 3 + 2 * 2 / 3 + 3 * 0.8) / 7)   # 0.7238
+    assert ours["accuracy"] == theirs["accuracy_finlora"] == pytest.approx(4 / 7)
+    # label scoring: every answer is a label, the rule is the identity
+    picked = ["positive", "neutral", "negative", "neutral", "positive", "neutral", "positive"]
+    assert ev.f1_weighted_finlora(gold, picked)["f1_weighted_finlora"] == pytest.approx(
+        ev.classification_metrics(gold, picked, SENT)["f1_weighted"])
+    assert ev.finlora_response("Answer: neutral", "neutral", SENT) == (True, "neutral")
+    with pytest.raises(ev.EvalError, match="outputs: expected 7"):
+        ev.f1_weighted_finlora(gold, outputs[:-1])
+
+
 def test_unparseable_counts_wrong_and_shows_in_distribution_and_confusion():
     m = ev.classification_metrics(["a", "b", "b"], ["a", None, "b"], ["a", "b"])
     assert m["accuracy"] == pytest.approx(2 / 3) and m["unparseable"] == 1
