@@ -624,7 +624,8 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
         from . import data
 
         sample = {"max_samples": kw.pop("max_samples", None) or None, "seed": kw.pop("seed", 0)}
-        task = data.load_task(task, split="test", data_dir=kw.pop("data_dir", None), **sample)
+        task_name, data_dir = task, kw.pop("data_dir", None)
+        task = data.load_task(task, split="test", data_dir=data_dir, **sample)
     by_mode = {}
     for m in dict.fromkeys(modes):
         by_mode[m] = evaluate(model, tokenizer, task, mode=m, **kw)
@@ -634,7 +635,10 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
     entry = {k: v for k, v in first.items() if k not in ("predictions", "outputs")}
     entry["modes"] = by_mode
     if sample is not None:
+        from .data.provenance import file_hashes
+
         entry["test_sample"] = sample
+        entry["data_files"] = file_hashes([task_name], "test", data_dir)
     if "score" in by_mode and "generate" in by_mode:
         entry["generate_score_agreement"] = agreement(by_mode["score"]["predictions"],
                                                       by_mode["generate"]["predictions"])

@@ -266,6 +266,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
     .stats() at the end (parallel.StepMonitor).
     """
     from . import artifacts, memory, results, train
+    from .data.provenance import file_hashes
     from .models import load_tokenizer
 
     config.validate()
@@ -351,9 +352,10 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
     adapter_dir = run_dir / "adapter"
     info["adapter_bytes"] = artifacts.save_adapter(_Gathered(peft_model, full), adapter_dir,
                                                artifacts.model_card(config, info, train.base_model_id(config.model)))
-    info["adapter_path"] = str(adapter_dir.resolve())
+    info["adapter_path"] = results.portable_path(adapter_dir)
     res = results.new_result(run_id, artifacts.as_stored(config), config.seed, preset, data.source)
     res["train_info"] = info
+    res["run_info"]["data_files"] = file_hashes(config.tasks, config.train_split, data_dir)
     results.write_json(results_path, res)
     _cleanup_after(stage_dir)
     log(f"[pipeline {run_id}] done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "

@@ -90,6 +90,7 @@ def _metric_row(e: dict) -> dict:
     dist = e.get("pred_distribution", {})
     top, top_n = max(dist.items(), key=lambda kv: kv[1]) if dist else (None, 0)
     return dict(n=e.get("n"), accuracy=e.get("accuracy"), f1_weighted=e.get("f1_weighted"), f1_macro=e.get("f1_macro"),
+                f1_weighted_finlora=e.get("f1_weighted_finlora"),
                 majority_baseline=e.get("majority_baseline"), majority_label=e.get("majority_label"),
                 majority_f1_weighted=e.get("majority_f1_weighted"), top_pred=top,
                 top_pred_share=(top_n / e["n"]) if e.get("n") else None,
@@ -437,3 +438,373 @@ def run_summary(runs: Sequence[dict]) -> pd.DataFrame:
                               trained_on=",".join(r["run_info"]["config"].get("tasks") or []) if is_trained(r) else "",
                               evaluated=",".join(r.get("eval_info") or {})) for r in runs],
                         columns=["run_id", "config", "model", "trained_on", "evaluated"])
+
+
+# ------------------------------------------------------------------ the paper's claims, one row each
+
+VERDICTS = ("holds", "does not hold", "not measurable here")
+CLOSE_POINTS = 5.0        # "within a few points": |accuracy difference| <= 5 percentage points
+MEMORY_CUT_HOLDS = 0.5    # "cuts training memory" holds when 4-bit needs at most half the 16-bit peak
+SMALL_ADAPTER_MB = 100.0  # "small (MB)": every adapter under 100 MB
+SIXTEEN_BIT = ("16-bit r8", "32-bit r8")   # precision 'auto' resolves to bf16 or fp32: both stand for 16-bit
+
+
+def _task_metric(row) -> tuple[float, str]:
+    """A task's headline number: accuracy for label sets, token F1 for generated answers (exact match of free
+    text is ~0 for any model; FinLoRA scores those with BERTScore)."""
+    if pd.notna(row.get("token_f1")) and pd.notna(row.get("exact_match")):
+        return row["token_f1"], "token F1"
+    return row["accuracy"], "accuracy"
+
+
+def eval_table_seeded(runs: Sequence[dict]) -> pd.DataFrame:
+    """eval_table with each row's seed and results file (the same run id recurs in every point of a sweep)."""
+    parts = [eval_table([r]).assign(seed=(r.get("run_info") or {}).get("seed"), path=r.get("_path", r["run_id"]))
+             for r in runs if r.get("eval_info")]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def seeded_scores(runs: Sequence[dict]) -> pd.DataFrame:
+    """One row per (task, configuration, seed): the primary-mode headline number of each adapter on its own
+    tasks and of the base; the same base evaluation repeated by several points counts once."""
+    ev = eval_table_seeded(runs)
+    if ev.empty:
+        return pd.DataFrame(columns=["task", "config", "seed", "score", "metric", "n", "accuracy",
+                                     "majority_baseline"])
+    ev = ev[ev["primary"] & ev["own_task"]].copy()
+    scored = [_task_metric(row) for row in ev.to_dict("records")]
+    ev["score"] = [s for s, _ in scored]
+    ev["metric"] = [m for _, m in scored]
+    return ev.drop_duplicates(subset=["task", "config", "seed", "n", "mode", "model"]).reset_index(drop=True)
+
+
+def _mean_std(values) -> str:
+    v = pd.Series(list(values), dtype=float)
+    return f"{v.mean():.3f}" + (f" ± {v.std():.3f} (n={len(v)})" if len(v) > 1 else "")
+
+
+def _paper_pairs(paper: dict, a: str, b: str) -> list[tuple[str, float]]:
+    """(task, paper[a] - paper[b]) in accuracy points for every task where the paper has both."""
+    out = []
+    for task, by in paper["results"].items():
+        x, y = (by.get(a) or {}).get("accuracy"), (by.get(b) or {}).get("accuracy")
+        if x is not None and y is not None:
+            out.append((task, x - y))
+    return out
+
+
+def _claim(claim, paper_fig, ours, verdict, why, figure=None) -> dict:
+    assert verdict in VERDICTS, verdict
+    return dict(claim=claim, paper=paper_fig, ours=ours, verdict=verdict, why=why, figure=figure)
+
+
+def _claim_finetuned_beats_base(sc: pd.DataFrame, paper: dict, link) -> dict:
+    claim = "A finetuned adapter beats the zero-shot base on every task"
+    pp = [(t, d, c) for c in ("8-bit r8", "4-bit r4") for t, d in _paper_pairs(paper, c, "base")]
+    worst = min(pp, key=lambda x: x[1]) if pp else None
+    paper_fig = (f"{sum(d > 0 for _, d, _ in pp)}/{len(pp)} task × adapter pairs; smallest margin "
+                 f"{worst[1]:+.2f} pts ({worst[0]}, {worst[2]})") if pp else "—"
+    base = sc[sc["config"] == "base"].groupby("task")["score"]
+    ft = sc[~sc["config"].str.startswith("base")]
+    rows = []
+    for (task, cfg), g in ft.groupby(["task", "config"]):
+        if task in base.groups:
+            b = base.get_group(task)
+            rows.append((task, cfg, g["score"].mean() - b.mean(), g, b, g["metric"].iloc[0]))
+    if not rows:
+        return _claim(claim, paper_fig, "no task has both a zero-shot base and an adapter result",
+                      "not measurable here", "evidence missing: run 03_finetune and 05_evaluation on a task "
+                      "(base and adapters)", link)
+    wins = sum(d > 0 for _, _, d, _, _, _ in rows)
+    t, c, d, g, b, metric = min(rows, key=lambda x: x[2])
+    seeded = [r for r in rows if len(r[3]) > 1]
+    extra = "".join(f"; {r[0]} {r[1]} {_mean_std(r[3]['score'])} vs base {_mean_std(r[4])}" for r in seeded[:2])
+    ours = (f"{wins}/{len(rows)} task × adapter pairs; smallest margin {d:+.3f} ({t}, {c}: "
+            f"{_mean_std(g['score'])} vs {_mean_std(b)}, {metric}){extra}")
+    verdict = "holds" if wins == len(rows) else "does not hold"
+    why = ("every adapter is above the base on its own task (accuracy; token F1 for generated answers)"
+           if wins == len(rows) else f"{len(rows) - wins} pair(s) at or below the base, e.g. {t} {c}")
+    return _claim(claim, paper_fig, ours, verdict, why, link)
+
+
+def _claim_4bit_close_to_8bit(sc: pd.DataFrame, paper: dict, link) -> dict:
+    claim = f"4-bit r4 is within a few points (≤ {CLOSE_POINTS:g}) of 8-bit r8"
+    pp = _paper_pairs(paper, "4-bit r4", "8-bit r8")
+    worst = max(pp, key=lambda x: abs(x[1])) if pp else None
+    paper_fig = (f"largest |Δ| {abs(worst[1]):.2f} pts ({worst[0]}); Δ over {len(pp)} tasks "
+                 f"{min(d for _, d in pp):+.2f} .. {max(d for _, d in pp):+.2f}") if pp else "—"
+    acc = sc[sc["config"].isin(["4-bit r4", "8-bit r8"]) & (sc["metric"] == "accuracy")]
+    piv = acc.pivot_table(index=["task", "seed"], columns="config", values="score", aggfunc="mean").dropna()
+    if piv.empty or {"4-bit r4", "8-bit r8"} - set(piv.columns):
+        return _claim(claim, paper_fig, "no task with both a 4-bit r4 and an 8-bit r8 adapter",
+                      "not measurable here", "evidence missing: train both configurations on a task", link)
+    diff = 100 * (piv["4-bit r4"] - piv["8-bit r8"])
+    by_task = diff.groupby(level="task")
+    mean = by_task.mean()
+    t = mean.abs().idxmax()
+    parts = [f"{task} {m:+.1f}" + (f" ± {by_task.get_group(task).std():.1f} (n={len(by_task.get_group(task))} seeds)"
+                                   if len(by_task.get_group(task)) > 1 else "") for task, m in mean.items()]
+    ours = f"largest |Δ| {abs(mean[t]):.1f} pts ({t}); Δ (4-bit − 8-bit, pts): " + ", ".join(parts)
+    ok = bool((mean.abs() <= CLOSE_POINTS).all())
+    why = (f"every task's mean difference is within {CLOSE_POINTS:g} points" if ok else
+           f"{int((mean.abs() > CLOSE_POINTS).sum())} of {len(mean)} tasks differ by more than {CLOSE_POINTS:g} points")
+    return _claim(claim, paper_fig, ours, "holds" if ok else "does not hold", why, link)
+
+
+def _peaks(runs: Sequence[dict], labels: Sequence[str]) -> dict[tuple, list[int]]:
+    """{(model, tasks): [peak_mem_bytes, ...]} of single-process finetuned runs with one of the labels."""
+    out: dict[tuple, list[int]] = {}
+    for r in runs:
+        cfg = r["run_info"]["config"]
+        if is_trained(r) and config_label(r) in labels and cfg.get("parallel", "none") == "none" \
+                and r["train_info"].get("peak_mem_bytes"):
+            out.setdefault((cfg.get("model"), tuple(cfg.get("tasks") or ())), []).append(r["train_info"]["peak_mem_bytes"])
+    return out
+
+
+def _claim_4bit_memory(runs: Sequence[dict], link) -> dict:
+    from .memory import PAPER_MEMORY
+
+    claim = "4-bit cuts training memory to about 0.27x of 16-bit"
+    p16 = next(m["paper_gb"] for m in PAPER_MEMORY if m["bits"] == 16)
+    p4 = next(m["paper_gb"] for m in PAPER_MEMORY if m["bits"] == 4)
+    paper_fig = f"{p4} / {p16} GB = {p4 / p16:.2f}x (Llama-3.1-8B, 4 GPUs, batch 4)"
+    four, sixteen, eight = _peaks(runs, ["4-bit r4"]), _peaks(runs, SIXTEEN_BIT), _peaks(runs, ["8-bit r8"])
+    ratios = [sum(four[k]) / len(four[k]) / (sum(sixteen[k]) / len(sixteen[k])) for k in four if k in sixteen]
+    if not ratios:
+        r8 = [sum(four[k]) / len(four[k]) / (sum(eight[k]) / len(eight[k])) for k in four if k in eight]
+        partial = (f"; 4-bit r4 / 8-bit r8 measured here: ratio {_mean_std(r8)} over {len(r8)} task(s)") if r8 else ""
+        return _claim(claim, paper_fig, "no 16-bit run" + partial, "not measurable here",
+                      "evidence missing: no unquantized (precision auto) adapter in these results; add the auto "
+                      "configuration to the grid", link)
+    ratio = sum(ratios) / len(ratios)
+    ours = f"ratio {_mean_std(ratios)} (measured peak, 4-bit r4 / 16-bit r8, {len(ratios)} task(s))"
+    if ratio <= MEMORY_CUT_HOLDS:
+        return _claim(claim, paper_fig, ours, "holds", f"4-bit needs at most {MEMORY_CUT_HOLDS:g}x of 16-bit", link)
+    return _claim(claim, paper_fig, ours, "does not hold",
+                  "not at this model size: weights are a small part of the measured peak (activations, framework; "
+                  "on CPU the whole process); the planner in 02_lora_setup shows the 8B ratio", link)
+
+
+def _twins(runs: Sequence[dict], mode: str) -> list[tuple[dict, dict]]:
+    """(parallel run, its single-process twin: same config but parallel/nproc/variant_tag)."""
+    def key(r):
+        cfg = dict(r["run_info"]["config"])
+        for k in ("parallel", "nproc", "variant_tag", "output_dir", "save_every", "log_every"):
+            cfg.pop(k, None)
+        return json.dumps(cfg, sort_keys=True, default=str)
+
+    trained = [r for r in runs if is_trained(r)]
+    single = {key(r): r for r in trained if r["run_info"]["config"].get("parallel", "none") == "none"}
+    return [(r, single[key(r)]) for r in trained
+            if r["run_info"]["config"].get("parallel") == mode and key(r) in single]
+
+
+def _claim_ddp(runs: Sequence[dict], link) -> dict:
+    claim = "Data parallelism speeds training"
+    paper_fig = "DDP on 4 GPUs (the paper gives no speedup figure)"
+    pairs = _twins(runs, "ddp")
+    if not pairs:
+        return _claim(claim, paper_fig, "no DDP run with a single-process twin", "not measurable here",
+                      "evidence missing: run 04_parallel (MODES none,ddp) into these results", link)
+    sp = [(r["train_info"]["tokens_per_s"] / s["train_info"]["tokens_per_s"],
+           (r["train_info"].get("parallel") or {}).get("world_size") or r["run_info"]["config"].get("nproc"))
+          for r, s in pairs]
+    ours = "; ".join(f"x{w} ranks: {x:.2f}x tokens/s (efficiency {x / w:.2f})" for x, w in sp)
+    ok = all(x > 1 for x, _ in sp)
+    return _claim(claim, paper_fig, ours, "holds" if ok else "does not hold",
+                  "tokens/s of the DDP run over its single-process twin (same global batches)" +
+                  ("" if ok else ": no speedup on this machine (ranks share the cores)"), link)
+
+
+def _claim_pipeline(runs: Sequence[dict], link) -> dict:
+    claim = "Pipeline parallelism fits a model one device cannot hold"
+    paper_fig = "layers split over 4 GPUs (no figure)"
+    pairs = _twins(runs, "pipeline")
+    if not pairs:
+        return _claim(claim, paper_fig, "no pipeline run with a single-process twin", "not measurable here",
+                      "evidence missing: run 04_parallel (MODES none,pipeline) into these results", link)
+    parts, ok = [], True
+    for r, s in pairs:
+        ranks = (r["train_info"].get("parallel") or {}).get("ranks") or []
+        stage = max((x.get("peak_mem_bytes") or 0) for x in ranks) if ranks else r["train_info"]["peak_mem_bytes"]
+        frac = stage / s["train_info"]["peak_mem_bytes"]
+        ok &= frac < 1
+        parts.append(f"{len(ranks) or '?'} stages: largest stage peak {frac:.2f}x of the single-process peak")
+    return _claim(claim, paper_fig, "; ".join(parts), "holds" if ok else "does not hold",
+                  "each stage holds less than the whole run, the condition for fitting a model no single device "
+                  "holds; a model too large for one device was not tried here" if ok else
+                  "a stage needs as much as the whole run (per-process framework memory dominates at this size)",
+                  link)
+
+
+def _claim_adapter_size(runs: Sequence[dict], link) -> dict:
+    from .config import LoraSettings
+    from .lora import adapter_bytes
+
+    claim = "LoRA adapters are small (MB)"
+    try:
+        mb8 = adapter_bytes(PAPER_MODEL, LoraSettings(rank=8, alpha=16.0)) / 1e6
+        mb4 = adapter_bytes(PAPER_MODEL, LoraSettings(rank=4, alpha=16.0)) / 1e6
+        paper_fig = f"Llama-3.1-8B q/k/v: r8 {mb8:.1f} MB, r4 {mb4:.1f} MB (fp32, the kit's count)"
+    except Exception:  # noqa: BLE001 - a config the counter lacks shows as missing, not as a crash
+        paper_fig = "MB-sized adapters (no figure)"
+    sizes = [(r["train_info"]["adapter_bytes"] / 1e6, config_label(r)) for r in runs
+             if is_trained(r) and r["train_info"].get("adapter_bytes")]
+    if not sizes:
+        return _claim(claim, paper_fig, "no finetuned run", "not measurable here",
+                      "evidence missing: no results file with train_info.adapter_bytes", link)
+    lo, hi = min(sizes), max(sizes)
+    ours = f"{len(sizes)} adapters, {lo[0]:.2f} MB ({lo[1]}) .. {hi[0]:.2f} MB ({hi[1]})"
+    ok = hi[0] < SMALL_ADAPTER_MB
+    return _claim(claim, paper_fig, ours, "holds" if ok else "does not hold",
+                  f"every adapter is under {SMALL_ADAPTER_MB:g} MB (adapter_model.safetensors)" if ok else
+                  f"an adapter of {hi[0]:.0f} MB", link)
+
+
+CLAIM_KEYS = ("finetuned_beats_base", "4bit_close_to_8bit", "4bit_memory", "ddp_speed", "pipeline_fits",
+              "adapter_size")
+
+
+def claims(runs: Sequence[dict], paper: dict | None = None, links: dict | None = None) -> pd.DataFrame:
+    """One row per claim of the paper: claim, the paper's figure, ours (measured; mean ± std and n where seeds
+    exist), verdict (holds / does not hold / not measurable here), why, and the figure behind it (links: claim
+    key -> href, see CLAIM_KEYS). Computed from the results only; a claim without evidence says so."""
+    paper = paper or paper_results()
+    links = links or {}
+    sc = seeded_scores(runs)
+    rows = [_claim_finetuned_beats_base(sc, paper, links.get("finetuned_beats_base")),
+            _claim_4bit_close_to_8bit(sc, paper, links.get("4bit_close_to_8bit")),
+            _claim_4bit_memory(runs, links.get("4bit_memory")),
+            _claim_ddp(runs, links.get("ddp_speed")),
+            _claim_pipeline(runs, links.get("pipeline_fits")),
+            _claim_adapter_size(runs, links.get("adapter_size"))]
+    return pd.DataFrame(rows, index=pd.Index(CLAIM_KEYS, name="key"))
+
+
+def claims_html(table: pd.DataFrame) -> str:
+    """The claims table as HTML, the figure column as links."""
+    import html
+
+    head = "".join(f"<th>{h}</th>" for h in ("claim", "paper", "ours", "verdict", "why", "figure"))
+    body = []
+    for r in table.itertuples():
+        fig = f'<a href="{html.escape(r.figure)}">figure</a>' if isinstance(r.figure, str) and r.figure else "—"
+        colour = {"holds": "#dfd", "does not hold": "#fdd"}.get(r.verdict, "#eee")
+        body.append(f"<tr><td>{html.escape(r.claim)}</td><td>{html.escape(r.paper)}</td><td>{html.escape(r.ours)}</td>"
+                    f'<td style="background:{colour}"><b>{html.escape(r.verdict)}</b></td>'
+                    f"<td>{html.escape(r.why)}</td><td>{fig}</td></tr>")
+    return f'<table class="claims"><tr>{head}</tr>{"".join(body)}</table>'
+
+
+def claims_markdown(table: pd.DataFrame) -> str:
+    rows = [f"| {r.claim} | {r.paper} | {r.ours} | **{r.verdict}** | {r.why} | "
+            f"{f'[figure]({r.figure})' if isinstance(r.figure, str) and r.figure else '—'} |" for r in table.itertuples()]
+    return "| claim | paper | ours | verdict | why | figure |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
+
+
+# ------------------------------------------------------------------ the paper side by side, settings on the page
+
+def _fmt(values, scale: float = 1.0, digits: int = 3) -> str:
+    v = pd.Series([x for x in values if x is not None and pd.notna(x)], dtype=float) * scale
+    if v.empty:
+        return "—"
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std():.{digits}f} (n={len(v)})" if len(v) > 1 else "")
+
+
+def paper_side_by_side(runs: Sequence[dict], paper: dict | None = None) -> pd.DataFrame:
+    """Per task of the paper evaluated here and configuration: the paper's accuracy (%) and F1 beside ours
+    (mean ± std over seeds), our scikit-learn weighted F1 and FinLoRA's F1 rule (f1_weighted_finlora, the only
+    one the paper's F1 compares with), the protocol ours ran in, the majority baseline and test n. Where the
+    generate protocol also ran, its accuracy and FinLoRA-rule F1 are shown beside (the paper's protocol)."""
+    paper = paper or paper_results()
+    ev = eval_table_seeded(runs)
+    if ev.empty:
+        return pd.DataFrame()
+    ev = ev[ev["own_task"]]
+    ev = ev.drop_duplicates(subset=["task", "config", "mode", "seed", "n", "model"])
+    rows = []
+    for task, by_cfg in paper["results"].items():
+        mine_t = ev[ev["task"] == task]
+        if mine_t.empty:
+            continue
+        for cfg in paper["configurations"]:
+            p = by_cfg.get(cfg) or {}
+            label = cfg if (mine_t["config"] == cfg).any() else STANDS_IN_FOR.get(cfg, cfg)
+            mine = mine_t[mine_t["config"] == label]
+            prim, gen = mine[mine["primary"]], mine[mine["mode"] == "generate"]
+            rows.append({
+                "task": task, "config": cfg, "ours config": label if len(mine) else "—",
+                "paper accuracy %": p.get("accuracy"), "ours accuracy %": _fmt(prim["accuracy"], 100, 1),
+                "paper F1": p.get("f1_weighted"), "ours F1 (FinLoRA rule)": _fmt(prim["f1_weighted_finlora"]),
+                "ours F1 (sklearn weighted)": _fmt(prim["f1_weighted"]),
+                "ours protocol": ", ".join(sorted({f"{m} on {q}" for m, q in zip(prim["mode"], prim["eval_precision"])}))
+                                 or "—",
+                "generate: accuracy % / F1 (FinLoRA rule)": (f"{_fmt(gen['accuracy'], 100, 1)} / "
+                                                             f"{_fmt(gen['f1_weighted_finlora'])}") if len(gen) else "—",
+                "majority %": _fmt(mine_t["majority_baseline"].head(1), 100, 1),
+                "test n": ", ".join(str(int(n)) for n in sorted(set(mine_t["n"].dropna()))),
+            })
+    return pd.DataFrame(rows)
+
+
+def setting_differences(runs: Sequence[dict], paper: dict | None = None) -> pd.DataFrame:
+    """What differs between the paper's numbers and ours: model size, train examples, epochs, evaluation
+    protocol and precision, test n - the paper's side from paper_results.json, ours from the results."""
+    from .results import model_slug
+
+    paper = paper or paper_results()
+    st = paper.get("setting") or {}
+    trained = [r for r in runs if is_trained(r)]
+    ev = eval_table(runs)
+
+    def distinct(values) -> str:
+        c = Counter(v for v in values if v is not None)
+        return ", ".join(f"{v}" + (f" ({n} runs)" if len(c) > 1 else "") for v, n in c.most_common()) or "—"
+
+    examples = distinct(n for r in trained for n in (r["train_info"].get("examples_per_task") or {}).values())
+    prim = ev[ev["primary"]] if not ev.empty else ev
+    protocol = distinct(f"{m} on {p}" for m, p in zip(prim.get("mode", []), prim.get("eval_precision", [])))
+    shared = prim[prim["task"].isin(list(paper.get("results", {})))] if len(prim) else prim
+    test_n = ", ".join(f"{t} {int(n)}" for t, n in shared.groupby("task")["n"].max().items()) if len(shared) else "—"
+    paper_n = ", ".join(f"{t} {n}" for t, n in (st.get("test_n") or {}).items() if n)
+    params = st.get("params")
+    rows = [
+        ("model", f"{st.get('model', '?')}" + (f" ({params / 1e9:.2f}B parameters)" if params else ""),
+         distinct(model_slug(r["run_info"]["config"].get("model", "?")) for r in runs)),
+        ("train examples per task", st.get("train_examples", "—"), f"{examples} (per adapter and task)"),
+        ("epochs", str(st.get("epochs", "—")),
+         distinct(r["run_info"]["config"].get("epochs") if not r["run_info"]["config"].get("max_steps")
+                  else f"{r['run_info']['config']['max_steps']} steps" for r in trained)),
+        ("learning rate", str(st.get("lr", "—")), distinct(r["run_info"]["config"].get("lr") for r in trained)),
+        ("evaluation protocol and precision", f"{st.get('eval_protocol', '?')} on {st.get('eval_precision', '?')}: "
+         f"{st.get('eval_rule', '')}", protocol),
+        ("test n", paper_n or "—", test_n),
+    ]
+    return pd.DataFrame(rows, columns=["setting", "paper", "here"])
+
+
+def paper_sections_html(runs: Sequence[dict], links: dict | None = None, paper: dict | None = None) -> str:
+    """The report's paper check as HTML, for every rendered report: the claims table, the paper's numbers
+    side by side with ours (both F1s), and what differs between the two settings."""
+    import html
+
+    paper = paper or paper_results()
+    side = paper_side_by_side(runs, paper)
+    cites = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v['citation'])}</li>"
+                    for k, v in paper["sources"].items())
+    return f"""<h2 id="claims">The paper's claims</h2>
+<p>One row per claim of FinLoRA: the paper's figure, ours (measured from the results files below; mean ± std and
+n where several seeds ran), and the verdict. <i>Not measurable here</i> names the evidence that is missing.</p>
+{claims_html(claims(runs, paper, links))}
+<h2 id="paper">The paper side by side</h2>
+<p>FinLoRA's accuracy (%) and weighted F1 for Llama-3.1-8B-Instruct beside ours. The paper's F1 follows FinLoRA's
+rule (each wrong answer replaced by the raw output before scikit-learn's weighted F1, which puts it above
+accuracy): compare it only with <i>ours F1 (FinLoRA rule)</i>. With label scoring every answer is a label, so that
+rule equals the scikit-learn F1; it differs only for generated answers. <i>—</i>: not run here, or no
+verified paper value.</p>
+{side.to_html(escape=True, index=False, na_rep="—") if not side.empty else "<p>No task of the paper was evaluated.</p>"}
+<p>What differs between the paper's numbers and ours:</p>
+{setting_differences(runs, paper).to_html(escape=True, index=False)}
+<p>Sources:</p><ul>{cites}</ul>
+"""

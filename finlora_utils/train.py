@@ -406,9 +406,12 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
                 trainable_params=sum(p.numel() for p in params), resumed_from_step=start or None)
     adapter_dir = run_dir / "adapter"
     info["adapter_bytes"] = save_adapter(model, adapter_dir, model_card(config, info, base_model_id(config.model)))
-    info["adapter_path"] = str(adapter_dir.resolve())
+    info["adapter_path"] = results.portable_path(adapter_dir)
     res = results.new_result(run_id, as_stored(config), config.seed, preset, data.source)
     res["train_info"] = info
+    from .data.provenance import file_hashes
+
+    res["run_info"]["data_files"] = file_hashes(config.tasks, config.train_split, data_dir)
     results.write_json(results_path, res)
     shutil.rmtree(run_dir / CKPT_DIR, ignore_errors=True)   # the adapter and results supersede them
     log(f"[train {run_id}] done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "

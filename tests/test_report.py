@@ -214,3 +214,55 @@ def test_figures_save_png_and_csv(study, tmp_path):
     assert cm.groupby("run_id")["count"].sum().eq(10).all()
     frames = {r["run_id"]: report.confusion_frame(r["eval_info"]["fpb"]) for r in runs}
     plots.save_figure(report.fig_confusions(frames), cm, "cm", tmp_path / "figures")
+
+
+def test_claims_each_row_has_a_verdict_and_missing_evidence_says_so(study):
+    """Six claims from fixture results: measured ones get holds / does not hold, the parallel ones (no runs)
+    say what evidence is missing; a DDP twin and a dropped 16-bit run move their rows."""
+    runs = report.load(study)
+    c = report.claims(runs)
+    assert list(c.index) == list(report.CLAIM_KEYS) and set(c["verdict"]) <= set(report.VERDICTS)
+    assert c.loc["finetuned_beats_base", "verdict"] == "holds"              # 1.0 / 0.8 / 0.6 vs base 0.1
+    assert c.loc["4bit_close_to_8bit", "verdict"] == "does not hold"        # 0.6 vs 0.8: 20 points
+    assert "-20.0" in c.loc["4bit_close_to_8bit", "ours"] and "4.20 pts (nwgi)" in c.loc["4bit_close_to_8bit", "paper"]
+    assert c.loc["4bit_memory", "verdict"] == "holds" and "ratio 0.400" in c.loc["4bit_memory", "ours"]
+    assert "8.26 / 30.91 GB = 0.27x" in c.loc["4bit_memory", "paper"]
+    for key in ("ddp_speed", "pipeline_fits"):
+        assert c.loc[key, "verdict"] == "not measurable here" and "evidence missing" in c.loc[key, "why"]
+    assert c.loc["adapter_size", "verdict"] == "holds" and "0.00 MB" in c.loc["adapter_size", "ours"]
+    page = report.claims_html(report.claims(runs, links={"4bit_memory": "figures/06_memory.png"}))
+    assert page.count("<tr>") == 7 and 'href="figures/06_memory.png"' in page
+    assert all(f"<b>{v}</b>" in page for v in c["verdict"])
+    assert report.claims_markdown(c).count("| **") == 6
+
+    single = next(r for r in runs if report.config_label(r) == "4-bit r4")
+    twin = json.loads(json.dumps(single, default=str))
+    twin["run_info"]["config"].update(parallel="ddp", nproc=2, variant_tag="ddp2")
+    twin["train_info"].update(tokens_per_s=300.0, parallel={"mode": "ddp", "world_size": 2})
+    no16 = [r for r in runs if report.config_label(r) != "16-bit r8"]
+    c2 = report.claims(no16 + [twin])
+    assert c2.loc["ddp_speed", "verdict"] == "holds" and "1.50x tokens/s" in c2.loc["ddp_speed", "ours"]
+    assert c2.loc["4bit_memory", "verdict"] == "not measurable here"
+    assert "no 16-bit run" in c2.loc["4bit_memory", "ours"] and "evidence missing" in c2.loc["4bit_memory", "why"]
+
+
+def test_paper_side_by_side_has_both_f1s_the_baseline_and_the_setting_differences(study):
+    runs = report.load(study)
+    for r in runs:   # the generate protocol's FinLoRA-rule F1, as evaluate stores it
+        gen = r["eval_info"]["fpb"]["modes"].get("generate")
+        if gen is not None:
+            gen["f1_weighted_finlora"] = 0.95
+    side = report.paper_side_by_side(runs).set_index(["task", "config"])
+    row = side.loc[("fpb", "8-bit r8")]
+    assert row["paper accuracy %"] == 85.64 and row["paper F1"] == 0.922 and row["ours accuracy %"] == "80.0"
+    assert row["ours F1 (FinLoRA rule)"] == "—"            # score-mode entries of the fixture lack it
+    assert row["ours F1 (sklearn weighted)"] != "—" and row["generate: accuracy % / F1 (FinLoRA rule)"].endswith("0.950")
+    assert row["majority %"] == "60.0" and row["test n"] == "10" and row["ours protocol"].startswith("score on")
+    assert ("ner", "8-bit r8") not in side.index             # a paper task not evaluated here is left out
+    st = report.setting_differences(runs).set_index("setting")
+    assert list(st.index) == ["model", "train examples per task", "epochs", "learning rate",
+                              "evaluation protocol and precision", "test n"]
+    assert st.loc["model", "paper"].startswith("Llama-3.1-8B-Instruct (8.03B") and st.loc["model", "here"] == "smollm2-135m"
+    assert st.loc["test n", "paper"].startswith("fpb 1212") and st.loc["test n", "here"] == "fpb 10"
+    html_page = report.paper_sections_html(runs)
+    assert "The paper's claims" in html_page and "ours F1 (FinLoRA rule)" in html_page and "smollm2-135m" in html_page

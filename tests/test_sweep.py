@@ -157,6 +157,11 @@ def test_aggregate_keeps_multitask_adapters_apart_and_counts_a_repeated_base_onc
     page = sweep.write_report({"name": "t", "preset": "cpu", "notebooks": ["03_finetune"], "params": {}},
                               tmp_path, outcomes).read_text()
     assert 'src="figures/sweep_accuracy.png"' in page and "4-bit r4 multi-task" in page and "What ran" in page
+    # the paper check at the top: every claim with a verdict (the parallel ones: evidence missing), the paper's
+    # numbers beside ours with both F1s, and the setting differences
+    assert page.index("The paper's claims") < page.index("Every task and configuration")
+    assert page.count("<b>not measurable here</b>") >= 2 and "<b>holds</b>" in page and "evidence missing" in page
+    assert "85.64" in page and "ours F1 (FinLoRA rule)" in page and "evaluation protocol and precision" in page
 
 
 def test_a_varied_setting_that_is_not_a_seed_gets_its_own_column(tmp_path):
