@@ -784,14 +784,16 @@ def evaluate_run(results_json_path: str | Path, tasks: Sequence[str] | None = No
 
 
 def rescore(results_path: str | Path, data_dir: str | None = None, max_samples: int | None = None,
-            seed: int | None = None) -> dict:
+            seed: int | None = None, commit: str | None = None) -> dict:
     """Re-apply today's generated-answer metrics to the predictions a results file stored; no model needed.
 
     The gold answers are drawn again (data.load_task with the test sample the evaluation used: its
     recorded `test_sample`, else the arguments, else run_info.config.max_samples and run_info.seed). The metrics
     whose rules did not change (exact match, token F1) must come out as stored, which proves the gold
     lines up with the predictions; otherwise nothing is written. Classification entries are left alone.
-    Returns {task: {"before": {...}, "after": {...}}} and rewrites the file atomically.
+    Returns {task: {"before": {...}, "after": {...}}} and rewrites the file atomically. `commit` is the code's
+    commit to record (default: git_commit() now); a batch passes the one it read before writing any file, since
+    each rewritten results file makes the working tree look dirty to the next.
     """
     from . import data
     from .results import git_commit, now_iso, read_result, update_result
@@ -804,7 +806,7 @@ def rescore(results_path: str | Path, data_dir: str | None = None, max_samples: 
         if not entry.get("modes"):
             continue
         if entry.get("kind") == "classification":
-            new = _rescore_finlora(path, task, entry, r, data_dir, max_samples, seed)
+            new = _rescore_finlora(path, task, entry, r, data_dir, max_samples, seed, commit)
             if new:
                 info[task] = entry
                 changed[task] = new
@@ -831,7 +833,7 @@ def rescore(results_path: str | Path, data_dir: str | None = None, max_samples: 
         before = {k: entry.get(k) for k in new}
         first = (entry.get("rescored") or {}).get("before", before)   # a second rescore keeps the as-run numbers
         entry.update(new, test_sample=sample,
-                     rescored={"at": now_iso(), "git_commit": git_commit(), "before": first})
+                     rescored={"at": now_iso(), "git_commit": commit or git_commit(), "before": first})
         entry["modes"][mode].update(new)
         info[task] = entry
         changed[task] = {"before": before, "after": new}
@@ -852,7 +854,8 @@ def _test_gold(path: Path, task: str, entry: dict, r: dict, data_dir, max_sample
     return (gold[:sample["max_samples"]] if sample["max_samples"] else gold), sample
 
 
-def _rescore_finlora(path: Path, task: str, entry: dict, r: dict, data_dir, max_samples, seed) -> dict:
+def _rescore_finlora(path: Path, task: str, entry: dict, r: dict, data_dir, max_samples, seed,
+                     commit: str | None = None) -> dict:
     """Add FinLoRA's F1 rule (f1_weighted_finlora) to a classification entry from its stored predictions.
 
     Label-scored modes use the predicted label as the answer text; a generated mode needs its stored raw
@@ -884,6 +887,6 @@ def _rescore_finlora(path: Path, task: str, entry: dict, r: dict, data_dir, max_
             entry.update(new)
         out[m] = {"before": {"accuracy": e["accuracy"], "f1_weighted_finlora": None},
                   "after": {"accuracy": e["accuracy"], **new}}
-    entry.setdefault("rescored_finlora", {"at": now_iso(), "git_commit": git_commit(), "modes": sorted(out)})
+    entry.setdefault("rescored_finlora", {"at": now_iso(), "git_commit": commit or git_commit(), "modes": sorted(out)})
     entry["test_sample"] = entry.get("test_sample") or sample
     return out[entry["mode"]] if entry.get("mode") in out else next(iter(out.values()))

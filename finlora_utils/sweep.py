@@ -115,7 +115,8 @@ def run_point(spec: dict, point: dict, out_root: Path) -> dict:
 
 # Point parameters that the table already shows (rows, columns, seeds); any other parameter that differs
 # between points (LR, ...) splits a configuration's column so different settings are never averaged as seeds.
-SHOWN_PARAMS = {"TASKS", "SEED", "CONFIGS", "notebooks"}
+# COMPARE_GENERATE / BASE_MODES only add protocols beside the primary one, so they split nothing either.
+SHOWN_PARAMS = {"TASKS", "SEED", "CONFIGS", "notebooks", "COMPARE_GENERATE", "BASE_MODES"}
 AGG_COLUMNS = ["task", "config", "n", "accuracy_mean", "accuracy_std", "f1_weighted_mean", "f1_weighted_std",
                "mode", "test_examples", "majority_baseline", "majority_f1_weighted", "train_truncated",
                "test_truncated", "train_s", "peak_mem_gib", "note"]
@@ -370,7 +371,9 @@ def run_sweep(grid_path: str | Path, output_dir: str | Path | None = None,
 def rescore_points(grid_path: str | Path, output_dir: str | Path | None = None) -> list[tuple[Path, dict]]:
     """evaluate.rescore on every results file of every finished point, with the point's test sample."""
     from .evaluate import rescore
+    from .results import git_commit
 
+    commit = git_commit()   # before the first rewrite: each rewritten file makes the tree look dirty
     spec = load_grid(grid_path)
     out_root = Path(output_dir or project_root() / "reports" / "sweeps" / spec["name"]).resolve()
     done = []
@@ -378,7 +381,8 @@ def rescore_points(grid_path: str | Path, output_dir: str | Path | None = None) 
         done_info = json.loads(d.read_text())
         params = done_info.get("params") or done_info.get("point") or {}
         for f in sorted((d.parent / "results").glob("*.json")):
-            changed = rescore(f, max_samples=params.get("MAX_TEST_SAMPLES") or None, seed=params.get("SEED", 0))
+            changed = rescore(f, max_samples=params.get("MAX_TEST_SAMPLES") or None, seed=params.get("SEED", 0),
+                              commit=commit)
             if changed:
                 done.append((f, changed))
     return done

@@ -168,9 +168,13 @@ def test_a_varied_setting_that_is_not_a_seed_gets_its_own_column(tmp_path):
     for lr, acc in ((0.001, 0.70), (0.0001, 0.50)):
         _point(tmp_path, {"TASKS": "fpb", "SEED": 0, "LR": lr},
                [_result(f"fpb_4bit_r4_{lr}", ["fpb"], "nf4", 4, {"fpb": (acc, acc, "score")})])
+    # a point that only adds the generate protocol beside score measures the same configuration
+    _point(tmp_path, {"TASKS": "fpb", "SEED": 1, "COMPARE_GENERATE": True, "BASE_MODES": "score,generate"},
+           [_result("fpb_8bit_r8", ["fpb"], "int8", 8, {"fpb": (0.6, 0.6, "score")})])
     agg = sweep.aggregate(tmp_path).set_index("config")
     assert agg.loc["4-bit r4 (LR=0.001)", "accuracy_mean"] == 0.70
     assert agg.loc["4-bit r4 (LR=0.0001)", "n"] == 1
+    assert agg.loc["8-bit r8", "accuracy_mean"] == 0.6
 
 
 def test_report_only_renders_what_finished_and_runs_nothing(tmp_path, monkeypatch, capsys):
