@@ -662,6 +662,12 @@ def _claim_adapter_size(runs: Sequence[dict], link) -> dict:
                   f"an adapter of {hi[0]:.0f} MB", link)
 
 
+# The figure behind each claim, as links from the rendered notebook pages (reports/html/ beside reports/figures/).
+STUDY_CLAIM_LINKS = {"finetuned_beats_base": "../figures/06_accuracy_vs_memory.png",
+                     "4bit_close_to_8bit": "../figures/06_accuracy_vs_memory.png",
+                     "4bit_memory": "../figures/06_memory_breakdown.png",
+                     "ddp_speed": "../figures/04_rank_time_memory.png",
+                     "pipeline_fits": "../figures/04_rank_time_memory.png"}
 CLAIM_KEYS = ("finetuned_beats_base", "4bit_close_to_8bit", "4bit_memory", "ddp_speed", "pipeline_fits",
               "adapter_size")
 
