@@ -57,6 +57,10 @@ def test_relativize_rewrites_only_the_checkout_folder():
                                                                     "d": "warn .venv/l.py:3"}
     assert results.absolute_paths({"a": ["ok/rel", "see /m/repo2/y"], "image/png": "iVBO/x/y"}) == \
         [("a[1]", "/m/repo2/y")]
+    # new results: the folders a run wrote are stored relative to the checkout, a model path as given
+    cfg = results.new_result("x", {"output_dir": str(ROOT / "reports" / "runs"), "model": str(ROOT / "m")}, 0)
+    assert cfg["run_info"]["config"] == {"output_dir": "reports/runs", "model": str(ROOT / "m")}
+    assert results.portable_path(ROOT / "reports" / "runs" / "a") == "reports/runs/a"
 
 
 def test_showcase_holds_no_absolute_path():

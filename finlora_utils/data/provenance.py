@@ -25,7 +25,11 @@ def file_hashes(tasks, split: str, data_dir: str | os.PathLike | None = None) ->
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     out: dict[str, str | None] = {}
     for task in tasks:
-        for rel in files_for(task, split):
+        try:
+            rels = files_for(task, split)
+        except (ValueError, KeyError):   # a task without this split: load_task itself reports that, not provenance
+            continue
+        for rel in rels:
             if rel not in out:
                 p, _ = sources.resolve(rel, data_dir, allow_download=False)
                 out[rel] = _sha256(p) if p is not None else None
