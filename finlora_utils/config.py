@@ -132,6 +132,9 @@ class TrainConfig:
         self.precision = resolve_precision(self.precision)
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
+        for f in ("train_file", "test_file"):   # absolute: evaluation and torchrun ranks may run elsewhere
+            if getattr(self, f):
+                setattr(self, f, str(Path(getattr(self, f)).expanduser().resolve()))
         if self.train_file:
             name = file_task_name(self.train_file, self.task_name)
             if name not in self.tasks:

@@ -127,6 +127,30 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
     return Predictor(base, tok, labels, instruction, batch_size, max_len, info)
 
 
+def compare(result_paths, texts, task: str, batch_size: int = 8, precision: str | None = None):
+    """Each run trained on `task` labels the same texts: a DataFrame with run_id, text, label and one
+    probability column per label (a notebook's look at what the adapters do with new sentences)."""
+    import pandas as pd
+
+    from . import data
+    from .results import read_result
+
+    frames = []
+    for p in result_paths:
+        if not data.get_task(task).labels:   # a generated-answer task has no labels to give probabilities for
+            break
+        r = read_result(p, require=("run_id", "run_info.config.tasks"))
+        if task not in r["run_info"]["config"]["tasks"]:
+            continue
+        pred = load(p, task=task, batch_size=batch_size, precision=precision)
+        frames.append(pred.frame(texts).assign(run_id=r["run_id"]))
+        del pred
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "text", "label"])
+    out = pd.concat(frames, ignore_index=True)
+    return out[["run_id"] + [c for c in out.columns if c != "run_id"]]
+
+
 def write_predictions(rows: list[dict], path: str | Path) -> Path:
     """JSONL (one prediction per line), or CSV with one probability column per label for a .csv path."""
     from .results import atomic_write_text

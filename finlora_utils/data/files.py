@@ -74,17 +74,18 @@ def _lines(path: Path) -> list[int]:
     return [i for i, line in enumerate(text.split("\n"), 1) if line.strip()]
 
 
-def _column(header: list[str], wanted: str | None, names: tuple[str, ...], kind: str, path: Path) -> int:
+def _column(header: list[str], wanted: str | None, names: tuple[str, ...], kind: str, path: Path,
+            what: str = "file") -> int:
     low = [h.strip().lower() for h in header]
     for name in ([wanted] if wanted else names):
         if name.lower() in low:
             return low.index(name.lower())
     expected = repr(wanted) if wanted else " or ".join(repr(n) for n in names)
-    raise _fail(path, [(1, f"no {kind} column {expected} in the header (columns: {', '.join(header)})")],
-                "file")
+    raise _fail(path, [(1, f"no {kind} column {expected} in the header (columns: {', '.join(header)})")], what)
 
 
-def _read_csv(path: Path, text_column: str | None, label_column: str | None) -> list[tuple[str, str, int]]:
+def _read_csv(path: Path, text_column: str | None, label_column: str | None,
+              what: str = "file") -> list[tuple[str, str, int]]:
     """[(text, label, line)] of a CSV/TSV with a header; Excel's UTF-8 byte-order mark is accepted."""
     raw = path.read_bytes()
     try:
@@ -92,13 +93,13 @@ def _read_csv(path: Path, text_column: str | None, label_column: str | None) -> 
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise _fail(path, [(line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8")],
-                    "file") from None
+                    what) from None
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
     header = next(reader, None)
     if not header:
-        raise _fail(path, [(1, "file is empty (expected a header row with a text and a label column)")], "file")
-    ti = _column(header, text_column, TEXT_COLUMNS, "text", path)
-    li = _column(header, label_column, LABEL_COLUMNS, "label", path)
+        raise _fail(path, [(1, "file is empty (expected a header row with a text and a label column)")], what)
+    ti = _column(header, text_column, TEXT_COLUMNS, "text", path, what)
+    li = _column(header, label_column, LABEL_COLUMNS, "label", path, what)
     rows, problems = [], []
     try:
         for row in reader:
@@ -118,7 +119,7 @@ def _read_csv(path: Path, text_column: str | None, label_column: str | None) -> 
     if not rows and not problems:
         problems.append((2, "no data rows after the header"))
     if problems:
-        raise _fail(path, problems, "file")
+        raise _fail(path, problems, what)
     return rows
 
 
@@ -129,11 +130,9 @@ def _read(path, instruction: str | None, text_column, label_column, what: str) -
         raise FileTaskError(f"{what}={str(path)!r}: no such file")
     try:
         if path.suffix.lower() in CSV_SUFFIXES:
-            items = _read_csv(path, text_column, label_column)
+            items = _read_csv(path, text_column, label_column, what)
             return [{"text": t, "target": lab, "line": ln} for t, lab, ln in items], "csv"
         return _read_jsonl(path, what), "jsonl"
-    except FileTaskError as e:
-        raise FileTaskError(str(e).replace("file=", f"{what}=", 1)) from None
     except OSError as e:
         raise FileTaskError(f"{what}={str(path)!r}: cannot read the file ({e.strerror or e})") from None
 
@@ -286,3 +285,14 @@ def read_texts(path, text_column: str | None = None) -> list[str]:
     if problems:
         raise _fail(path, problems, "file")
     return out
+
+
+def task_list(tasks, train_file: str = "", test_file: str = "", task_name: str = "", instruction: str = "",
+              max_labels: int = DEFAULT_MAX_LABELS) -> tuple[str, ...]:
+    """The tasks a notebook works on (TrainConfig's rule): with train_file, its task is registered and replaces
+    `tasks` unless they list it beside built-in ones."""
+    names = tuple(t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks or ()) if t.strip())
+    if not train_file:
+        return names
+    name = register_files(train_file, test_file or None, task_name or None, instruction or None, max_labels).name
+    return names if name in names else (name,)
