@@ -117,7 +117,15 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
             raise ConfigError(f"model={model!r}: only with an adapter or a run; {source} is itself the model")
         model = str(source)
     labels, instruction, task = _label_set(task, labels, instruction)
-    base, tok = load_model(model, precision=precision or "auto")
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()   # a 'Loading weights' bar per run buries a notebook's table
+    try:
+        base, tok = load_model(model, precision=precision or "auto")
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if adapter is not None:
         from peft import PeftModel
 
