@@ -7,7 +7,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-# verb -> (module whose main(argv) runs it, one line of help). Imported only when its verb runs.
+# verb -> (module whose main(argv) runs it, one line of help[, arguments put before the user's]).
+# A module is imported only when its verb runs.
 VERBS = {
     "train": ("finlora_utils.train", "finetune a LoRA adapter (a built-in task, or your data: --train-file)"),
     "evaluate": ("finlora_utils.evaluate", "evaluate runs (their results JSON) or a zero-shot base model"),
@@ -16,7 +17,7 @@ VERBS = {
     "merge": ("finlora_utils.merge", "merge an adapter into its base model (a plain transformers folder)"),
     "export": ("finlora_utils.export", "export a merged model (export gguf ...)"),
     "validate": ("finlora_utils.data.validate", "check a JSONL file in FinLoRA format (FILE:LINE errors)"),
-    "estimate": ("finlora_utils.memory", "plan training memory for a model, precision and LoRA shape"),
+    "estimate": ("finlora_utils.memory", "plan training memory for a model, precision and LoRA shape", ["estimate"]),
     "study": ("finlora_utils.study", "run the study notebooks with a preset (all | run NOTEBOOK)"),
 }
 PROG = "python -m finlora_utils"
@@ -25,7 +26,7 @@ PROG = "python -m finlora_utils"
 def usage() -> str:
     width = max(map(len, VERBS))
     lines = [f"usage: {PROG} <verb> [args]   ({PROG} <verb> --help for a verb's options)", "", "verbs:"]
-    lines += [f"  {v:<{width}}  {h}" for v, (_, h) in VERBS.items()]
+    lines += [f"  {v:<{width}}  {spec[1]}" for v, spec in VERBS.items()]
     return "\n".join(lines)
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"error: unknown verb {verb!r}; expected one of {', '.join(VERBS)}", file=sys.stderr)
         return 2
-    module = VERBS[verb][0]
+    module, _, *prefix = VERBS[verb]
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if entry is None:
         print(f"error: {verb}: {module} has no main(argv)", file=sys.stderr)
         return 2
-    return int(entry(rest) or 0)
+    return int(entry([*(prefix[0] if prefix else []), *rest]) or 0)
 
 
 if __name__ == "__main__":

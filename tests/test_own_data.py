@@ -126,6 +126,8 @@ def test_cli_lists_the_verbs_and_refuses_unknown_ones(capsys, monkeypatch):
     assert "error: merge: finlora_utils.no_such_module is not part of this installation" in capsys.readouterr().err
     assert cli(["validate", str(SUPPORT_TRAIN), "--no-tokens"]) == 0
     assert "27 rows" in capsys.readouterr().out
+    assert cli(["estimate", "--model", "smollm2-135m", "--bits", "4", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_bytes"] > 0
 
 
 @pytest.mark.slow
