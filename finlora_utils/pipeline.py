@@ -353,6 +353,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
                                                artifacts.model_card(config, info, train.base_model_id(config.model)))
     info["adapter_path"] = str(adapter_dir.resolve())
     res = results.new_result(run_id, artifacts.as_stored(config), config.seed, preset, data.source)
+    res["run_info"]["data_files"] = data.files   # own data: paths and sha256 of the task files
     res["train_info"] = info
     results.write_json(results_path, res)
     _cleanup_after(stage_dir)

@@ -123,8 +123,8 @@ def _read_csv(path: Path, text_column: str | None, label_column: str | None,
     return rows
 
 
-def _read(path, instruction: str | None, text_column, label_column, what: str) -> tuple[list[dict], str]:
-    """(rows with context/target/line, format); CSV rows need the instruction, given later if inferred."""
+def _read(path, text_column, label_column, what: str) -> tuple[list[dict], str]:
+    """(rows with context/target/line, format); CSV rows hold their text until the instruction is known."""
     path = Path(path)
     if not path.is_file():
         raise FileTaskError(f"{what}={str(path)!r}: no such file")
@@ -154,6 +154,10 @@ def _main_instruction(contexts: list[str]) -> str:
     return Counter(found).most_common(1)[0][0] if found else ""
 
 
+def _plain(rows: list[dict]) -> list[dict]:
+    return [{"context": r["context"], "target": r["target"]} for r in rows]
+
+
 def _file_info(path: Path, split: str, fmt: str, rows: list[dict]) -> dict:
     return {"split": split, "path": str(path.resolve()), "sha256": sha256_file(path), "format": fmt,
             "rows": len(rows)}
@@ -176,8 +180,8 @@ def register_files(train, test=None, name: str | None = None, instruction: str |
     if name in registry.TASKS:
         raise FileTaskError(f"task_name={name!r}: a built-in task has this name; give the file task another "
                             "name (task_name / --task-name)")
-    train_rows, train_fmt = _read(train, instruction, text_column, label_column, "train_file")
-    test_rows, test_fmt = (_read(test, instruction, text_column, label_column, "test_file")
+    train_rows, train_fmt = _read(train, text_column, label_column, "train_file")
+    test_rows, test_fmt = (_read(test, text_column, label_column, "test_file")
                            if test else (None, None))
     distinct = sorted({r["target"] for r in train_rows})
     inferred = labels is None
@@ -218,8 +222,7 @@ def register_files(train, test=None, name: str | None = None, instruction: str |
             + ([_file_info(Path(test), "test", test_fmt, test_rows)] if test else []),
             "labels": list(labels) if labels else None, "labels_inferred": bool(labels) and inferred,
             "max_labels": max_labels, "test": "file" if test else "validation holdout of train"}
-    strip = lambda rows: [{"context": r["context"], "target": r["target"]} for r in rows]   # noqa: E731
-    _FILES[name] = FileTask(task, strip(train_rows), strip(test_rows) if test_rows is not None else None, prov)
+    _FILES[name] = FileTask(task, _plain(train_rows), _plain(test_rows) if test_rows is not None else None, prov)
     registry.FILE_TASKS[name] = task
     return task
 
