@@ -842,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
                  ("task-name", "own data: task name"), ("instruction", "own data: instruction for CSV rows")):
         ap.add_argument(f"--{f}", default="", help=h)
     ap.add_argument("--max-labels", type=int, default=DEFAULT_MAX_LABELS, help="own data: label-set limit")
-    ns = ap.parse_args(argv)
+    ns = ap.parse_intermixed_args(argv)   # results files may follow the options
     modes = [m.strip() for m in ns.modes.split(",") if m.strip()]
     kw = dict(batch_size=ns.batch_size, max_samples=ns.max_samples or None, seed=ns.seed)
     try:

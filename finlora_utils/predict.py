@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=None, help="truncate longer prompts' input text to this many tokens")
     ap.add_argument("--out", default=None, help="write predictions here (.jsonl, or .csv) instead of stdout")
-    ns = ap.parse_args(argv)
+    ns = ap.parse_intermixed_args(argv)   # texts may follow the options
     try:
         texts = list(ns.texts) + (read_texts(ns.file, ns.text_column) if ns.file else [])
         if not texts:

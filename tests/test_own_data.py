@@ -134,7 +134,8 @@ def test_cli_lists_the_verbs_and_refuses_unknown_ones(capsys, monkeypatch):
 @pytest.mark.parametrize("train_file,test_file,task", [(SUPPORT_TRAIN, SUPPORT_TEST, "support"),
                                                        (ESG_TRAIN, ESG_TEST, "esg")])
 def test_own_data_trains_evaluates_and_predicts_through_the_cli(tmp_path, capsys, train_file, test_file, task):
-    """18-25 s each on the dev box (Xeon, 2 cores shared with other jobs): tiny random model, fp32, 3 steps."""
+    """20-40 s each on the dev box (Xeon, 2 cores shared with other jobs; the first pays the imports): tiny
+    random model, fp32, 3 steps, then evaluate and four predicts."""
     res_dir = tmp_path / "results"
     # the run names its files relative to the cwd, as a user would
     work = tmp_path / "work"
@@ -176,3 +177,17 @@ def test_own_data_trains_evaluates_and_predicts_through_the_cli(tmp_path, capsys
     assert cli(["predict", str(path), "a message about something", "--batch-size", "2"]) == 0
     one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert one["text"] == "a message about something" and set(one["probs"]) == set(entry["labels"])
+    # an adapter folder (base model from its adapter_config.json) and a plain transformers folder (as a merge writes)
+    adapter = Path(r["train_info"]["adapter_path"])
+    out2 = tmp_path / "pred.csv"
+    assert cli(["predict", str(adapter), "--train-file", str(train_file), "--precision", "fp32", "--file",
+                str(test_file), "--out", str(out2)]) == 0
+    import pandas as pd
+
+    assert list(pd.read_csv(out2)["label"]) == [p["label"] for p in preds]
+    from finlora_utils.models import resolve_model_path
+
+    assert cli(["predict", resolve_model_path("tiny-random-llama"), "--labels", ",".join(entry["labels"]),
+                "--precision", "fp32", "hello there"]) == 0
+    base = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(base["probs"]) == set(entry["labels"]) and abs(sum(base["probs"].values()) - 1) < 1e-4
