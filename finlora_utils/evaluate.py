@@ -715,10 +715,9 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
     """
     from peft import PeftModel
 
+    from . import data
     from .config import resolve_precision
     from .results import read_result, update_result
-
-    from . import data
 
     precision = resolve_precision(precision) if precision else None
     groups: dict[tuple, list] = {}
@@ -780,6 +779,7 @@ def rescore(results_path: str | Path, data_dir: str | None = None, max_samples: 
     path = Path(results_path)
     r = read_result(path, require=("eval_info",))
     cfg = r.get("run_info", {}).get("config", {})
+    data.register_config(cfg)   # a run on own data: its task comes back from the files it names
     changed, info = {}, {}
     for task, entry in r["eval_info"].items():
         if entry.get("kind") == "classification" or not entry.get("modes"):
