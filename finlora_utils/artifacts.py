@@ -112,7 +112,9 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler) -> dict 
 # ---------------------------------------------------------------- finished runs, adapter, model card
 
 def differences(a: dict, b: dict) -> list[str]:
-    return sorted(k for k in set(a) | set(b) if k not in COSMETIC and a.get(k) != b.get(k))
+    # a field added to TrainConfig after a run was stored counts as its default there
+    d = as_stored(TrainConfig())
+    return sorted(k for k in set(a) | set(b) if k not in COSMETIC and a.get(k, d.get(k)) != b.get(k, d.get(k)))
 
 
 def as_stored(config: TrainConfig) -> dict:

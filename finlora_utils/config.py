@@ -19,6 +19,7 @@ PARALLEL = ("none", "ddp", "pipeline")
 EVAL_MODES = ("score", "generate", "calibrated")
 PRESETS = ("smoke", "cpu", "gpu", "paper")
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
+DEFAULT_MAX_LABELS = 20   # own data: at most this many distinct train targets make a label set (classification)
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,17 @@ def resolve_precision(precision: str) -> str:
 def _check(cond: bool, param: str, value: Any, expected: str) -> None:
     if not cond:
         raise ConfigError(f"{param}={value!r}: expected {expected}")
+
+
+def file_task_name(train_file: str, task_name: str = "") -> str:
+    """The name of a task read from files: task_name, else the train file's stem without a train suffix
+    (``data/my_bank_train.jsonl`` -> ``my_bank``), lower-case letters, digits and underscores."""
+    import re
+
+    name = task_name or re.sub(r"[_\-.]?train$", "", Path(train_file).stem, flags=re.I) or Path(train_file).stem
+    name = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
+    _check(bool(name), "task_name", task_name, "a name of letters, digits and underscores")
+    return name
 
 
 def _as_tuple(v) -> tuple:
@@ -107,12 +119,26 @@ class TrainConfig:
     micro_batches: int = 2
     schedule: str = "gpipe"            # gpipe | 1f1b (pipeline only)
     variant_tag: str = ""              # extra run-id suffix
+    # Own data: a task read from files (data.register_files). Its name replaces `tasks` unless tasks lists it
+    # (list it beside built-in tasks for a multi-task mix).
+    train_file: str = ""               # JSONL in FinLoRA format, or CSV with text and label columns
+    test_file: str = ""                # optional; without it the validation holdout of train is the test split
+    task_name: str = ""                # default: from the train file's name
+    instruction: str = ""              # prompt instruction for CSV rows (default: choose from the labels)
+    max_labels: int = DEFAULT_MAX_LABELS   # <= this many distinct train targets: a label set, scored
 
     def __post_init__(self):
         self.tasks = _as_tuple(self.tasks)
         self.precision = resolve_precision(self.precision)
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
+        for f in ("train_file", "test_file"):   # absolute: evaluation and torchrun ranks may run elsewhere
+            if getattr(self, f):
+                setattr(self, f, str(Path(getattr(self, f)).expanduser().resolve()))
+        if self.train_file:
+            name = file_task_name(self.train_file, self.task_name)
+            if name not in self.tasks:
+                self.tasks = (name,)
         self.validate()
 
     def validate(self):
@@ -138,6 +164,11 @@ class TrainConfig:
         _check(self.nproc >= 1, "nproc", self.nproc, ">= 1")
         _check(self.micro_batches >= 1, "micro_batches", self.micro_batches, ">= 1")
         _check(self.schedule in ("gpipe", "1f1b"), "schedule", self.schedule, "gpipe or 1f1b")
+        _check(isinstance(self.max_labels, int) and self.max_labels >= 0, "max_labels", self.max_labels,
+               "an integer >= 0 (0: never a label set)")
+        for f in ("test_file", "task_name", "instruction"):
+            _check(not getattr(self, f) or bool(self.train_file), f, getattr(self, f),
+                   "to be given with train_file (a task read from files)")
         if self.lora.variant == "dora" and self.precision == "int8":
             raise ConfigError("lora.variant='dora' with precision='int8': bitsandbytes 8-bit + DoRA fails on CPU; use nf4 or bf16")
         self.lora.validate()

@@ -19,6 +19,7 @@ scikit-learn with (y_true, y_pred) in that order: FinLoRA's 2024 code had them s
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import re
@@ -403,6 +404,19 @@ def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str]
     return out
 
 
+def label_probabilities(model, tokenizer, prompts: Sequence[str], labels: Sequence[str], batch_size: int = 8,
+                        max_len: int | None = None, boundary: str = "train") -> np.ndarray:
+    """(len(prompts), len(labels)) probabilities: softmax over the labels of score_labels, the `score`
+    protocol's own numbers (its argmax is the label `evaluate(mode="score")` predicts). For new text (predict)."""
+    from .models import contiguous_head, fix_bnb_cpu
+
+    fix_bnb_cpu(model)
+    contiguous_head(model)
+    with _quiet_bnb_int8():
+        sc = score_labels(model, tokenizer, prompts, labels, batch_size, max_len, boundary)
+    return np.exp(sc - np.logaddexp.reduce(sc, axis=1, keepdims=True))
+
+
 # --------------------------------------------------------------------------------------------------
 # Generation (the paper's protocol)
 
@@ -638,7 +652,12 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
         from .data.provenance import file_hashes
 
         entry["test_sample"] = sample
-        entry["data_files"] = file_hashes([task_name], "test", data_dir)
+        from . import data
+
+        if data.is_file_task(entry.get("task") or ""):
+            entry["data_files"] = data.provenance(entry["task"])   # own data: which files, by sha256
+        else:
+            entry["data_files"] = file_hashes([task_name], "test", data_dir)
     if "score" in by_mode and "generate" in by_mode:
         entry["generate_score_agreement"] = agreement(by_mode["score"]["predictions"],
                                                       by_mode["generate"]["predictions"])
@@ -710,6 +729,13 @@ def discover_runs(results_dir: str | Path, model: str | None = None) -> list[Pat
     return out
 
 
+def run_adapter_dir(result_path: str | Path) -> Path:
+    """The adapter folder a results file's train_info.adapter_path names (relative paths resolved)."""
+    from .results import read_result
+
+    return _adapter_dir(Path(result_path), read_result(result_path, require=("train_info.adapter_path",)))
+
+
 def _adapter_dir(result_path: Path, r: dict) -> Path:
     """train_info.adapter_path: absolute, or relative to the cwd, the reports folder or the checkout."""
     from .paths import project_root
@@ -737,6 +763,7 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
     """
     from peft import PeftModel
 
+    from . import data
     from .config import resolve_precision
     from .results import read_result, update_result
 
@@ -746,6 +773,7 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
         r = read_result(p, require=("run_id", "run_info.config.model", "run_info.config.precision",
                                     "train_info.adapter_path"))
         cfg = r["run_info"]["config"]
+        data.register_config(cfg)   # a run on own data: its task comes back from the files it names
         groups.setdefault((cfg["model"], precision or cfg["precision"]), []).append((Path(p), r))
     out = {}
     for (model_name, prec), runs in groups.items():
@@ -801,6 +829,7 @@ def rescore(results_path: str | Path, data_dir: str | None = None, max_samples: 
     path = Path(results_path)
     r = read_result(path, require=("eval_info",))
     cfg = r.get("run_info", {}).get("config", {})
+    data.register_config(cfg)   # a run on own data: its task comes back from the files it names
     changed, info = {}, {}
     for task, entry in r["eval_info"].items():
         if not entry.get("modes"):
@@ -890,3 +919,62 @@ def _rescore_finlora(path: Path, task: str, entry: dict, r: dict, data_dir, max_
     entry.setdefault("rescored_finlora", {"at": now_iso(), "git_commit": commit or git_commit(), "modes": sorted(out)})
     entry["test_sample"] = entry.get("test_sample") or sample
     return out[entry["mode"]] if entry.get("mode") in out else next(iter(out.values()))
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m finlora_utils evaluate RESULTS.json [...] | --base MODEL --tasks T [--train-file F ...]"""
+    import argparse
+    import sys
+
+    from . import data
+    from .config import DEFAULT_MAX_LABELS, ConfigError, file_task_name
+
+    ap = argparse.ArgumentParser(prog="python -m finlora_utils evaluate",
+                                 description="Evaluate finetuned runs (their results JSON) or a zero-shot base model; "
+                                             "eval_info is written into the results files.")
+    ap.add_argument("runs", nargs="*", help="results JSON files of finetuned runs (from train)")
+    ap.add_argument("--base", default=None, help="evaluate this base model zero-shot instead (embedded, a path, ...)")
+    ap.add_argument("--tasks", default=None, help="comma-separated (default: each run's training tasks)")
+    ap.add_argument("--modes", default="score", help=f"comma-separated from {', '.join(MODES)}")
+    ap.add_argument("--precision", default=None, help="default: each run's training precision (base: auto)")
+    ap.add_argument("--max-samples", type=int, default=0, help="test examples per task, 0 for all")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results-dir", default=None, help="--base: where its results JSON goes (default reports/results)")
+    for f, h in (("train-file", "own data for --base: train JSONL/CSV"), ("test-file", "own data: test file"),
+                 ("task-name", "own data: task name"), ("instruction", "own data: instruction for CSV rows")):
+        ap.add_argument(f"--{f}", default="", help=h)
+    ap.add_argument("--max-labels", type=int, default=DEFAULT_MAX_LABELS, help="own data: label-set limit")
+    ns = ap.parse_intermixed_args(argv)   # results files may follow the options
+    modes = [m.strip() for m in ns.modes.split(",") if m.strip()]
+    kw = dict(batch_size=ns.batch_size, max_samples=ns.max_samples or None, seed=ns.seed)
+    try:
+        if bool(ns.runs) == bool(ns.base):
+            raise ConfigError("runs: expected results JSON files of finetuned runs, or --base MODEL (not both)")
+        if ns.base:
+            tasks = [t.strip() for t in (ns.tasks or "").split(",") if t.strip()]
+            if ns.train_file:
+                data.register_files(ns.train_file, ns.test_file or None, ns.task_name or None, ns.instruction or None,
+                                    ns.max_labels)
+                own = file_task_name(ns.train_file, ns.task_name)
+                tasks = tasks if own in tasks else [own]
+            if not tasks:
+                raise ConfigError("tasks: expected --tasks (or --train-file) with --base")
+            from .paths import reports_dir
+
+            paths = evaluate_base(ns.base, tasks, ns.results_dir or reports_dir() / "results",
+                                  precision=ns.precision or "auto", modes=modes, **kw)
+            out = {p.stem: json.loads(p.read_text())["eval_info"] for p in paths}
+        else:
+            out = evaluate_runs(ns.runs, tasks=ns.tasks, modes=modes, precision=ns.precision, **kw)
+    except (ConfigError, EvalError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for run_id, info in out.items():
+        for task, e in info.items():
+            f1 = f", f1_weighted {e['f1_weighted']:.4f}" if "f1_weighted" in e else ""
+            print(f"{run_id} {task}: {e['mode']} accuracy {e['accuracy']:.4f}{f1} (n={e['n']})")
+    return 0

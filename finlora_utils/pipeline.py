@@ -354,6 +354,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
                                                artifacts.model_card(config, info, train.base_model_id(config.model)))
     info["adapter_path"] = results.portable_path(adapter_dir)
     res = results.new_result(run_id, artifacts.as_stored(config), config.seed, preset, data.source)
+    res["run_info"]["data_files"] = data.files   # own data: paths and sha256 of the task files
     res["train_info"] = info
     res["run_info"]["data_files"] = file_hashes(config.tasks, config.train_split, data_dir)
     results.write_json(results_path, res)

@@ -52,6 +52,9 @@ def run_notebook(name: str, preset: str = "cpu", output_dir: str | Path | None =
     params = load_preset(preset, name)
     params["OUTPUT_DIR"] = str(out_root)
     params.update(extra_params or {})
+    for k, v in params.items():   # own-data files (TRAIN_FILE, TEST_FILE): the kernel runs in notebooks/
+        if k.endswith("_FILE") and isinstance(v, str) and v and not Path(v).is_absolute():
+            params[k] = str(Path(v).resolve())
     env_timeout = os.environ.get("FINLORA_CELL_TIMEOUT")
     from .data.sources import ENV_DATA_DIR
 

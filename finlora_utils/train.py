@@ -161,7 +161,8 @@ class TrainData:
     examples: list[dict]          # input_ids, labels, task, truncated
     plan: list[list[list[int]]]   # steps -> micro-batches -> example indices (global, before sharding)
     truncated: dict[str, int]     # per task
-    source: str                   # real | sample | mixed
+    source: str                   # real | sample | file | mixed
+    files: list[dict] | None = None   # provenance of the own-data (file) tasks: paths, sha256, label set
 
 
 def build_data(config: TrainConfig, tok, data_dir=None) -> TrainData:
@@ -171,15 +172,17 @@ def build_data(config: TrainConfig, tok, data_dir=None) -> TrainData:
     """
     from . import data
 
+    data.register_config(config)   # own data (train_file): the validator's FILE:LINE errors come here
     for t in config.tasks:
-        if t not in data.TASKS:
-            raise ConfigError(f"tasks={t!r}: unknown task; expected one of {', '.join(data.task_names())}")
+        if t not in data.TASKS and not data.is_file_task(t):
+            raise ConfigError(f"tasks={t!r}: unknown task; expected one of {', '.join(data.task_names())}, "
+                              "or your own data with train_file")
     ds = data.load_tasks(list(config.tasks), config.train_split, data_dir, config.max_train_samples or None,
                          config.seed)
     examples, truncated = encode_dataset(ds, tok, config.max_seq_len, config.truncation)
     lengths = [len(e["input_ids"]) for e in examples]
     plan = batch_plan(lengths, config.batch_size, config.grad_accum, config.epochs, config.max_steps, config.seed)
-    return TrainData(examples, plan, truncated, data.source_of(ds))
+    return TrainData(examples, plan, truncated, data.source_of(ds), data.provenance(config.tasks) or None)
 
 
 # ---------------------------------------------------------------- loss and step
@@ -408,6 +411,7 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
     info["adapter_bytes"] = save_adapter(model, adapter_dir, model_card(config, info, base_model_id(config.model)))
     info["adapter_path"] = results.portable_path(adapter_dir)
     res = results.new_result(run_id, as_stored(config), config.seed, preset, data.source)
+    res["run_info"]["data_files"] = data.files   # own data: paths and sha256 of the task files
     res["train_info"] = info
     from .data.provenance import file_hashes
 

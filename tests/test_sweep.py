@@ -215,3 +215,33 @@ def test_rescore_uses_each_points_test_sample_and_rerenders(tmp_path, monkeypatc
     e = read_result(done.parent / "results" / "xbrl_formula_4bit_r4.json")["eval_info"]["xbrl_formula"]
     assert e["accuracy"] == pytest.approx(0.25) and e["test_sample"] == {"max_samples": 4, "seed": 3}
     assert "0.250" in (tmp_path / "out" / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_grid_over_own_data_files_trains_evaluates_and_predicts(tmp_path, monkeypatch):
+    """A task defined by a file (path relative to where the sweep starts) in a grid: 03 trains on it, 05 evaluates
+    it and labels PREDICT_TEXTS. About 2.5 min on the dev box (Xeon, 2 cores shared with other jobs)."""
+    import nbformat
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    grid = {"name": "own", "preset": "smoke", "notebooks": ["03_finetune", "05_evaluation"],
+            "params": {"CONFIGS": "fp32:4", "MAX_TRAIN_SAMPLES": 0, "MAX_STEPS": 3, "SWEEP_SEQ_LENS": "",
+                       "COMPARE_GENERATE": False, "BASE_MODES": "score", "MAX_TEST_SAMPLES": 0,
+                       "PREDICT_TEXTS": ["Someone took money from my account", "I want a bigger car loan"]},
+            "grid": {"TRAIN_FILE": ["tests/data/own/support_train.jsonl"]}, "include": [], "timeout": 600}
+    p = tmp_path / "own.yaml"
+    p.write_text(yaml.safe_dump(grid))
+    outcomes, index = sweep.run_sweep(p, tmp_path / "out")
+    assert [o["status"] for o in outcomes] == ["done"], outcomes
+    agg = sweep.aggregate(tmp_path / "out").set_index(["task", "config"])
+    assert set(agg.index) == {("support", "base"), ("support", "32-bit r4")}
+    assert agg.loc[("support", "32-bit r4"), "test_examples"] == 3   # no TEST_FILE: the validation holdout
+    pdir = next((tmp_path / "out" / "points").glob("*support*"))
+    res = json.loads(next(pdir.glob("results/support_*_r4.json")).read_text())
+    assert res["run_info"]["data_files"][0]["files"][0]["path"] == str(root / "tests/data/own/support_train.jsonl")
+    assert res["eval_info"]["support"]["data_files"][0]["test"] == "validation holdout of train"
+    last = nbformat.read(pdir / "executed" / "05_evaluation.ipynb", as_version=4).cells[-2]
+    shown = next(o for o in last.outputs if o["output_type"] == "execute_result")["data"]["text/plain"]
+    assert "Someone took money from my account" in shown and "fraud" in shown and "loan" in shown

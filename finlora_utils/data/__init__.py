@@ -5,10 +5,13 @@
     ds = data.load_task("fpb", "train", max_samples=200, seed=0)
     data.data_source("fpb")                 # "real" | "sample"
 
+Your own data: ``data.register_files("my_train.jsonl", test="my_test.jsonl")`` (or a CSV) registers a task
+read from those files alone (see files.py); its name then works everywhere a built-in task name does.
 Files resolve from FINLORA_DATA_DIR, then data/cache/, then a sha256-verified download, then (sentiment tasks
 only) a generated synthetic sample set. See data/README.md for sources, splits and how they were checked.
 CLI: ``python -m finlora_utils.data {validate FILE [--task T] | fetch [TASK...] | sample | tasks}``.
 """
+from .files import FileTaskError, is_file_task, provenance, register_config, register_files, task_list
 from .loader import NoSplitError, data_source, files_for, load_task, load_tasks, source_of
 from .sources import ChecksumError, DataError, DataUnavailableError, DownloadError
 from .tasks import (KINDS, METRICS, NWGI_LABELS, SENTIMENT_TASKS, TASKS, Task, format_prompt, get_task,
@@ -17,5 +20,6 @@ from .tasks import (KINDS, METRICS, NWGI_LABELS, SENTIMENT_TASKS, TASKS, Task, f
 __all__ = [
     "TASKS", "Task", "KINDS", "METRICS", "NWGI_LABELS", "SENTIMENT_TASKS", "task_names", "get_task", "load_task",
     "load_tasks", "data_source", "source_of", "files_for", "format_prompt", "split_prompt", "normalize_label",
-    "nwgi_to_3class", "DataError", "DataUnavailableError", "DownloadError", "ChecksumError", "NoSplitError",
+    "nwgi_to_3class", "register_files", "register_config", "is_file_task", "provenance", "FileTaskError", "task_list",
+    "DataError", "DataUnavailableError", "DownloadError", "ChecksumError", "NoSplitError",
 ]

@@ -6,7 +6,7 @@ import random
 import warnings
 from pathlib import Path
 
-from . import builders, sample, sources
+from . import builders, files, sample, sources
 from .sources import DataUnavailableError
 from .tasks import get_task
 
@@ -35,6 +35,8 @@ def files_for(name: str, split: str) -> list[str]:
     """The data files (paths relative to the data dir) that ``load_task(name, split)`` reads."""
     task = get_task(name)
     _check_split(task, split)
+    if files.is_file_task(name):
+        return [f["path"] for f in files.provenance(name)[0]["files"]]
     if split in DERIVED_SPLITS:
         split = "train"
     test = task.test_file
@@ -108,8 +110,10 @@ def validation_indices(targets: list[str], classification: bool) -> list[int]:
 
 
 def _rows(name: str, split: str, data_dir, allow_sample: bool) -> tuple[list[dict], str]:
-    """(rows, "real" | "sample") for a task split; built rows are memoised per resolved file set."""
+    """(rows, "real" | "sample" | "file") for a task split; built rows are memoised per resolved file set."""
     task = get_task(name)
+    if files.is_file_task(name):
+        return _file_split(name, split), files.SOURCE
     if split in DERIVED_SPLITS:
         _check_split(task, split)
         rows, source = _rows(name, "train", data_dir, allow_sample)
@@ -134,6 +138,20 @@ def _rows(name: str, split: str, data_dir, allow_sample: bool) -> tuple[list[dic
     if not allow_sample and name in sample.SAMPLE_TASKS:
         hint += " (allow_sample=False forbids the synthetic sample set)"
     raise DataUnavailableError(f"task {name!r} split {split!r}: no source for " + "; ".join(missing) + ". " + hint)
+
+
+def _file_split(name: str, split: str) -> list[dict]:
+    """A file task's split: validation / fit carved from the train file as for built-in tasks; without a test
+    file the holdout is the test split too, and train leaves it out."""
+    train, test = files.file_rows(name)
+    held = set(validation_indices([r["target"] for r in train], get_task(name).kind == "classification"))
+    if split == "validation" or (split == "test" and test is None):
+        return [r for i, r in enumerate(train) if i in held]
+    if split == "test":
+        return test
+    if split == "fit" or test is None:
+        return [r for i, r in enumerate(train) if i not in held]
+    return train
 
 
 def _subsample(targets: list[str], n: int, seed: int, stratify: bool) -> list[int]:

@@ -149,6 +149,8 @@ _TASK_LIST = (
        prompt_format="native"),
 )
 TASKS: dict[str, Task] = {t.name: t for t in _TASK_LIST}
+# Tasks registered from a user's files (data.register_files), by name; never a built-in name.
+FILE_TASKS: dict[str, Task] = {}
 SENTIMENT_TASKS = ("fpb", "fiqa", "tfns", "nwgi")
 
 
@@ -162,9 +164,11 @@ def task_names(kind: str | None = None, include_variants: bool = False) -> list[
 
 def get_task(name: str) -> Task:
     try:
-        return TASKS[name]
+        return TASKS[name] if name in TASKS else FILE_TASKS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+        own = f"; tasks from files: {', '.join(FILE_TASKS)}" if FILE_TASKS else ""
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}{own} (your own data: "
+                         "train_file / --train-file, or data.register_files)") from None
 
 
 def format_prompt(instruction: str, text: str) -> str:

@@ -1,0 +1,301 @@
+"""Tasks defined by files alone: a user's own JSONL (FinLoRA format) or CSV, registered beside the built-ins.
+
+    from finlora_utils import data
+    task = data.register_files("my_train.jsonl", test="my_test.jsonl")     # name from the file: "my"
+    data.load_task(task.name, "train")                                       # then like any built-in task
+
+JSONL rows are ``{"context": "Instruction: ...\\nInput: ...\\nAnswer: ", "target": "..."}`` (FinLoRA's
+format, checked by data.validate). A CSV (or .tsv) has a header with a text column (text / sentence / input)
+and a label column (label / target / answer); each row becomes ``format_prompt(instruction, text)``.
+
+The label set is inferred from the train targets when there are at most ``max_labels`` distinct ones
+(default 20): the task is then a classification task, scored by label likelihood. With more, it is a
+generated-answer task (exact / numeric match). A test target outside the train label set is an error.
+Without a test file the validation holdout (the same stratified 10 % as for built-in tasks) is the test
+split and the train split leaves it out, so no test row is ever trained on.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DEFAULT_MAX_LABELS, ConfigError, file_task_name
+from . import tasks as registry
+from .sources import sha256_file
+from .tasks import Task, format_prompt, split_prompt
+from .validate import MAX_SHOWN, check_file
+
+TEXT_COLUMNS = ("text", "sentence", "input")
+LABEL_COLUMNS = ("label", "target", "answer")
+CSV_SUFFIXES = (".csv", ".tsv")
+SOURCE = "file"     # the Dataset's `source` column for own data (built-ins: real | sample)
+
+
+class FileTaskError(ConfigError):
+    """A task file cannot be used; the message lists ``FILE:LINE: problem`` lines."""
+
+
+@dataclass
+class FileTask:
+    task: Task
+    train: list[dict]
+    test: list[dict] | None         # None: the validation holdout of train is the test split
+    provenance: dict
+
+
+_FILES: dict[str, FileTask] = {}
+
+
+def default_instruction(labels) -> str:
+    """The prompt a CSV gets without an instruction: FinLoRA's sentiment wording, with the file's labels."""
+    return f"What is the label of this text? Please choose an answer from {{{'/'.join(labels)}}}."
+
+
+def _fail(path, problems: list[tuple[int, str]], what: str) -> FileTaskError:
+    lines = [f"{path}:{ln}: {msg}" for ln, msg in problems[:MAX_SHOWN]]
+    if len(problems) > MAX_SHOWN:
+        lines.append(f"{path}: ... and {len(problems) - MAX_SHOWN} more")
+    return FileTaskError(f"{what}={str(path)!r}: {len(problems)} error(s) in the file\n" + "\n".join(lines))
+
+
+def _read_jsonl(path: Path, what: str) -> list[dict]:
+    rep = check_file(path)     # the validator's checks: UTF-8, JSON objects, non-empty string context/target
+    if not rep.ok:
+        raise _fail(path, rep.errors, what)
+    return [{"context": c, "target": t, "line": ln} for c, t, ln in zip(rep.contexts, rep.targets, _lines(path))]
+
+
+def _lines(path: Path) -> list[int]:
+    """Line numbers of the non-blank lines (the rows check_file keeps, in order)."""
+    text = path.read_text(encoding="utf-8")
+    return [i for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def _column(header: list[str], wanted: str | None, names: tuple[str, ...], kind: str, path: Path,
+            what: str = "file") -> int:
+    low = [h.strip().lower() for h in header]
+    for name in ([wanted] if wanted else names):
+        if name.lower() in low:
+            return low.index(name.lower())
+    expected = repr(wanted) if wanted else " or ".join(repr(n) for n in names)
+    raise _fail(path, [(1, f"no {kind} column {expected} in the header (columns: {', '.join(header)})")], what)
+
+
+def _read_csv(path: Path, text_column: str | None, label_column: str | None,
+              what: str = "file") -> list[tuple[str, str, int]]:
+    """[(text, label, line)] of a CSV/TSV with a header; Excel's UTF-8 byte-order mark is accepted."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise _fail(path, [(line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8")],
+                    what) from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    header = next(reader, None)
+    if not header:
+        raise _fail(path, [(1, "file is empty (expected a header row with a text and a label column)")], what)
+    ti = _column(header, text_column, TEXT_COLUMNS, "text", path, what)
+    li = _column(header, label_column, LABEL_COLUMNS, "label", path, what)
+    rows, problems = [], []
+    try:
+        for row in reader:
+            ln = reader.line_num
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                problems.append((ln, f"{len(row)} fields, the header has {len(header)}"))
+                continue
+            for i, name in ((ti, "text"), (li, "label")):
+                if not row[i].strip():
+                    problems.append((ln, f"empty {name} ({header[i]!r})"))
+            if row[ti].strip() and row[li].strip():
+                rows.append((row[ti], row[li].strip(), ln))
+    except csv.Error as e:
+        problems.append((reader.line_num, f"malformed CSV: {e}"))
+    if not rows and not problems:
+        problems.append((2, "no data rows after the header"))
+    if problems:
+        raise _fail(path, problems, what)
+    return rows
+
+
+def _read(path, text_column, label_column, what: str) -> tuple[list[dict], str]:
+    """(rows with context/target/line, format); CSV rows hold their text until the instruction is known."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileTaskError(f"{what}={str(path)!r}: no such file")
+    try:
+        if path.suffix.lower() in CSV_SUFFIXES:
+            items = _read_csv(path, text_column, label_column, what)
+            return [{"text": t, "target": lab, "line": ln} for t, lab, ln in items], "csv"
+        return _read_jsonl(path, what), "jsonl"
+    except OSError as e:
+        raise FileTaskError(f"{what}={str(path)!r}: cannot read the file ({e.strerror or e})") from None
+
+
+def _prompts(rows: list[dict], instruction: str) -> None:
+    for r in rows:
+        if "text" in r:
+            r["context"] = format_prompt(instruction, r.pop("text"))
+
+
+def _main_instruction(contexts: list[str]) -> str:
+    """The most common instruction of FinLoRA-format contexts ('' if none are in that format)."""
+    found = []
+    for c in contexts:
+        try:
+            found.append(split_prompt(c)[0])
+        except ValueError:
+            pass
+    return Counter(found).most_common(1)[0][0] if found else ""
+
+
+def _plain(rows: list[dict]) -> list[dict]:
+    return [{"context": r["context"], "target": r["target"]} for r in rows]
+
+
+def _file_info(path: Path, split: str, fmt: str, rows: list[dict]) -> dict:
+    return {"split": split, "path": str(path.resolve()), "sha256": sha256_file(path), "format": fmt,
+            "rows": len(rows)}
+
+
+def register_files(train, test=None, name: str | None = None, instruction: str | None = None,
+                   max_labels: int = DEFAULT_MAX_LABELS, labels=None, text_column: str | None = None,
+                   label_column: str | None = None) -> Task:
+    """Register a task read from files; returns its Task (``task.name`` is what load_task, train and evaluate take).
+
+    train / test: JSONL in FinLoRA format, or CSV/TSV with a text and a label column (test optional).
+    name: default from the train file's name (``my_train.jsonl`` -> ``my``). instruction: the prompt
+    instruction for CSV rows (default: a "choose an answer from {labels}" question). max_labels: the most
+    distinct train targets that still make a classification task (0: always generated answers). labels: the
+    label set, instead of inferring it. Raises FileTaskError (a ConfigError) naming the file and line.
+    """
+    if not isinstance(max_labels, int) or max_labels < 0:
+        raise FileTaskError(f"max_labels={max_labels!r}: expected an integer >= 0 (0: never a label set)")
+    name = file_task_name(str(train), name or "")
+    if name in registry.TASKS:
+        raise FileTaskError(f"task_name={name!r}: a built-in task has this name; give the file task another "
+                            "name (task_name / --task-name)")
+    train_rows, train_fmt = _read(train, text_column, label_column, "train_file")
+    test_rows, test_fmt = (_read(test, text_column, label_column, "test_file")
+                           if test else (None, None))
+    distinct = sorted({r["target"] for r in train_rows})
+    inferred = labels is None
+    if labels is not None:
+        labels = tuple(str(x) for x in labels)
+        bad = [(r["line"], f"target {r['target']!r} is not in labels ({', '.join(labels)})")
+               for r in train_rows if r["target"] not in labels]
+        if bad:
+            raise _fail(train, bad, "train_file")
+    elif 0 < len(distinct) <= max_labels:
+        labels = tuple(distinct)
+    if labels is not None and len(labels) < 2:
+        raise FileTaskError(f"train_file={str(train)!r}: every target is {distinct[0]!r}; a classification task "
+                            "needs at least 2 labels (max_labels=0 makes it a generated-answer task)")
+    if any("text" in r for r in train_rows + (test_rows or [])) and not instruction:
+        if labels is None:
+            raise FileTaskError(f"instruction=None: a CSV task with {len(distinct)} distinct targets (more than "
+                                f"max_labels={max_labels}) needs an instruction for its prompts")
+        instruction = default_instruction(labels)
+    _prompts(train_rows, instruction)
+    if test_rows is not None:
+        _prompts(test_rows, instruction)
+        if labels is not None:
+            unknown = sorted({r["target"] for r in test_rows} - set(labels))
+            if unknown:
+                first = {u: next(r["line"] for r in test_rows if r["target"] == u) for u in unknown}
+                raise FileTaskError(
+                    f"test_file={str(test)!r}: test labels not in the train label set: {', '.join(map(repr, unknown))} "
+                    f"(first on line {', '.join(str(first[u]) for u in unknown)}); train labels: {', '.join(labels)}")
+    contexts = [r["context"] for r in train_rows]
+    native = _main_instruction(contexts) == "" or any(not c.endswith("\nAnswer: ") for c in contexts)
+    task = Task(name=name, kind="classification" if labels else "generation", labels=labels, metric="accuracy",
+                instruction=instruction or _main_instruction(contexts), test_file=str(Path(test or train).resolve()),
+                has_train=True, description=f"own data from {Path(train).name}"
+                + (f" and {Path(test).name}" if test else " (test: the validation holdout of train)"),
+                prompt_format="native" if native else "instruction")
+    prov = {"task": name, "files": [_file_info(Path(train), "train", train_fmt, train_rows)]
+            + ([_file_info(Path(test), "test", test_fmt, test_rows)] if test else []),
+            "labels": list(labels) if labels else None, "labels_inferred": bool(labels) and inferred,
+            "max_labels": max_labels, "test": "file" if test else "validation holdout of train"}
+    _FILES[name] = FileTask(task, _plain(train_rows), _plain(test_rows) if test_rows is not None else None, prov)
+    registry.FILE_TASKS[name] = task
+    return task
+
+
+def register_config(config) -> Task | None:
+    """Register the file task a TrainConfig (or its stored dict) names with train_file; None if it names none."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    if not get("train_file"):
+        return None
+    return register_files(get("train_file"), get("test_file") or None, get("task_name") or None,
+                          get("instruction") or None, get("max_labels", DEFAULT_MAX_LABELS))
+
+
+def is_file_task(name: str) -> bool:
+    return name in _FILES
+
+
+def file_rows(name: str) -> tuple[list[dict], list[dict] | None]:
+    """(train rows, test rows or None) of a registered file task."""
+    ft = _FILES[name]
+    return ft.train, ft.test
+
+
+def provenance(names) -> list[dict]:
+    """Data provenance (paths, sha256, rows, label set) of the file tasks among ``names``."""
+    if isinstance(names, str):
+        names = [names]
+    return [_FILES[n].provenance for n in names if n in _FILES]
+
+
+def read_texts(path, text_column: str | None = None) -> list[str]:
+    """Texts to label (predict): a JSONL of objects with "text" (or a FinLoRA "context"), or a CSV/TSV with a
+    text column, or plain text with one input per line (.txt)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileTaskError(f"file={str(path)!r}: no such file")
+    if path.suffix.lower() in CSV_SUFFIXES:
+        text = path.read_text(encoding="utf-8-sig")
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        header = next(reader, None) or []
+        i = _column(header, text_column, TEXT_COLUMNS, "text", path)
+        return [row[i] for row in reader if len(row) > i and row[i].strip()]
+    lines = path.read_text(encoding="utf-8-sig").split("\n")
+    if path.suffix.lower() == ".txt":
+        return [line.rstrip("\r") for line in lines if line.strip()]
+    out, problems = [], []
+    key = text_column or "text"
+    for ln, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append((ln, f"malformed JSON: {e.msg} (column {e.colno})"))
+            continue
+        v = obj.get(key, obj.get("context")) if isinstance(obj, dict) else None
+        if not isinstance(v, str) or not v.strip():
+            problems.append((ln, f"expected an object with a non-empty string {key!r} (or \"context\")"))
+        else:
+            out.append(v)
+    if problems:
+        raise _fail(path, problems, "file")
+    return out
+
+
+def task_list(tasks, train_file: str = "", test_file: str = "", task_name: str = "", instruction: str = "",
+              max_labels: int = DEFAULT_MAX_LABELS) -> tuple[str, ...]:
+    """The tasks a notebook works on (TrainConfig's rule): with train_file, its task is registered and replaces
+    `tasks` unless they list it beside built-in ones."""
+    names = tuple(t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks or ()) if t.strip())
+    if not train_file:
+        return names
+    name = register_files(train_file, test_file or None, task_name or None, instruction or None, max_labels).name
+    return names if name in names else (name,)

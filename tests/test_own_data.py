@@ -1,0 +1,193 @@
+"""Own data end to end: a task defined by a JSONL or CSV file trains, evaluates and predicts through the CLI;
+label inference, the bad-file errors and the one entry point's verb list."""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from finlora_utils import data
+from finlora_utils.__main__ import VERBS
+from finlora_utils.__main__ import main as cli
+from finlora_utils.config import ConfigError, TrainConfig
+
+OWN = Path(__file__).parent / "data" / "own"
+SUPPORT_TRAIN, SUPPORT_TEST = OWN / "support_train.jsonl", OWN / "support_test.jsonl"
+ESG_TRAIN, ESG_TEST = OWN / "esg_train.csv", OWN / "esg_test.csv"
+
+
+def test_jsonl_task_infers_labels_splits_and_records_provenance():
+    t = data.register_files(SUPPORT_TRAIN, test=SUPPORT_TEST)
+    assert t.name == "support" and t.kind == "classification" and t.labels == ("card", "fraud", "loan")
+    assert t.prompt_format == "instruction" and t.instruction.startswith("Which desk")
+    train, test = data.load_task("support", "train"), data.load_task("support", "test")
+    assert (len(train), len(test)) == (27, 9) and set(train["source"]) == {"file"}
+    val, fit = data.load_task("support", "validation"), data.load_task("support", "fit")
+    assert len(val) == 3 and len(fit) == 24 and not set(val["context"]) & set(fit["context"])
+    assert set(val["target"]) == {"card", "fraud", "loan"}   # stratified like the built-in tasks' holdout
+    prov = data.provenance("support")[0]
+    assert [f["split"] for f in prov["files"]] == ["train", "test"] and prov["labels_inferred"]
+    assert prov["files"][0]["sha256"] == hashlib.sha256(SUPPORT_TRAIN.read_bytes()).hexdigest()
+
+
+def test_label_inference_limit_and_explicit_labels(tmp_path):
+    gen = data.register_files(SUPPORT_TRAIN, name="support_gen", max_labels=2)
+    assert gen.kind == "generation" and gen.labels is None      # 3 distinct targets > max_labels=2
+    assert data.register_files(SUPPORT_TRAIN, name="support_all", max_labels=3).labels == ("card", "fraud", "loan")
+    with pytest.raises(ConfigError, match=r"support_train\.jsonl:\d+: target 'loan' is not in labels"):
+        data.register_files(SUPPORT_TRAIN, name="x", labels=["card", "fraud"])
+    one = tmp_path / "one_train.csv"
+    one.write_text("text,label\na,yes\nb,yes\n")
+    with pytest.raises(ConfigError, match="at least 2 labels"):
+        data.register_files(one)
+
+
+def test_csv_rows_become_finlora_prompts():
+    t = data.register_files(ESG_TRAIN, test=ESG_TEST)
+    assert t.name == "esg" and t.labels == ("environmental", "governance", "social")
+    ds = data.load_task("esg", "test")
+    instr, text = data.split_prompt(ds[0]["context"])
+    assert instr == "What is the label of this text? Please choose an answer from {environmental/governance/social}."
+    assert text and ds[0]["target"] in t.labels
+    t2 = data.register_files(ESG_TRAIN, name="esg2", instruction="Which ESG pillar is this about?")
+    assert data.load_task("esg2", "train")[0]["context"].startswith("Instruction: Which ESG pillar is this about?\n")
+    assert len(data.load_task("esg2", "test")) == 3     # no test file: the validation holdout is the test split
+    assert len(data.load_task("esg2", "train")) == 24   # ... and train leaves it out
+    assert t2.description.endswith("(test: the validation holdout of train)")
+
+
+def test_bad_files_give_file_line_errors(tmp_path):
+    bad = tmp_path / "bad_train.jsonl"
+    lines = SUPPORT_TRAIN.read_text().splitlines()
+    lines[2] = lines[2][:-2]                           # truncated JSON on line 3
+    lines[5] = json.dumps({"context": "Instruction: x\nInput: y\nAnswer: ", "target": ""})
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as e:
+        data.register_files(bad)
+    msg = str(e.value)
+    assert f"{bad}:3: malformed JSON" in msg and f"{bad}:6: \"target\" is empty" in msg
+    assert msg.startswith("train_file=")
+    csv_bad = tmp_path / "b_train.csv"
+    csv_bad.write_text("text,category\nhello,a\n")
+    with pytest.raises(ConfigError, match=rf"{csv_bad}:1: no label column 'label' or 'target' or 'answer'"):
+        data.register_files(csv_bad)
+    csv_bad.write_text("text,label\nhello,a\n,b\nbye\n")
+    with pytest.raises(ConfigError) as e:
+        data.register_files(csv_bad)
+    assert f"{csv_bad}:3: empty text" in str(e.value) and f"{csv_bad}:4: 1 fields, the header has 2" in str(e.value)
+
+
+def test_test_labels_outside_the_train_label_set_are_named(tmp_path):
+    test = tmp_path / "t.jsonl"
+    rows = [json.loads(x) for x in SUPPORT_TEST.read_text().splitlines()]
+    rows[1]["target"], rows[4]["target"] = "mortgage", "Card"
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match=r"test labels not in the train label set: 'Card', 'mortgage' "
+                                          r"\(first on line 5, 2\); train labels: card, fraud, loan"):
+        data.register_files(SUPPORT_TRAIN, test=test)
+
+
+def test_config_names_the_file_task():
+    c = TrainConfig(train_file="x/my_bank-train.jsonl", model="tiny-random-llama")
+    assert c.tasks == ("my_bank",) and c.run_id().startswith("my_bank_tiny-random-llama")
+    assert TrainConfig(train_file="a.csv", tasks="fpb,own", task_name="own").tasks == ("fpb", "own")
+    with pytest.raises(ConfigError, match="test_file=.*t.jsonl.: expected to be given with train_file"):
+        TrainConfig(test_file="t.jsonl")
+    with pytest.raises(ConfigError, match="task_name='fpb': a built-in task has this name"):
+        data.register_files(SUPPORT_TRAIN, name="fpb")
+
+
+def test_train_cli_reports_a_bad_file_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    from finlora_utils import models, train
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the data was checked")
+
+    monkeypatch.setattr(train, "build_model", no_model)
+    monkeypatch.setattr(models, "load_model", no_model)
+    bad = tmp_path / "bad_train.jsonl"
+    bad.write_text(SUPPORT_TRAIN.read_text() + "{not json}\n")
+    rc = cli(["train", "--model", "tiny-random-llama", "--train-file", str(bad), "--output-dir", str(tmp_path),
+              "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: train_file=") and f"{bad}:28: malformed JSON" in err
+
+
+def test_cli_lists_the_verbs_and_refuses_unknown_ones(capsys, monkeypatch):
+    assert cli(["--help"]) == 0
+    out = capsys.readouterr().out
+    for verb in ("train", "evaluate", "sweep", "merge", "export", "predict", "validate", "estimate", "study"):
+        assert f"\n  {verb} " in out
+    assert cli(["frobnicate"]) == 2
+    assert "error: unknown verb 'frobnicate'; expected one of train, evaluate" in capsys.readouterr().err
+    monkeypatch.setitem(VERBS, "merge", ("finlora_utils.no_such_module", "merge"))
+    assert cli(["merge", "x"]) == 2
+    assert "error: merge: finlora_utils.no_such_module is not part of this installation" in capsys.readouterr().err
+    assert cli(["validate", str(SUPPORT_TRAIN), "--no-tokens"]) == 0
+    assert "27 rows" in capsys.readouterr().out
+    assert cli(["estimate", "--model", "smollm2-135m", "--bits", "4", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_bytes"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train_file,test_file,task", [(SUPPORT_TRAIN, SUPPORT_TEST, "support"),
+                                                       (ESG_TRAIN, ESG_TEST, "esg")])
+def test_own_data_trains_evaluates_and_predicts_through_the_cli(tmp_path, capsys, train_file, test_file, task):
+    """20-40 s each on the dev box (Xeon, 2 cores shared with other jobs; the first pays the imports): tiny
+    random model, fp32, 3 steps, then evaluate and four predicts."""
+    res_dir = tmp_path / "results"
+    # the run names its files relative to the cwd, as a user would
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(train_file, work / train_file.name)
+    shutil.copy(test_file, work / test_file.name)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        rc = cli(["train", "--model", "tiny-random-llama", "--precision", "fp32", "--train-file", train_file.name,
+                  "--test-file", test_file.name, "--max-steps", "3", "--batch-size", "4", "--lr", "0.01",
+                  "--output-dir", str(tmp_path / "runs"), "--results-dir", str(res_dir)])
+    finally:
+        os.chdir(cwd)
+    assert rc == 0, capsys.readouterr().err
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    r = json.loads(path.read_text())
+    assert r["run_id"] == f"{task}_tiny-random-llama_32bit_r4" and r["run_info"]["config"]["tasks"] == [task]
+    files = r["run_info"]["data_files"][0]["files"]
+    assert [f["sha256"] for f in files] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in (train_file, test_file)]
+    assert r["train_info"]["examples_per_task"] == {task: 27}
+
+    data.tasks.FILE_TASKS.pop(task, None)   # as in a new process: the run's config brings the task back
+    assert cli(["evaluate", str(path), "--batch-size", "4"]) == 0
+    assert f"{r['run_id']} {task}: score accuracy" in capsys.readouterr().out
+    entry = json.loads(path.read_text())["eval_info"][task]
+    assert entry["n"] == len(data.load_task(task, "test")) and entry["data_files"][0]["files"][1]["split"] == "test"
+
+    out = tmp_path / "pred.jsonl"
+    assert cli(["predict", str(path), "--file", str(test_file), "--batch-size", "3", "--out", str(out)]) == 0
+    preds = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(preds) == entry["n"]
+    for p in preds:
+        assert abs(sum(p["probs"].values()) - 1) < 1e-4 and p["label"] == max(p["probs"], key=p["probs"].get)
+    # the same scoring code as evaluation: the same label for every test example
+    assert [p["label"] for p in preds] == entry["modes"]["score"]["predictions"]
+    assert cli(["predict", str(path), "a message about something", "--batch-size", "2"]) == 0
+    one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert one["text"] == "a message about something" and set(one["probs"]) == set(entry["labels"])
+    # an adapter folder (base model from its adapter_config.json) and a plain transformers folder (as a merge writes)
+    adapter = Path(r["train_info"]["adapter_path"])
+    out2 = tmp_path / "pred.csv"
+    assert cli(["predict", str(adapter), "--train-file", str(train_file), "--precision", "fp32", "--file",
+                str(test_file), "--out", str(out2)]) == 0
+    import pandas as pd
+
+    assert list(pd.read_csv(out2)["label"]) == [p["label"] for p in preds]
+    from finlora_utils.models import resolve_model_path
+
+    assert cli(["predict", resolve_model_path("tiny-random-llama"), "--labels", ",".join(entry["labels"]),
+                "--precision", "fp32", "hello there"]) == 0
+    base = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(base["probs"]) == set(entry["labels"]) and abs(sum(base["probs"].values()) - 1) < 1e-4
