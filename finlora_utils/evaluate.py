@@ -23,6 +23,7 @@ import logging
 import math
 import re
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -585,6 +586,9 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
     by_mode = {}
     for m in dict.fromkeys(modes):
         by_mode[m] = evaluate(model, tokenizer, task, mode=m, **kw)
+        r = by_mode[m]   # one progress line per protocol: a long evaluation is visibly not a hang
+        print(f"[eval {r.get('task', '')}] {m}: {r.get('n')} examples, accuracy {r.get('accuracy', float('nan')):.3f}, "
+              f"{r.get('wall_s', 0):.1f} s", flush=True)
         if by_mode[m]["kind"] != "classification":
             break
     first = next(iter(by_mode.values()))
@@ -658,8 +662,14 @@ def discover_runs(results_dir: str | Path, model: str | None = None) -> list[Pat
             r = read_result(p, require=("run_info.config.model", "train_info.adapter_path"))
         except ResultsError:
             continue  # base-model results and half-finished runs have no adapter
-        if (model is None or r["run_info"]["config"]["model"] == model) and _adapter_dir(p, r).exists():
+        if model is not None and r["run_info"]["config"]["model"] != model:
+            continue
+        if _adapter_dir(p, r).exists():
             out.append(p)
+        else:   # said, not silently dropped: the run is in the results but cannot be evaluated
+            warnings.warn(f"{p}: train_info.adapter_path {r['train_info']['adapter_path']}: no such folder; run "
+                          f"{r.get('run_id', p.stem)} is not evaluated (restore the folder, or retrain the run)",
+                          stacklevel=2)
     return out
 
 
@@ -698,6 +708,9 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
     for p in result_paths:
         r = read_result(p, require=("run_id", "run_info.config.model", "run_info.config.precision",
                                     "train_info.adapter_path"))
+        if not _adapter_dir(p, r).is_dir():
+            raise EvalError(f"{p}: train_info.adapter_path {r['train_info']['adapter_path']}: no such folder; "
+                            "expected the adapter saved by training (restore it, or retrain the run)")
         cfg = r["run_info"]["config"]
         groups.setdefault((cfg["model"], precision or cfg["precision"]), []).append((Path(p), r))
     out = {}

@@ -9,7 +9,8 @@ Files resolve from FINLORA_DATA_DIR, then data/cache/, then a sha256-verified do
 only) a generated synthetic sample set. See data/README.md for sources, splits and how they were checked.
 CLI: ``python -m finlora_utils.data {validate FILE [--task T] | fetch [TASK...] | sample | tasks}``.
 """
-from .loader import NoSplitError, data_source, files_for, load_task, load_tasks, source_of
+from .loader import (NoSplitError, availability, data_source, fetch_hint, files_for, load_task, load_tasks,
+                     source_of)
 from .sources import ChecksumError, DataError, DataUnavailableError, DownloadError
 from .tasks import (KINDS, METRICS, NWGI_LABELS, SENTIMENT_TASKS, TASKS, Task, format_prompt, get_task,
                     normalize_label, nwgi_to_3class, split_prompt, task_names)
@@ -17,5 +18,5 @@ from .tasks import (KINDS, METRICS, NWGI_LABELS, SENTIMENT_TASKS, TASKS, Task, f
 __all__ = [
     "TASKS", "Task", "KINDS", "METRICS", "NWGI_LABELS", "SENTIMENT_TASKS", "task_names", "get_task", "load_task",
     "load_tasks", "data_source", "source_of", "files_for", "format_prompt", "split_prompt", "normalize_label",
-    "nwgi_to_3class", "DataError", "DataUnavailableError", "DownloadError", "ChecksumError", "NoSplitError",
+    "nwgi_to_3class", "availability", "fetch_hint", "DataError", "DataUnavailableError", "DownloadError", "ChecksumError", "NoSplitError",
 ]
