@@ -178,11 +178,17 @@ class Progress:
                 self.line("    " + ln)
 
     def flush(self) -> None:
+        """papermill flushes after every write: a line still being redrawn (a progress bar) must wait."""
+        sys.stdout.flush()
+
+    def end_stream(self) -> None:
+        """The kernel's output ended (cell or notebook done): show a last unterminated line."""
         if self._partial.strip():
             self.write("\n")
+        self._partial = ""
 
     def close(self) -> None:
-        self.flush()
+        self.end_stream()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -256,16 +262,20 @@ def run_notebook(name: str, preset: str = "cpu", output_dir: str | Path | None =
     if ENGINE not in _registered:
         _register_engine()
         _registered.add(ENGINE)
+    def on_cell(k: int, n: int) -> None:
+        progress.end_stream()
+        progress.line(f"[study] {tag}: cell {k}/{n}")
+
     t0 = time.time()
     try:
         with tempfile.TemporaryDirectory(prefix="finlora-kernel-") as sock_dir:
             pm.execute_notebook(str(src), str(dst), parameters=params, cwd=str(notebooks_dir()),
                                 kernel_name="python3", engine_name=ENGINE, log_output=False, progress_bar=False,
                                 stdout_file=progress, stderr_file=progress, config=_kernel_config(sock_dir),
-                                on_cell=lambda k, n: progress.line(f"[study] {tag}: cell {k}/{n}"),
+                                on_cell=on_cell,
                                 execution_timeout=timeout or (int(env_timeout) if env_timeout else None))
     except pm.PapermillExecutionError as e:
-        progress.flush()
+        progress.end_stream()
         progress.line(f"[study] {tag}: FAILED in cell {e.exec_count} after {time.time() - t0:.0f} s")
         raise NotebookFailed(f"{name}.ipynb failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                              f"(executed copy with the traceback: {dst})") from None
@@ -273,7 +283,7 @@ def run_notebook(name: str, preset: str = "cpu", output_dir: str | Path | None =
         if own:
             progress.close()
         else:
-            progress.flush()
+            progress.end_stream()
     progress.line(f"[study] {tag}: done in {time.time() - t0:.0f} s -> {dst}")
     return dst
 
