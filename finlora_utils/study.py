@@ -350,10 +350,9 @@ def run_study(preset: str = "cpu", output_dir: str | Path | None = None, noteboo
         if "sample" in plan["label"]:
             progress.line("[study] data: sample - the kit's SYNTHETIC sample set stands in for missing real data "
                           "(results show the kit works, not FinLoRA's numbers)")
-        for t, m in plan["missing"].items():
-            files = ", ".join(dict.fromkeys(f for v in m.values() for f in v.split(", ")))
-            progress.line(f"[study] no data for {t} ({', '.join(m)}: {files}): notebooks skip it; "
-                          f"to get it: {plan['hints'][t]}")
+        if plan["missing"]:   # the notebooks that meet them say, once per task, what is missing and how to get it
+            progress.line(f"[study] no data at all for {', '.join(plan['missing'])}: skipped "
+                          f"(`python -m finlora_utils.data fetch <task>` gets them where the network is reachable)")
         for i, name in enumerate(names, 1):
             t0 = time.time()
             executed = run_notebook(name, preset, out_root, timeout, progress=progress,

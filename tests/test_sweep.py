@@ -52,6 +52,7 @@ def test_sweep_resumes_skips_finished_points_and_reports_failures(tmp_path):
     assert len(list((out / "points").glob("*/DONE.json"))) == 1
 
     outcomes, index = sweep.run_sweep(grid, out)
+    assert "[sweep] point 5/5" in (out / "sweep.log").read_text()   # the terminal's lines, kept beside the points
     status = {sweep.point_id(o["point"]): o for o in outcomes}
     assert status[first.parent.name]["status"] == "skipped" and first.stat().st_mtime_ns == stamp
     assert sorted(o["status"] for o in outcomes) == ["done", "done", "done", "failed", "skipped"]
