@@ -344,6 +344,7 @@ def run_study(preset: str = "cpu", output_dir: str | Path | None = None, noteboo
     t_all = time.time()
     times, pages = {}, []
     try:
+        progress.line("[study] finding the data (FINLORA_DATA_DIR, cache, download unless FINLORA_OFFLINE=1, sample)")
         plan = data_plan(names, param_sets)
         progress.line(f"[study] {len(names)} notebooks, preset {preset}, data: {plan['label']}; "
                       f"log: {progress.log_path}")

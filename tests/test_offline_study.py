@@ -93,3 +93,38 @@ def test_fresh_copy_without_data_or_network_runs_the_study_on_the_sample_set(tmp
         [ln for ln in study_log.splitlines() if ln.startswith("[")]
     assert "[study] report:" in proc.stdout and "data: sample" in proc.stdout.split("[study] finished")[-1]
     assert not [p for p in (kit / "notebooks").iterdir() if p.suffix != ".ipynb"], "kernel left files behind"
+
+
+def test_data_plan_and_banner_say_sample_and_name_what_is_missing(tmp_path, monkeypatch):
+    from finlora_utils import study
+
+    for k in ENV_DROP:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("FINLORA_OFFLINE", "1")
+    monkeypatch.setenv("FINLORA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FINLORA_SAMPLE_DIR", str(tmp_path / "sample"))
+    plan = study.data_plan(["00_data", "02_lora_setup"], {"00_data": {"TASKS": "fpb,ner"}, "02_lora_setup": {}})
+    assert plan["label"] == "sample" and plan["tasks"]["fpb"] == {"train": "sample", "test": "sample"}
+    assert set(plan["missing"]) == {"ner"} and "fetch ner" in plan["hints"]["ner"]
+    page = study.data_banner_html(plan, ["fpb", "ner"])
+    assert "data: sample" in page and "Skipped ner (train, test)" in page and "#8b0000" in page
+    assert "loads no task data itself" in study.data_banner_html(plan, [])
+    monkeypatch.setenv("FINLORA_DATA_DIR", str(tmp_path / "real"))   # the real files, laid out like the shared copy
+    (tmp_path / "real" / "finlora" / "test").mkdir(parents=True)
+    (tmp_path / "real" / "finlora" / "test" / "nwgi_test.jsonl").write_text("")
+    real = study.data_plan(["05_evaluation"], {"05_evaluation": {"TASKS": "nwgi"}})
+    assert real["label"] == "real" and "data: real" in study.data_banner_html(real, ["nwgi"])
+
+
+def test_progress_shows_whole_lines_and_the_last_state_of_a_redrawn_one(tmp_path, capsys):
+    from finlora_utils.study import Progress
+
+    p = Progress(tmp_path / "study.log", mode="w")
+    for chunk in ("Map: 10%\r", "Map: 50%", "\rMap: 100%\n", "[train x] step 1/4", "  loss 1.0\n", "tail"):
+        p.write(chunk)
+        p.flush()   # papermill flushes after every write: nothing half-drawn may appear
+    p.line("[study] done")
+    p.close()
+    shown = capsys.readouterr().out.splitlines()
+    assert shown == ["    Map: 100%", "    [train x] step 1/4  loss 1.0", "[study] done", "    tail"]
+    assert (tmp_path / "study.log").read_text().splitlines() == shown
