@@ -22,12 +22,12 @@ from .config import ConfigError, TrainConfig
 
 CKPT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2   # the newest and the one before: a damaged newest one falls back to its predecessor
+# Config fields that change nothing in the trained adapter: a resume or a finished run may differ in them.
+COSMETIC = ("save_every", "log_every", "output_dir", "nproc", "parallel")
 
 
 class CheckpointError(RuntimeError):
     """No checkpoint of a run can be read; the message names each damaged file."""
-# Config fields that change nothing in the trained adapter: a resume or a finished run may differ in them.
-COSMETIC = ("save_every", "log_every", "output_dir", "nproc", "parallel")
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict, dict]:
@@ -96,7 +96,9 @@ def _read_checkpoint(d: Path, device: str) -> dict:
     f = d / "state.json"
     try:
         out["state"] = json.loads(f.read_text(encoding="utf-8"))
-        out["state"]["step"], out["state"]["optimizer"], out["state"]["scheduler"]   # noqa: B018 - required keys
+        missing = [k for k in ("step", "optimizer", "scheduler") if k not in out["state"]]
+        if missing:
+            raise KeyError(f"no {missing[0]!r}")
         for name, dev in (("adapter", device), ("optimizer", device), ("rng", "cpu")):
             f = d / f"{name}.safetensors"
             out[name] = load_file(f, device=dev)
@@ -128,8 +130,7 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler) -> dict 
         raise CheckpointError(f"cannot resume from {root}: " + "; ".join(damaged)
                               + f". Delete {root} (or train with force=True) to start this run over")
     if damaged:
-        warnings.warn(f"damaged checkpoint skipped ({'; '.join(damaged)}); resuming from {d.name}", stacklevel=2)
-        print(f"[checkpoint] damaged: {'; '.join(damaged)}; resuming from {d}", flush=True)
+        warnings.warn(f"damaged checkpoint skipped ({'; '.join(damaged)}); resuming from {d}", stacklevel=2)
     state = ck["state"]
     res = set_peft_model_state_dict(model, ck["adapter"])
     if getattr(res, "unexpected_keys", None):

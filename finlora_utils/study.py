@@ -144,7 +144,8 @@ def data_banner_html(plan: dict, tasks: list[str] | None = None) -> str:
     for t, m in plan["missing"].items():
         if t in shown:
             files = ", ".join(dict.fromkeys(f for v in m.values() for f in v.split(", ")))
-            lines.append(html.escape(f"Skipped {t} ({', '.join(m)}): no data ({files}); to get it: {plan['hints'][t]}."))
+            lines.append(html.escape(f"Skipped {t} ({', '.join(m)}): no data ({files}); "
+                                     f"to get it: {plan['hints'][t]}."))
     return (f'<div style="border:3px solid {color};background:{bg};color:{color};padding:0.6em 1em;'
             f'margin:0.5em 0 1em 0;font-family:sans-serif">' + "<br>".join(lines) + "</div>")
 

@@ -93,8 +93,8 @@ def _check_names(path: Path, spec: dict) -> None:
             except FileNotFoundError as e:
                 raise ConfigError(f"{path}: {where}: {e}") from None
     checks = [("params", spec["params"], spec["notebooks"]), ("grid", spec["grid"], spec["notebooks"])]
-    checks += [(f"include[{i}]", {k: v for k, v in e.items() if k != "notebooks"}, e.get("notebooks") or spec["notebooks"])
-               for i, e in enumerate(spec["include"])]
+    checks += [(f"include[{i}]", {k: v for k, v in e.items() if k != "notebooks"},
+                e.get("notebooks") or spec["notebooks"]) for i, e in enumerate(spec["include"])]
     for where, params, nbs in checks:
         if not isinstance(params, dict):
             raise ConfigError(f"{path}: {where}={params!r}: expected a mapping of notebook parameters")

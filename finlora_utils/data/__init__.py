@@ -18,5 +18,6 @@ from .tasks import (KINDS, METRICS, NWGI_LABELS, SENTIMENT_TASKS, TASKS, Task, f
 __all__ = [
     "TASKS", "Task", "KINDS", "METRICS", "NWGI_LABELS", "SENTIMENT_TASKS", "task_names", "get_task", "load_task",
     "load_tasks", "data_source", "source_of", "files_for", "format_prompt", "split_prompt", "normalize_label",
-    "nwgi_to_3class", "availability", "fetch_hint", "DataError", "DataUnavailableError", "DownloadError", "ChecksumError", "NoSplitError",
+    "nwgi_to_3class", "availability", "fetch_hint", "DataError", "DataUnavailableError", "DownloadError",
+    "ChecksumError", "NoSplitError",
 ]
