@@ -8,9 +8,11 @@ checkpoint and loses at most the steps since. Nothing here unpickles: torch.load
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,8 +21,13 @@ from . import results
 from .config import ConfigError, TrainConfig
 
 CKPT_DIR = "checkpoints"
+KEEP_CHECKPOINTS = 2   # the newest and the one before: a damaged newest one falls back to its predecessor
 # Config fields that change nothing in the trained adapter: a resume or a finished run may differ in them.
 COSMETIC = ("save_every", "log_every", "output_dir", "nproc", "parallel")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be read; the message names each damaged file."""
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict, dict]:
@@ -74,39 +81,84 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, state: d
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     results.atomic_write_text(root / "latest", name)
-    for old in root.glob("step-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
+    for old in sorted(root.glob("step-*"), reverse=True)[KEEP_CHECKPOINTS:]:
+        shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _read_checkpoint(d: Path, device: str) -> dict:
+    """Every file of one checkpoint, read and parsed before anything is applied; CheckpointError names the
+    first file that is missing, truncated or not what it should be."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    out = {}
+    f = d / "state.json"
+    try:
+        out["state"] = json.loads(f.read_text(encoding="utf-8"))
+        missing = [k for k in ("step", "optimizer", "scheduler") if k not in out["state"]]
+        if missing:
+            raise KeyError(f"no {missing[0]!r}")
+        for name, dev in (("adapter", device), ("optimizer", device), ("rng", "cpu")):
+            f = d / f"{name}.safetensors"
+            out[name] = load_file(f, device=dev)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise CheckpointError(f"{f}: unreadable ({type(e).__name__}: {e})") from None
+    return out
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler) -> dict | None:
     """Restore the latest checkpoint into model/optimizer/scheduler/scaler and the RNG; returns its state
     (step, plan, counters) or None when there is none."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     root = Path(run_dir) / CKPT_DIR
     if not (root / "latest").exists():
         return None
-    d = root / (root / "latest").read_text().strip()
-    state = json.loads((d / "state.json").read_text())
-    device = next(p.device for p in model.parameters() if p.requires_grad)
-    res = set_peft_model_state_dict(model, load_file(d / "adapter.safetensors", device=str(device)))
+    latest = (root / "latest").read_text().strip()
+    # newest first: the one `latest` names, then any older complete one (a disk that filled up, a copy cut short)
+    candidates = [root / latest] + sorted((p for p in root.glob("step-*") if p.name != latest), reverse=True)
+    device = str(next(p.device for p in model.parameters() if p.requires_grad))
+    damaged = []
+    for d in candidates:
+        try:
+            ck = _read_checkpoint(d, device)
+            break
+        except CheckpointError as e:
+            damaged.append(str(e))
+    else:
+        raise CheckpointError(f"cannot resume from {root}: " + "; ".join(damaged)
+                              + f". Delete {root} (or train with force=True) to start this run over")
+    if damaged:
+        warnings.warn(f"damaged checkpoint skipped ({'; '.join(damaged)}); resuming from {d}", stacklevel=2)
+    state = ck["state"]
+    res = set_peft_model_state_dict(model, ck["adapter"])
     if getattr(res, "unexpected_keys", None):
-        raise RuntimeError(f"{d}: checkpoint does not match the adapter (unexpected {res.unexpected_keys[:3]})")
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(d / "optimizer.safetensors", device=str(device)),
-                                                   state.pop("optimizer")))
+        raise CheckpointError(f"{d}: checkpoint does not match the adapter (unexpected {res.unexpected_keys[:3]})")
+    optimizer.load_state_dict(_unflatten_optimizer(ck["optimizer"], state.pop("optimizer")))
     scheduler.load_state_dict(state.pop("scheduler"))
     scaler_state = state.pop("scaler")
     if scaler is not None and scaler_state:
         scaler.load_state_dict(scaler_state)
-    rng = load_file(d / "rng.safetensors")
+    rng = ck["rng"]
     torch.set_rng_state(rng["cpu"])
     cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     return state
+
+
+def exclusive_run(train_fn):
+    """Decorate ``train(config, rank=0, ...)``: rank 0 holds ``<output_dir>/<run_id>/.lock`` while it trains, so
+    a second process training the same run into the same folder stops at once with an error naming the first
+    (instead of two processes interleaving checkpoints and adapter files)."""
+    @functools.wraps(train_fn)
+    def wrapper(config, *args, **kwargs):
+        if kwargs.get("rank", args[0] if args else 0) != 0:
+            return train_fn(config, *args, **kwargs)
+        with results.folder_lock(Path(config.output_dir) / config.run_id(), f"training {config.run_id()}"):
+            return train_fn(config, *args, **kwargs)
+    return wrapper
 
 
 # ---------------------------------------------------------------- finished runs, adapter, model card

@@ -24,12 +24,15 @@ import logging
 import math
 import re
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+
+from .errors import cli_entry
 
 MODES = ("score", "generate", "calibrated")
 UNPARSEABLE = "<unparseable>"
@@ -643,6 +646,9 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
     by_mode = {}
     for m in dict.fromkeys(modes):
         by_mode[m] = evaluate(model, tokenizer, task, mode=m, **kw)
+        r = by_mode[m]   # one progress line per protocol: a long evaluation is visibly not a hang
+        print(f"[eval {r.get('task', '')}] {m}: {r.get('n')} examples, accuracy {r.get('accuracy', float('nan')):.3f}, "
+              f"{r.get('wall_s', 0):.1f} s", flush=True)
         if by_mode[m]["kind"] != "classification":
             break
     first = next(iter(by_mode.values()))
@@ -724,8 +730,14 @@ def discover_runs(results_dir: str | Path, model: str | None = None) -> list[Pat
             r = read_result(p, require=("run_info.config.model", "train_info.adapter_path"))
         except ResultsError:
             continue  # base-model results and half-finished runs have no adapter
-        if (model is None or r["run_info"]["config"]["model"] == model) and _adapter_dir(p, r).exists():
+        if model is not None and r["run_info"]["config"]["model"] != model:
+            continue
+        if _adapter_dir(p, r).exists():
             out.append(p)
+        else:   # said, not silently dropped: the run is in the results but cannot be evaluated
+            warnings.warn(f"{p}: train_info.adapter_path {r['train_info']['adapter_path']}: no such folder; run "
+                          f"{r.get('run_id', p.stem)} is not evaluated (restore the folder, or retrain the run)",
+                          stacklevel=2)
     return out
 
 
@@ -772,6 +784,9 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
     for p in result_paths:
         r = read_result(p, require=("run_id", "run_info.config.model", "run_info.config.precision",
                                     "train_info.adapter_path"))
+        if not _adapter_dir(p, r).is_dir():
+            raise EvalError(f"{p}: train_info.adapter_path {r['train_info']['adapter_path']}: no such folder; "
+                            "expected the adapter saved by training (restore it, or retrain the run)")
         cfg = r["run_info"]["config"]
         data.register_config(cfg)   # a run on own data: its task comes back from the files it names
         groups.setdefault((cfg["model"], precision or cfg["precision"]), []).append((Path(p), r))
@@ -924,6 +939,7 @@ def _rescore_finlora(path: Path, task: str, entry: dict, r: dict, data_dir, max_
 # --------------------------------------------------------------------------------------------------
 # CLI
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     """python -m finlora_utils evaluate RESULTS.json [...] | --base MODEL --tasks T [--train-file F ...]"""
     import argparse

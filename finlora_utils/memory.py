@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import ConfigError, LoraSettings
+from .errors import cli_entry
 from . import lora as _lora
 
 GIB = 2 ** 30
@@ -526,6 +527,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_entry
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     kw = dict(bits=a.bits, rank=a.rank, targets=a.targets, batch=a.batch, grad_checkpointing=a.grad_checkpointing,

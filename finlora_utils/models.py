@@ -118,6 +118,14 @@ def resolve_model_path(name: str) -> str:
         return str(embedded_model_dir())
     if name == TINY:
         return str(tiny_model_dir())
+    local = Path(name).expanduser()
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or local.exists():   # a path, not org/name
+        if not (local / "config.json").is_file():
+            why = "no such folder" if not local.exists() else "no config.json there"
+            raise ModelLoadError(f"model={name!r}: {why}; expected a local directory with config.json and "
+                                 "safetensors weights, a hub id (org/name), or 'embedded' (SmolLM2-135M-Instruct, "
+                                 "shipped with the kit)")
+        return str(local)
     from .lora import hub_id  # short names of the shipped configs ('llama-3.1-8b') name hub models too
 
     return hub_id(name) or name

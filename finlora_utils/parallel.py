@@ -36,6 +36,7 @@ from collections import deque
 from pathlib import Path
 
 from .config import ConfigError, TrainConfig
+from .errors import cli_entry
 
 RESULT_POINTER = "FINLORA_RESULT_POINTER"   # file where rank 0 writes the path of the finished results JSON
 FAULT_ENV = "FINLORA_PARALLEL_FAULT"        # "rank=R,step=S": rank R raises after step S (failure drills)
@@ -597,6 +598,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_worker"]:
@@ -612,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     try:
         config = config_from_args(ns)
+        from .models import resolve_model_path
+
+        resolve_model_path(config.model)   # a missing model folder fails here, not once per rank under torchrun
         result = launch(config, timeout_s=ns.timeout, nnodes=ns.nnodes, rdzv_endpoint=ns.rdzv_endpoint,
                         rdzv_id=ns.rdzv_id, preset=ns.preset, results_dir=ns.results_dir, force=ns.force)
     except (ConfigError, ParallelRunError) as e:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ConfigError
+from .errors import cli_entry
 
 PROMPT_START, PROMPT_END = "Instruction: ", "Answer: "
 
@@ -172,6 +173,7 @@ def write_predictions(rows: list[dict], path: str | Path) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

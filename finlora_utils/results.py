@@ -4,6 +4,7 @@ Layout follows peft's method_comparison: run_info / train_info / eval_info / met
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -32,10 +33,57 @@ def model_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", Path(name).name.lower()).strip("-") or "model"
 
 
+def make_folder(folder: str | Path) -> Path:
+    """mkdir -p, with an error naming the file that stands where a folder must be (a results folder that is a file)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise ResultsError(f"{blocker}: is a file, but a folder is needed there (to hold {folder}); "
+                           "move the file or choose another output folder") from None
+    return folder
+
+
+class FolderBusy(ResultsError):
+    """Another live process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str):
+    """Hold ``<folder>/.lock`` exclusively while ``what`` writes into the folder; a second process gets FolderBusy
+    naming the holder's pid at once (no waiting, no half-written mix of two runs). The OS drops the lock when the
+    holder exits, even on SIGKILL, so a killed run never leaves a stale lock. No-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:   # Windows
+        yield
+        return
+    path = make_folder(folder) / ".lock"
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise FolderBusy(f"{folder}: another process ({holder}) is writing here now; wait for it to finish or "
+                             f"choose another output folder (this was: {what})") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}: {what}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write through a temp file in the same folder and os.replace: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

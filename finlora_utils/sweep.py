@@ -38,9 +38,10 @@ from pathlib import Path
 import pandas as pd
 
 from .config import PRESETS, ConfigError
+from .errors import cli_entry
 from .paths import project_root
-from .results import atomic_write_text, load_results, now_iso, write_json
-from .study import NotebookFailed, run_notebook
+from .results import atomic_write_text, folder_lock, load_results, now_iso, write_json
+from .study import NotebookFailed, Progress, notebook_parameters, run_notebook, unknown_parameters
 
 GRID_KEYS = {"name", "preset", "notebooks", "params", "grid", "include", "timeout"}
 
@@ -75,7 +76,31 @@ def load_grid(path: str | Path) -> dict:
         if not isinstance(extra, dict) or (nbs is not None and (not isinstance(nbs, list) or not nbs)):
             raise ConfigError(f"{path}: include[{i}]={extra!r}: expected a mapping of parameters, with an "
                               "optional non-empty list `notebooks`")
+    _check_names(path, spec)
     return spec
+
+
+def _check_names(path: Path, spec: dict) -> None:
+    """Every notebook must exist and every parameter name must be declared by one of the notebooks it goes to:
+    papermill itself only logs an unknown name and runs on with the default."""
+    for where, nbs in [("notebooks", spec["notebooks"])] + [(f"include[{i}].notebooks", e["notebooks"])
+                                                            for i, e in enumerate(spec["include"]) if "notebooks" in e]:
+        if not isinstance(nbs, list):
+            raise ConfigError(f"{path}: {where}={nbs!r}: expected a list of notebook names")
+        for nb in nbs:
+            try:
+                notebook_parameters(nb)
+            except FileNotFoundError as e:
+                raise ConfigError(f"{path}: {where}: {e}") from None
+    checks = [("params", spec["params"], spec["notebooks"]), ("grid", spec["grid"], spec["notebooks"])]
+    checks += [(f"include[{i}]", {k: v for k, v in e.items() if k != "notebooks"},
+                e.get("notebooks") or spec["notebooks"]) for i, e in enumerate(spec["include"])]
+    for where, params, nbs in checks:
+        if not isinstance(params, dict):
+            raise ConfigError(f"{path}: {where}={params!r}: expected a mapping of notebook parameters")
+        bad = unknown_parameters(params, nbs)
+        if bad:
+            raise ConfigError(f"{path}: {where}: {bad[0]}")
 
 
 def expand(spec: dict) -> list[dict]:
@@ -94,7 +119,7 @@ def point_id(point: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", "_".join(parts)) or "default"
 
 
-def run_point(spec: dict, point: dict, out_root: Path) -> dict:
+def run_point(spec: dict, point: dict, out_root: Path, progress: Progress | None = None) -> dict:
     pdir = out_root / "points" / point_id(point)
     done = pdir / "DONE.json"
     if done.exists():
@@ -104,7 +129,10 @@ def run_point(spec: dict, point: dict, out_root: Path) -> dict:
     t0 = time.time()
     for nb in notebooks:
         try:
-            run_notebook(nb, spec["preset"], pdir, timeout=spec.get("timeout"), extra_params=params)
+            # each notebook gets the parameters it declares (load_grid checked that every name has a taker)
+            own = set(notebook_parameters(nb))
+            run_notebook(nb, spec["preset"], pdir, timeout=spec.get("timeout"),
+                         extra_params={k: v for k, v in params.items() if k in own}, progress=progress)
         except NotebookFailed as e:
             return {"point": point, "status": "failed", "notebook": nb, "error": str(e).splitlines()[0],
                     "executed": str(pdir / "executed" / f"{nb}.ipynb"), "dir": str(pdir)}
@@ -358,14 +386,19 @@ def run_sweep(grid_path: str | Path, output_dir: str | Path | None = None,
                      else "not run", "dir": str(out_root / "points" / point_id(p))} for p in points]
         return outcomes, write_report(spec, out_root, outcomes)
     outcomes = []
-    for i, point in enumerate(points, 1):
-        print(f"[sweep] point {i}/{len(points)} {point_id(point)}", flush=True)
-        o = run_point(spec, point, out_root)
-        print(f"[sweep] point {i}/{len(points)} {o['status']}" + (f": {o['error']}" if o["status"] == "failed" else ""),
-              flush=True)
-        outcomes.append(o)
-    write_json(out_root / "outcomes.json", outcomes)
-    return outcomes, write_report(spec, out_root, outcomes)
+    with folder_lock(out_root, f"sweep {grid_path}"):   # two sweeps into one folder would mix their points
+        progress = Progress(out_root / "sweep.log")   # the same lines as the terminal, kept across reruns
+        try:
+            for i, point in enumerate(points, 1):
+                progress.line(f"[sweep] point {i}/{len(points)} {point_id(point)}")
+                o = run_point(spec, point, out_root, progress)
+                progress.line(f"[sweep] point {i}/{len(points)} {o['status']}"
+                              + (f": {o['error']}" if o["status"] == "failed" else ""))
+                outcomes.append(o)
+        finally:
+            progress.close()
+        write_json(out_root / "outcomes.json", outcomes)
+        return outcomes, write_report(spec, out_root, outcomes)
 
 
 def rescore_points(grid_path: str | Path, output_dir: str | Path | None = None) -> list[tuple[Path, dict]]:
@@ -388,6 +421,7 @@ def rescore_points(grid_path: str | Path, output_dir: str | Path | None = None) 
     return done
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m finlora_utils.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("grid", help="grid YAML file")

@@ -36,6 +36,8 @@ from . import memory, results
 from .artifacts import (CKPT_DIR, as_stored, differences, finished_result, load_checkpoint, model_card,
                         save_adapter, save_checkpoint)
 from .config import ConfigError, TrainConfig
+from .artifacts import exclusive_run
+from .errors import cli_entry
 from .tokenization import IGNORE, batch_plan, collate, encode_dataset, shard
 
 _as_stored, _differences = as_stored, differences   # older names, still used by pipeline.py
@@ -313,6 +315,7 @@ def _step_batches(ex: list[dict], step: list[list[int]], rank: int, world_size: 
     return micro, weights, counts
 
 
+@exclusive_run
 def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=None, preset: str | None = None,
           results_dir: str | Path | None = None, data_dir=None, force: bool = False, device: str | None = None,
           log=print, on_step=None) -> dict:
@@ -491,6 +494,7 @@ def summary_table(results_list: list[dict]):
 
 # ---------------------------------------------------------------- CLI
 
+@cli_entry
 def main(argv=None) -> int:
     """python -m finlora_utils.train --task fpb --precision nf4 --rank 4 [any TrainConfig field as --field]"""
     import argparse
@@ -511,6 +515,7 @@ def main(argv=None) -> int:
     ns = ap.parse_args(argv)
     try:
         config = config_from_args(ns)
+        results.make_folder(ns.results_dir or results_default_dir())   # a file in the way fails before training
         res = train(config, preset=ns.preset, results_dir=ns.results_dir, data_dir=ns.data_dir, force=ns.force)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -52,6 +52,7 @@ def test_sweep_resumes_skips_finished_points_and_reports_failures(tmp_path):
     assert len(list((out / "points").glob("*/DONE.json"))) == 1
 
     outcomes, index = sweep.run_sweep(grid, out)
+    assert "[sweep] point 5/5" in (out / "sweep.log").read_text()   # the terminal's lines, kept beside the points
     status = {sweep.point_id(o["point"]): o for o in outcomes}
     assert status[first.parent.name]["status"] == "skipped" and first.stat().st_mtime_ns == stamp
     assert sorted(o["status"] for o in outcomes) == ["done", "done", "done", "failed", "skipped"]
@@ -74,7 +75,7 @@ def test_sweep_resumes_skips_finished_points_and_reports_failures(tmp_path):
 def test_an_include_point_may_run_only_some_notebooks(tmp_path, monkeypatch):
     """Zero-shot-only tasks (nwgi, the XBRL test sets) have no train split: their point skips 03_finetune."""
     calls = []
-    monkeypatch.setattr(sweep, "run_notebook", lambda nb, preset, pdir, timeout=None, extra_params=None:
+    monkeypatch.setattr(sweep, "run_notebook", lambda nb, preset, pdir, timeout=None, extra_params=None, **_:
                         calls.append((nb, dict(extra_params))))
     spec = {**GRID, "include": [{"TASKS": "nwgi", "SEED": 0, "notebooks": ["05_evaluation"]}]}
     out = sweep.run_point(spec, spec["include"][0], tmp_path)

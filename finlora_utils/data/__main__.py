@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import cli_entry
+
 
 def _fetch(argv: list[str]) -> int:
     import argparse
@@ -59,6 +61,7 @@ def _tasks(argv: list[str]) -> int:
     return 0
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"fetch": _fetch, "sample": _sample, "tasks": _tasks}

@@ -133,11 +133,40 @@ def _rows(name: str, split: str, data_dir, allow_sample: bool) -> tuple[list[dic
             warnings.warn(f"task {name!r}: real data not reachable, using the SYNTHETIC sample set in {d} "
                           f"(results on it are not FinLoRA results). Missing: {'; '.join(missing)}", stacklevel=3)
         return builders.read_jsonl(sample.sample_file(d, name, split)), "sample"
-    hint = (f"Set {sources.ENV_DATA_DIR} to a directory laid out like the shared data (see data/README.md), or "
-            f"run `python -m finlora_utils.data fetch {name}` where the network is reachable")
+    hint = fetch_hint(name)
     if not allow_sample and name in sample.SAMPLE_TASKS:
         hint += " (allow_sample=False forbids the synthetic sample set)"
-    raise DataUnavailableError(f"task {name!r} split {split!r}: no source for " + "; ".join(missing) + ". " + hint)
+    err = DataUnavailableError(f"task {name!r} split {split!r}: no source for " + "; ".join(missing) + ". " + hint)
+    err.missing = [m.split(" (", 1)[0] for m in missing]   # the bare file paths, for one-line skip notes
+    raise err
+
+
+def fetch_hint(name: str) -> str:
+    """How a user gets the real files of ``name``: the command that fetches them, or the data dir to point at."""
+    hint = (f"run `python -m finlora_utils.data fetch {name}` where the network is reachable, or set "
+            f"{sources.ENV_DATA_DIR} to a directory laid out like the shared data (see data/README.md)")
+    if sources.offline():
+        hint += f" ({sources.ENV_OFFLINE} is set: this process never downloads)"
+    return hint
+
+
+def availability(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """``{split: "real" | "sample" | "missing: <files>"}`` for the task's train (if it has one) and test splits.
+
+    Resolves the files only (nothing is built) and never raises for missing data, unlike load_task, so a
+    study can label its pages and skip a task with one line saying why; may download, like load_task.
+    """
+    task = get_task(name)
+    out = {}
+    for split in (("train", "test") if task.has_train else ("test",)):
+        found, missing = _resolve_all(name, split, data_dir)
+        if found is not None:
+            out[split] = "real"
+        elif name in sample.SAMPLE_TASKS:
+            out[split] = "sample"
+        else:
+            out[split] = "missing: " + ", ".join(m.split(" (", 1)[0] for m in missing)
+    return out
 
 
 def _file_split(name: str, split: str) -> list[dict]:

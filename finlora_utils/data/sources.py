@@ -40,6 +40,11 @@ class ChecksumError(DownloadError):
     """A downloaded file does not match the sha256 pinned in the manifest (nothing was kept)."""
 
 
+def offline() -> bool:
+    """True when FINLORA_OFFLINE is set to anything but "" or "0": the loader never touches the network."""
+    return os.environ.get(ENV_OFFLINE, "").strip() not in ("", "0")
+
+
 def manifest_path() -> Path:
     return paths.PACKAGE_DIR.parent / "data" / "manifest.json"
 
@@ -179,8 +184,9 @@ def resolve(relpath: str, data_dir: str | os.PathLike | None = None, allow_downl
         notes.append(f"cached copy {cached} fails its sha256 check (ignored)")
     else:
         notes.append(f"not in cache {download_cache_dir()}")
-    if not allow_download or os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
-        notes.append("downloads disabled")
+    if not allow_download or offline():
+        notes.append(f"downloads disabled ({ENV_OFFLINE}={os.environ.get(ENV_OFFLINE)})" if offline()
+                     else "downloads disabled")
         return None, notes
     if entry is None:
         notes.append("no download URL in the manifest")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import cli_entry
 from .tasks import PROMPT_ANSWER, get_task, normalize_label
 
 MAX_SHOWN = 50
@@ -166,6 +167,7 @@ def summary(rep: Report, task: str | None = None, use_tokenizer: bool = True) ->
     return "\n".join(lines)
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

@@ -1,0 +1,31 @@
+"""How the command-line entry points answer a user's mistake: ``error: <message>`` on stderr, exit status 2.
+
+"The kit's own errors" are the exception classes defined in this package (ConfigError, ModelLoadError,
+DataError, ResultsError, EvalError, CheckpointError, ...), whose messages name the file or parameter and
+what is expected, plus OSError (a path that is missing, a file where a folder must be). Anything else is a
+bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+
+PACKAGE = __name__.split(".")[0]
+
+
+def is_kit_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) or any(c.__module__.split(".")[0] == PACKAGE for c in type(e).__mro__)
+
+
+def cli_entry(main):
+    """Decorate ``main(argv) -> int``: a kit error becomes ``error: ...`` on stderr and exit status 2."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - re-raised unless it is the kit's own
+            if not is_kit_error(e):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapper

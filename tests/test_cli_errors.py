@@ -1,0 +1,161 @@
+"""Every bad input gets `error: ...` and exit status 2, never a traceback (issue 18)."""
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from finlora_utils import artifacts, evaluate, memory, parallel, results, study, sweep, train
+from finlora_utils.config import ConfigError, LoraSettings, TrainConfig
+from finlora_utils.data import __main__ as data_cli
+
+
+def _fails_cleanly(capsys, main, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+def test_missing_model_folder(capsys, tmp_path):
+    args = ["--model", "/nonexistent/dir", "--task", "fpb", "--output-dir", str(tmp_path / "runs")]
+    _fails_cleanly(capsys, train.main, args, "/nonexistent/dir", "no such folder", "embedded")
+    _fails_cleanly(capsys, parallel.main, args + ["--nproc", "2", "--parallel", "ddp"], "no such folder")
+    _fails_cleanly(capsys, memory.main, ["estimate", "--model", "/nonexistent/dir"], "/nonexistent/dir")
+
+
+def test_module_entry_point_prints_no_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "finlora_utils.train", "--model", str(tmp_path / "nope"),
+                        "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: ") and "Traceback" not in p.stderr, p.stderr
+
+
+def test_results_folder_that_is_a_file(capsys, tmp_path):
+    blocker = tmp_path / "reports"
+    blocker.write_text("not a folder")
+    _fails_cleanly(capsys, train.main, ["--model", "tiny-random-llama", "--task", "fpb", "--results-dir",
+                                        str(blocker / "results"), "--output-dir", str(tmp_path / "runs")],
+                   f"{blocker}: is a file")
+    _fails_cleanly(capsys, study.main, ["all", "--preset", "smoke", "--output-dir", str(blocker)], "is a file")
+    with pytest.raises(results.ResultsError, match="is a file"):
+        results.write_json(blocker / "x.json", {})
+
+
+def test_unknown_notebook_and_data_inputs(capsys, tmp_path):
+    _fails_cleanly(capsys, study.main, ["all", "--preset", "smoke", "--notebooks", "00_dta",
+                                        "--output-dir", str(tmp_path)], "00_dta", "available: 00_data")
+    _fails_cleanly(capsys, data_cli.main, ["fetch", "nosuch"], "unknown task 'nosuch'")
+
+
+def _grid(tmp_path, **over):
+    g = {"name": "t", "preset": "smoke", "notebooks": ["03_finetune", "05_evaluation"],
+         "params": {"TASKS": "fpb"}, "grid": {"SEED": [0]}, **over}
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(g))
+    return p
+
+
+def test_grid_rejects_unknown_keys_and_parameter_names(capsys, tmp_path):
+    _fails_cleanly(capsys, sweep.main, [str(_grid(tmp_path, gird={}))], "unknown key 'gird'")
+    # papermill would only log "Passed unknown parameter" and run on with the default
+    _fails_cleanly(capsys, sweep.main, [str(_grid(tmp_path, grid={"LRR": [1e-3]}))],
+                   "grid: 'LRR' is not a parameter of 03_finetune, 05_evaluation", "did you mean 'LR'?")
+    _fails_cleanly(capsys, sweep.main, [str(_grid(tmp_path, params={"MAX_TEST_SAMPLE": 4}))],
+                   "params:", "did you mean 'MAX_TEST_SAMPLES'?")
+    _fails_cleanly(capsys, sweep.main, [str(_grid(tmp_path, include=[{"SEED": 1, "notebooks": ["05_evaluation"],
+                                                                     "CONFIGS": "nf4:4"}]))],
+                   "include[0]: 'CONFIGS' is not a parameter of 05_evaluation")
+    _fails_cleanly(capsys, sweep.main, [str(_grid(tmp_path, notebooks=["03_finetun"]))], "no such notebook")
+    assert sweep.load_grid(_grid(tmp_path, grid={"LR": [1e-3], "COMPARE_GENERATE": [False]}))["grid"]
+
+
+def test_notebook_parameters_are_checked_before_anything_runs(tmp_path):
+    assert {"PRESET", "SEED", "OUTPUT_DIR", "LR", "SAVE_EVERY"} <= set(study.notebook_parameters("03_finetune"))
+    with pytest.raises(ConfigError, match=r"'EPOCH' is not a parameter of 03_finetune \(did you mean 'EPOCHS'\?\)"):
+        study.run_notebook("03_finetune", "smoke", tmp_path, extra_params={"EPOCH": 2})
+    assert not (tmp_path / "executed" / "03_finetune.ipynb").exists()
+
+
+def test_missing_adapter_folder_is_named_not_dropped(tmp_path):
+    res = results.new_result("fpb_x_4bit_r4", {"model": "tiny-random-llama", "precision": "nf4"}, 0, "smoke", "real")
+    res["train_info"] = {"adapter_path": str(tmp_path / "gone" / "adapter")}
+    path = results.write_json(tmp_path / "results" / "fpb_x_4bit_r4.json", res)
+    with pytest.warns(UserWarning, match="adapter_path .*gone/adapter: no such folder"):
+        assert evaluate.discover_runs(tmp_path / "results") == []
+    with pytest.raises(evaluate.EvalError, match=f"{path}: train_info.adapter_path .*: no such folder"):
+        evaluate.evaluate_runs([path])
+
+
+def _hold_lock(folder, what):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from finlora_utils import results
+        with results.folder_lock({str(folder)!r}, {what!r}):
+            print("locked", flush=True)
+            time.sleep(120)
+        """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_second_writer_of_a_folder_is_refused_at_once(tmp_path):
+    cfg = TrainConfig(model="tiny-random-llama", tasks=("fpb",), output_dir=str(tmp_path / "runs"))
+    run_dir = tmp_path / "runs" / cfg.run_id()
+    holder = _hold_lock(run_dir, "training elsewhere")
+    try:
+        with pytest.raises(results.FolderBusy, match=rf"another process \(pid {holder.pid}: training elsewhere\)"):
+            train.train(cfg, results_dir=tmp_path / "results")
+        assert not (tmp_path / "results").exists() and list(run_dir.iterdir()) == [run_dir / ".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    # the OS dropped the killed holder's lock: a crash leaves nothing stale behind
+    with results.folder_lock(run_dir, "after a crash"):
+        assert (run_dir / ".lock").read_text().startswith("pid ")
+
+
+@pytest.mark.slow
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    cfg = TrainConfig(model="tiny-random-llama", tasks=("fpb",), precision="fp32", lora=LoraSettings(rank=4),
+                      max_steps=4, batch_size=2, max_train_samples=8, max_seq_len=96, save_every=1,
+                      output_dir=str(tmp_path / "runs"))
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_3(step, loss):
+        if step == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train.train(cfg, results_dir=tmp_path / "results", on_step=crash_at_3)
+    ckpts = tmp_path / "runs" / cfg.run_id() / artifacts.CKPT_DIR
+    # a checkpoint after steps 1, 2 and 3 (saved before the crash at 3); the newest two are kept
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000002", "step-000003"]
+    newest = ckpts / "step-000003" / "adapter.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])   # a copy cut short, a disk that filled up
+    with pytest.warns(UserWarning, match=re.escape(f"{newest}: unreadable")):
+        res = train.train(cfg, results_dir=tmp_path / "results")
+    assert res["train_info"]["resumed_from_step"] == 2 and res["train_info"]["steps"] == 4
+
+    with pytest.raises(Crash):
+        train.train(cfg, results_dir=tmp_path / "results2", force=True, on_step=crash_at_3)
+    for d in ckpts.glob("step-*"):
+        (d / "state.json").write_text('{"step": 1, "optim')
+    with pytest.raises(artifacts.CheckpointError, match=r"state\.json: unreadable .*Delete"):
+        train.train(cfg, results_dir=tmp_path / "results2")
+    err = subprocess.run([sys.executable, "-m", "finlora_utils.train", "--config", _cfg_file(tmp_path, cfg),
+                          "--results-dir", str(tmp_path / "results2")], capture_output=True, text=True, timeout=600)
+    assert err.returncode == 2 and "error: cannot resume from" in err.stderr, err.stderr
+    assert "Traceback" not in err.stderr
+
+
+def _cfg_file(tmp_path, cfg) -> str:
+    p = tmp_path / "cfg.json"
+    p.write_text(json.dumps(artifacts.as_stored(cfg)))
+    return str(p)
