@@ -655,7 +655,7 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
     entry = {k: v for k, v in first.items() if k not in ("predictions", "outputs")}
     entry["modes"] = by_mode
     if sample is not None:
-        from .data.provenance import file_hashes
+        from .data.hashes import file_hashes
 
         entry["test_sample"] = sample
         from . import data

@@ -587,6 +587,7 @@ def _cast(v: str, default, name: str):
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m finlora_utils.parallel", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=None, help="TrainConfig JSON to start from (flags override it)")
+    ap.add_argument("--task", dest="tasks", help="alias of --tasks (comma-separated for a multi-task mix)")
     ap.add_argument("--timeout", type=float, default=3600, help="hard limit for the whole run, seconds")
     ap.add_argument("--nnodes", type=int, default=1)
     ap.add_argument("--rdzv-endpoint", default=None, help="host:port of the rendezvous (multi-node)")

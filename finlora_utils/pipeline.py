@@ -266,7 +266,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
     .stats() at the end (parallel.StepMonitor).
     """
     from . import artifacts, memory, results, train
-    from .data.provenance import file_hashes
+    from .data.hashes import file_hashes
     from .models import load_tokenizer
 
     config.validate()
@@ -354,9 +354,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
                                                artifacts.model_card(config, info, train.base_model_id(config.model)))
     info["adapter_path"] = results.portable_path(adapter_dir)
     res = results.new_result(run_id, artifacts.as_stored(config), config.seed, preset, data.source)
-    res["run_info"]["data_files"] = data.files   # own data: paths and sha256 of the task files
-    res["train_info"] = info
-    res["run_info"]["data_files"] = file_hashes(config.tasks, config.train_split, data_dir)
+    res["run_info"]["data_files"] = data.files or file_hashes(config.tasks, config.train_split, data_dir)
     results.write_json(results_path, res)
     _cleanup_after(stage_dir)
     log(f"[pipeline {run_id}] done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "

@@ -414,11 +414,11 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
     info["adapter_bytes"] = save_adapter(model, adapter_dir, model_card(config, info, base_model_id(config.model)))
     info["adapter_path"] = results.portable_path(adapter_dir)
     res = results.new_result(run_id, as_stored(config), config.seed, preset, data.source)
-    res["run_info"]["data_files"] = data.files   # own data: paths and sha256 of the task files
     res["train_info"] = info
-    from .data.provenance import file_hashes
+    from .data.hashes import file_hashes
 
-    res["run_info"]["data_files"] = file_hashes(config.tasks, config.train_split, data_dir)
+    # own data: the task files (path, sha256, rows, labels); built-in tasks: every file read, by sha256
+    res["run_info"]["data_files"] = data.files or file_hashes(config.tasks, config.train_split, data_dir)
     results.write_json(results_path, res)
     shutil.rmtree(run_dir / CKPT_DIR, ignore_errors=True)   # the adapter and results supersede them
     log(f"[train {run_id}] done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "
