@@ -108,7 +108,8 @@ def _place(model, pname: str, tensor: torch.Tensor, device: str, dtype: torch.dt
         kw = {k: v for k, v in old.__dict__.items() if k != "SCB"}
         new = bnb.nn.Int8Params(tensor.to(dtype), requires_grad=False, **kw).to(device)
     else:
-        new = torch.nn.Parameter(tensor.to(device=device, dtype=old.dtype), requires_grad=old.requires_grad)
+        # copy=True: a zero-copy view would keep the whole mmapped shard file resident (as in models.load_model)
+        new = torch.nn.Parameter(tensor.to(device=device, dtype=old.dtype, copy=True), requires_grad=old.requires_grad)
     _set(model, pname, new)
 
 
