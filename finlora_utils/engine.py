@@ -6,8 +6,9 @@ open    finished-run check, data (errors before any model loads), the recipe bui
         resume from the latest checkpoint (same config, else an error naming the first difference)
 record  each step: the recipe computes it; counters, wall/CPU time, loss curve, checkpoint, log line,
         then `on_step(step, loss)` — the one per-step hook (progress bars, live loss curves, failure drills)
-finish  peak memory of the training loop (measured here and nowhere else), train_info, the adapter, the
-        results file, checkpoints dropped
+finish  peak memory of the training loop (measured here: memory.measure_peak resets the high-water mark
+        as the loop starts; parallel's per-rank stats read that same mark afterwards), train_info, the
+        adapter, the results file, checkpoints dropped
 
 A recipe says how a step is computed and where its model lives: `train.Replica` (one process, or a DDP
 replica per rank) and `pipeline.Stage` (one pipeline stage per rank). Its interface, as torchtune's recipes:
