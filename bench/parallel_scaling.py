@@ -1,7 +1,8 @@
-"""Step time and throughput of single-process, DDP x N and pipeline x N QLoRA training, same global batch.
+"""Step time, throughput and per-rank memory of single-process, DDP x N and pipeline x N QLoRA training.
 
     python bench/parallel_scaling.py                                  # embedded SmolLM2, nf4, 2 ranks
     python bench/parallel_scaling.py --model tiny-random-llama --steps 6
+    python bench/parallel_scaling.py --model random:smollm2-1.7b --modes none,pipeline --steps 2 --batch-size 4
 
 Each mode runs through parallel.launch (torchrun). Every process gets the same share of the cores
 (cores / N threads), so `speedup` = tokens/s of the mode / tokens/s of the single process measures the
@@ -11,37 +12,111 @@ all the cores: what a user of this machine would otherwise do. On a shared or sm
 slower than the 1-share row (OpenMP threads spin when the cores are busy elsewhere); on an idle machine it
 is the honest yardstick, and against it two CPU ranks may well be below 1x. Numbers come from the results
 JSON: tokens/s is train.py's own (non-padding tokens / training-loop wall time), step time is wall / steps.
-The last line is `ddp efficiency: X.XX`.
+
+Memory: each rank's peak is its resident-set high-water mark over the training loop (VmHWM, reset when the
+loop starts, so it holds the loaded weights and the training's own peak, not loading transients). A pipeline
+rank loads only its stage, so `pipeline xN per-rank peak / single peak` falls with N until the process
+baseline (python, torch and the libraries, measured in a bare process and shown) and the activations
+dominate. Beside it the memory planner's prediction per stage; the planner leaves the baseline out, so it is
+compared with the peak above the baseline. `--model random:<shipped config>` (e.g. random:smollm2-1.7b)
+trains a random-weights model of that shape, written once to the cache: for memory only, where the weights
+dominate. The last line is `ddp efficiency: X.XX` when DDP ran, else the memory ratio.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from finlora_utils import parallel  # noqa: E402
 from finlora_utils.config import LoraSettings, TrainConfig  # noqa: E402
 
 
 def run(mode: str, args, out: Path, threads: int, label: str) -> dict:
-    cfg = TrainConfig(model=args.model, tasks=(args.task,), precision=args.precision,
-                      lora=LoraSettings(rank=args.rank, alpha=16.0, dropout=0.05),
-                      batch_size=args.batch_size, max_steps=args.steps, max_seq_len=args.max_seq_len,
-                      max_train_samples=args.batch_size * args.steps, seed=0, parallel=mode,
-                      nproc=1 if mode == "none" else args.nproc, micro_batches=args.micro_batches,
-                      schedule=args.schedule, output_dir=str(out / "runs"), variant_tag=f"bench-{label}",
-                      log_every=max(1, args.steps // 2))
+    cfg = config_for(mode, args, out, label)
     res = parallel.launch(cfg, timeout_s=args.timeout, results_dir=out / "results", force=True,
                           log=(print if args.verbose else None), threads_per_rank=threads)
     ti = res["train_info"]
     ranks = ti["parallel"]["ranks"]
     return dict(mode=label, steps=ti["steps"], step_s=ti["wall_s"] / ti["steps"], tokens_per_s=ti["tokens_per_s"],
-                peak_gib=max(r["peak_mem_bytes"] for r in ranks) / 2**30, final_loss=ti["loss_curve"][-1][1],
-                n=1 if mode == "none" else args.nproc)
+                peaks=[r["peak_mem_bytes"] for r in ranks], final_loss=ti["loss_curve"][-1][1],
+                n=1 if mode == "none" else args.nproc, kind=mode, config=cfg)
+
+
+def config_for(mode: str, args, out: Path, label: str) -> TrainConfig:
+    return TrainConfig(model=args.model_path, tasks=(args.task,), precision=args.precision,
+                       lora=LoraSettings(rank=args.rank, alpha=16.0, dropout=0.05),
+                       batch_size=args.batch_size, max_steps=args.steps, max_seq_len=args.max_seq_len,
+                       max_train_samples=args.batch_size * args.steps, seed=0, parallel=mode,
+                       nproc=1 if mode == "none" else args.nproc, micro_batches=args.micro_batches,
+                       schedule=args.schedule, output_dir=str(out / "runs"), variant_tag=f"bench-{label}",
+                       log_every=max(1, args.steps // 2))
+
+
+def planned_peaks(cfg: TrainConfig, gpus: int, seq_len: int) -> list[int]:
+    """The planner's bytes per rank (above the process baseline) for this run's shape on CPU."""
+    from finlora_utils import memory
+
+    batch = cfg.batch_size if cfg.parallel != "ddp" else -(-cfg.batch_size // gpus)
+    p = memory.plan(model=cfg.model, bits=cfg.bits if cfg.bits <= 16 else 16, rank=cfg.lora.rank,
+                    targets=cfg.lora.targets, seq_len=seq_len, batch=batch, gpus=gpus,
+                    parallel=cfg.parallel if gpus > 1 else "none", micro_batches=min(cfg.micro_batches, batch),
+                    schedule=cfg.schedule, device="cpu", label_only_logits=cfg.label_only_logits)
+    return [d["total_bytes"] for d in p.per_device]
+
+
+def process_baseline() -> int:
+    """VmHWM of a bare rank-like process: python, torch, transformers, peft, bitsandbytes, the kit imported."""
+    code = ("import torch, torch.distributed, transformers, peft, bitsandbytes, datasets\n"
+            "import finlora_utils.pipeline, finlora_utils.train\n"
+            "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    return int(out.stdout.strip().splitlines()[-1]) * 1024
+
+
+def random_model(name: str) -> Path:
+    """A random-weights model of a shipped config's shape (bf16 safetensors, one shard per layer, the embedded
+    model's tokenizer), written once to the cache: memory measurements only."""
+    import json
+
+    import torch
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from finlora_utils.lora import model_config
+    from finlora_utils.models import embedded_model_dir
+    from finlora_utils.paths import cache_dir
+
+    target = cache_dir() / "models" / f"random-{name}"
+    if (target / "model.safetensors.index.json").exists():
+        return target
+    cfg_dict = {k: v for k, v in model_config(name).items() if not k.startswith("_")}
+    tmp = Path(tempfile.mkdtemp(prefix=f".random-{name}-", dir=target.parent))
+    (tmp / "config.json").write_text(json.dumps(dict(cfg_dict, torch_dtype="bfloat16"), indent=2))
+    AutoTokenizer.from_pretrained(embedded_model_dir()).save_pretrained(tmp)
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp))
+    groups: dict[str, list] = {}
+    for pname, p in skeleton.named_parameters():   # a tied head is stored once, as the checkpoint does
+        layer = pname.split(".")[2] if pname.startswith("model.layers.") else "rest"
+        groups.setdefault(f"model-{layer}.safetensors", []).append((pname, p.shape))
+    weight_map = {}
+    for file, params in groups.items():   # one shard in memory at a time
+        tensors = {n: (torch.ones(shape) if n.endswith("norm.weight") else torch.randn(shape) * 0.02).to(torch.bfloat16)
+                   for n, shape in params}
+        save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in tensors})
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    os.replace(tmp, target)
+    return target
 
 
 def main(argv=None) -> int:
@@ -58,26 +133,53 @@ def main(argv=None) -> int:
     ap.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b"))
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
     ap.add_argument("--verbose", action="store_true", help="stream the ranks' output")
+    ap.add_argument("--modes", default="none,ddp,pipeline", help="which of none, ddp, pipeline to run")
     args = ap.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if "none" not in modes or not set(modes) <= {"none", "ddp", "pipeline"}:
+        ap.error(f"--modes={args.modes!r}: expected none plus any of ddp, pipeline")
+    args.model_path = str(random_model(args.model.split(":", 1)[1])) if args.model.startswith("random:") else args.model
     cores = os.cpu_count() or 1
     share = max(1, cores // args.nproc)
-    runs = [("none", share, f"single/{share}t"), ("ddp", share, f"ddp x{args.nproc}"),
-            ("pipeline", share, f"pipe x{args.nproc}"), ("none", cores, f"single/{cores}t")]
+    runs = [("none", share, f"single/{share}t")] + [(m, share, f"{m[:4]} x{args.nproc}") for m in modes if m != "none"]
+    if "ddp" in modes:
+        runs.append(("none", cores, f"single/{cores}t"))
     with tempfile.TemporaryDirectory(prefix="finlora-bench-") as tmp:
         rows = [run(mode, args, Path(tmp), threads, label) for mode, threads, label in runs]
+    baseline = process_baseline()
     base = rows[0]["tokens_per_s"]
     print(f"{args.model} {args.precision} r{args.rank}, global batch {args.batch_size}, max_seq_len "
           f"{args.max_seq_len}, {args.steps} steps, pipeline {args.schedule} x{args.micro_batches} micro-batches, "
-          f"{cores} cores, {share} thread(s) per process unless noted, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'mode':<14}{'step s':>9}{'tokens/s':>11}{'speedup':>9}{'efficiency':>12}{'peak GiB/rank':>15}{'loss':>9}")
+          f"{cores} cores, {share} thread(s) per process unless noted, load average {os.getloadavg()[0]:.1f}, "
+          f"process baseline {baseline / 2**30:.2f} GiB")
+    print(f"{'mode':<14}{'step s':>9}{'tokens/s':>11}{'speedup':>9}{'efficiency':>12}{'loss':>9}   "
+          "peak GiB per rank (above baseline | planner)")
     for r in rows:
         speed = r["tokens_per_s"] / base
+        plan = planned_peaks(r["config"], r["n"], args.max_seq_len)
+        per = ", ".join(f"{p / 2**30:.2f} ({(p - baseline) / 2**30:.2f} | {q / 2**30:.2f})"
+                        for p, q in zip(r["peaks"], plan))
         print(f"{r['mode']:<14}{r['step_s']:>9.3f}{r['tokens_per_s']:>11.1f}{speed:>8.2f}x{speed / r['n']:>12.2f}"
-              f"{r['peak_gib']:>15.2f}{r['final_loss']:>9.4f}")
-    ddp, pipe, full = rows[1]["tokens_per_s"], rows[2]["tokens_per_s"], rows[3]["tokens_per_s"]
-    print(f"ddp x{args.nproc} vs single on all {cores} cores: {ddp / full:.2f}x")
-    print(f"pipeline efficiency: {pipe / base / args.nproc:.2f}")
-    print(f"ddp efficiency: {ddp / base / args.nproc:.2f}")
+              f"{r['final_loss']:>9.4f}   {per}")
+    single = rows[0]
+    if "pipeline" in modes:
+        pipe = next(r for r in rows if r["kind"] == "pipeline")
+        measured = max(pipe["peaks"]) / max(single["peaks"])
+        above = (max(pipe["peaks"]) - baseline) / (max(single["peaks"]) - baseline)
+        plan_pipe, plan_single = planned_peaks(pipe["config"], args.nproc, args.max_seq_len), \
+            planned_peaks(single["config"], 1, args.max_seq_len)
+        err = max(abs(q - (p - baseline)) / (p - baseline) for p, q in zip(pipe["peaks"], plan_pipe))
+        print(f"pipeline x{args.nproc} per-rank peak above baseline / single: {above:.2f} (planner "
+              f"{max(plan_pipe) / max(plan_single):.2f}; planner per stage within {err:.0%} of the measured)")
+    if "ddp" in modes:
+        ddp = next(r for r in rows if r["kind"] == "ddp")["tokens_per_s"]
+        full = rows[-1]["tokens_per_s"]
+        print(f"ddp x{args.nproc} vs single on all {cores} cores: {ddp / full:.2f}x")
+    if "pipeline" in modes:
+        print(f"pipeline efficiency: {pipe['tokens_per_s'] / base / args.nproc:.2f}")
+        print(f"pipeline x{args.nproc} per-rank peak / single peak: {measured:.2f}")
+    if "ddp" in modes:
+        print(f"ddp efficiency: {ddp / base / args.nproc:.2f}")
     return 0
 
 

@@ -5,7 +5,9 @@ ConfigError naming the parameter and what is allowed, before any model is loaded
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,9 @@ def resolve_precision(precision: str) -> str:
         return precision
     import torch
 
-    from .models import default_compute_dtype
+    from . import hardware
 
-    return "bf16" if torch.cuda.is_available() or default_compute_dtype() == torch.bfloat16 else "fp32"
+    return "bf16" if torch.cuda.is_available() or hardware.default_compute_dtype() == torch.bfloat16 else "fp32"
 
 
 def _check(cond: bool, param: str, value: Any, expected: str) -> None:
@@ -248,3 +250,46 @@ def load_preset(name: str, notebook: str | None = None) -> dict:
         params.update((doc.get("notebooks", {}) or {}).get(notebook, {}) or {})
     params["PRESET"] = name
     return params
+
+
+# ---------------------------------------------------------------- CLI flags from the dataclasses
+
+def config_args(ap: argparse.ArgumentParser) -> None:
+    """One --flag per TrainConfig field (lora fields as --lora-rank etc.), defaults from the dataclass."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "lora":
+            continue
+        ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                        help=f"TrainConfig.{f.name}")
+    for f in dataclasses.fields(LoraSettings):
+        ap.add_argument(f"--lora-{f.name}", dest=f"lora_{f.name}", default=None, help=f"LoraSettings.{f.name}")
+
+
+def config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from CLI strings, cast to each field's default type; --config FILE gives the base."""
+    base = json.loads(Path(ns.config).read_text()) if getattr(ns, "config", None) else {}
+    base.setdefault("lora", {})
+    defaults, lora_defaults = TrainConfig(), LoraSettings()
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(ns, f.name, None)
+        if f.name != "lora" and v is not None:
+            base[f.name] = _cast(v, getattr(defaults, f.name), f.name)
+    for f in dataclasses.fields(LoraSettings):
+        v = getattr(ns, f"lora_{f.name}", None)
+        if v is not None:
+            base["lora"][f.name] = _cast(v, getattr(lora_defaults, f.name), f"lora.{f.name}")
+    return TrainConfig.from_dict(base)
+
+
+def _cast(v: str, default, name: str):
+    kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default))
+    try:
+        if isinstance(default, bool):
+            if v.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return v.lower() in ("1", "true", "yes")
+        if isinstance(default, (int, float)):
+            return type(default)(v)
+    except ValueError:
+        raise ConfigError(f"{name}={v!r}: expected {kind}") from None
+    return v

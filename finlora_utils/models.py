@@ -18,6 +18,7 @@ import logging
 
 import torch
 
+from .hardware import default_compute_dtype
 from .paths import cache_dir
 
 # bitsandbytes logs on every int8 matmul that fp32 inputs are cast to fp16; that cast is the design.
@@ -41,20 +42,6 @@ TINY_CONFIG = dict(
 
 class ModelLoadError(RuntimeError):
     pass
-
-
-def _cpu_flag(flag: str) -> bool:
-    try:
-        return flag in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-def default_compute_dtype() -> torch.dtype:
-    """bf16 where the hardware computes it natively (CUDA Ampere+, AVX-512-BF16/AMX CPUs), else fp32."""
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if _cpu_flag("avx512_bf16") or _cpu_flag("amx_bf16") else torch.float32
 
 
 def _embedded_gguf_dir() -> Path:
@@ -233,6 +220,16 @@ def load_tokenizer(name: str = EMBEDDED):
     return tok
 
 
+def load_dtype(precision: str, device: str, compute_dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype of a loaded model's unquantized tensors (all of them at fp32 / bf16; embeddings, norms and
+    head at int8 / nf4 / fp4, in the compute dtype)."""
+    if precision not in QUANTIZED:
+        return torch.float32 if precision == "fp32" else torch.bfloat16
+    if precision == "int8":
+        return torch.float32 if device == "cpu" else torch.float16
+    return compute_dtype or default_compute_dtype()
+
+
 def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool = False,
                device: str | None = None, compute_dtype: torch.dtype | None = None):
     """Return (model, tokenizer). ``precision`` is auto | fp32 | bf16 | int8 | nf4 | fp4 (auto: config.resolve_precision)."""
@@ -250,12 +247,7 @@ def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool
                       "than fp32 here; precision='auto' picks fp32 on such a CPU", stacklevel=2)
     tok = load_tokenizer(name)
     qcfg = bnb_config(precision, double_quant, compute_dtype)
-    if qcfg is None:
-        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-    else:  # unquantized parts (embeddings, norms) in the compute dtype
-        dtype = compute_dtype or default_compute_dtype()
-        if precision == "int8":
-            dtype = torch.float32 if device == "cpu" else torch.float16
+    dtype = load_dtype(precision, device, compute_dtype)
     kwargs = dict(dtype=dtype, trust_remote_code=False, token=os.environ.get("HF_TOKEN"),
                   use_safetensors=True)
     if qcfg is not None:
@@ -272,6 +264,12 @@ def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool
         for p in model.parameters():
             if type(p) is torch.nn.Parameter:
                 p.data = p.data.clone()
+    return finish_loading(model, tok)
+
+
+def finish_loading(model, tok):
+    """(model, tok) ready for the kit, however it was loaded: a pad id, bitsandbytes' CPU path fixed, a
+    contiguous head input, eval mode."""
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     fix_bnb_cpu(model)

@@ -21,7 +21,6 @@ Only rank 0 writes results, adapters and checkpoints; launch() returns rank 0's 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -35,7 +34,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, config_args, config_from_args
 from .errors import cli_entry
 
 RESULT_POINTER = "FINLORA_RESULT_POINTER"   # file where rank 0 writes the path of the finished results JSON
@@ -359,13 +358,15 @@ def gather_rank_stats(stats: dict) -> list[dict]:
 
 
 def record_parallel_info(result_path, config: TrainConfig, world: int, ranks: list[dict] | None, **extra) -> None:
-    """Add train_info.parallel (mode, world size, per-rank step time and peak memory) to rank 0's results."""
+    """Add train_info.parallel (mode, world size, per-rank step time and peak memory) to rank 0's results,
+    beside what the recipe recorded there (the pipeline split)."""
     from .results import read_result, update_result
 
     if not result_path or ranks is None:
         return
     info = read_result(result_path)["train_info"]
-    info["parallel"] = dict(mode=config.parallel, world_size=world, micro_batches=config.micro_batches,
+    info["parallel"] = dict(info.get("parallel") or {}, mode=config.parallel, world_size=world,
+                            micro_batches=config.micro_batches,
                             schedule=config.schedule if config.parallel == "pipeline" else None,
                             per_rank_batch=-(-config.batch_size // world) if config.parallel == "ddp" else None,
                             ranks=ranks, **extra)
@@ -389,14 +390,20 @@ def _run_rank(config: TrainConfig, preset: str | None, results_dir: str | None, 
 
     device = init_distributed()
     rank, world, _ = _dist_env()
+    monitor, log = StepMonitor(rank, device), print if rank == 0 else _quiet
     try:
         if config.parallel == "pipeline":
             from . import pipeline
 
             result = pipeline.train_pipeline(config, rank, world, device, preset=preset, results_dir=results_dir,
-                                             force=force, monitor=StepMonitor)
+                                             force=force, log=log, on_step=monitor)
+            where = dict(layers=pipeline.stage_layers(config, rank, world, device.type), stage=rank)
         else:
-            result = _train_replica(config, rank, world, device, preset, results_dir, force)
+            result = _train_replica(config, rank, world, device, preset, results_dir, force, log, monitor)
+            where = {}
+        ranks = gather_rank_stats(monitor.stats(**where)) if monitor.times else None  # all ranks trained, or none
+        if rank == 0:
+            record_parallel_info(result.get("_path"), config, world, ranks)
         if rank == 0 and result.get("_path") and os.environ.get(RESULT_POINTER):
             Path(os.environ[RESULT_POINTER]).write_text(result["_path"])
         if world > 1:
@@ -406,8 +413,9 @@ def _run_rank(config: TrainConfig, preset: str | None, results_dir: str | None, 
             dist.destroy_process_group()
 
 
-def _train_replica(config: TrainConfig, rank: int, world: int, device, preset, results_dir, force) -> dict:
-    """none / ddp: train.py's own loop; DDP enters through wrap_model and the rank/world_size arguments
+def _train_replica(config: TrainConfig, rank: int, world: int, device, preset, results_dir, force, log,
+                   on_step) -> dict:
+    """none / ddp: train.py's own recipe; DDP enters through wrap_model and the rank/world_size arguments
     (every rank plans the same global batches and takes its shard of each)."""
     from . import train
 
@@ -419,14 +427,8 @@ def _train_replica(config: TrainConfig, rank: int, world: int, device, preset, r
         ids = [device.index] if device.type == "cuda" else None
         return DDP(module, device_ids=ids, find_unused_parameters=False)
 
-    monitor = StepMonitor(rank, device)
-    result = train.train(config, rank=rank, world_size=world, wrap_model=wrap, preset=preset,
-                         results_dir=results_dir, force=force, device=_device_arg(device),
-                         log=print if rank == 0 else _quiet, on_step=monitor)
-    ranks = gather_rank_stats(monitor.stats()) if monitor.times else None  # all ranks trained, or none did
-    if rank == 0:
-        record_parallel_info(result.get("_path"), config, world, ranks)
-    return result
+    return train.train(config, rank=rank, world_size=world, wrap_model=wrap, preset=preset, results_dir=results_dir,
+                       force=force, device=_device_arg(device), log=log, on_step=on_step)
 
 
 def _device_arg(device) -> str:
@@ -539,51 +541,6 @@ def planner_table(models=("llama-3.1-8b", "llama-3.1-70b"), gpus: int = 4, bits:
 
 # ---------------------------------------------------------------- CLI
 
-def _config_args(ap: argparse.ArgumentParser) -> None:
-    """One --flag per TrainConfig field (lora fields as --lora-rank etc.), defaults from the dataclass."""
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "lora":
-            continue
-        ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                        help=f"TrainConfig.{f.name}")
-    from .config import LoraSettings
-
-    for f in dataclasses.fields(LoraSettings):
-        ap.add_argument(f"--lora-{f.name}", dest=f"lora_{f.name}", default=None, help=f"LoraSettings.{f.name}")
-
-
-def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from CLI strings, cast to each field's default type; --config FILE gives the base."""
-    from .config import LoraSettings
-
-    base = json.loads(Path(ns.config).read_text()) if getattr(ns, "config", None) else {}
-    base.setdefault("lora", {})
-    defaults, lora_defaults = TrainConfig(), LoraSettings()
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(ns, f.name, None)
-        if f.name != "lora" and v is not None:
-            base[f.name] = _cast(v, getattr(defaults, f.name), f.name)
-    for f in dataclasses.fields(LoraSettings):
-        v = getattr(ns, f"lora_{f.name}", None)
-        if v is not None:
-            base["lora"][f.name] = _cast(v, getattr(lora_defaults, f.name), f"lora.{f.name}")
-    return TrainConfig.from_dict(base)
-
-
-def _cast(v: str, default, name: str):
-    kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default))
-    try:
-        if isinstance(default, bool):
-            if v.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError
-            return v.lower() in ("1", "true", "yes")
-        if isinstance(default, (int, float)):
-            return type(default)(v)
-    except ValueError:
-        raise ConfigError(f"{name}={v!r}: expected {kind}") from None
-    return v
-
-
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m finlora_utils.parallel", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=None, help="TrainConfig JSON to start from (flags override it)")
@@ -595,7 +552,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--preset", default=None, help="recorded in run_info.preset")
     ap.add_argument("--results-dir", default=None, help="default: reports/results")
     ap.add_argument("--force", action="store_true", help="retrain even if a finished result exists")
-    _config_args(ap)
+    config_args(ap)
     return ap
 
 

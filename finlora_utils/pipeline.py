@@ -1,9 +1,11 @@
 """Pipeline-parallel LoRA finetuning with torch.distributed.pipelining: one stage per rank.
 
-The (quantized) PEFT model is built on every rank exactly as single-process training builds it (same
-seed, so the same LoRA init), then each rank keeps only its stage: embeddings + the first decoder
+Each rank loads and quantizes only its own stage (stage_weights.load_partial: the architecture on the
+meta device, the stage's tensors read from the safetensors files): embeddings + the first decoder
 layers on stage 0, later layers on the middle stages, final norm + lm_head on the last stage (which
-also computes the loss, with labels passed to it). Layers per stage come from the memory planner.
+also computes the loss, with labels passed to it). The LoRA adapter is initialised as single-process
+training initialises it (same seed, same values: train.with_adapter). Layers per stage come from the
+memory planner.
 `PipelineStage` is built by hand (tracing does not see through bitsandbytes layers) and run with
 `ScheduleGPipe` or `Schedule1F1B`. Each rank optimises its own LoRA parameters; at the end rank 0
 gathers every stage's LoRA tensors and saves one standard PEFT adapter.
@@ -14,7 +16,6 @@ micro-batches to one length rounded up to PAD_MULTIPLE, and keeps one stage + sc
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -22,7 +23,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .config import ConfigError, TrainConfig
+from .engine import Built, longest, run
 from .tokenization import IGNORE, collate
+from .train import MAX_GRAD_NORM, amp_dtype, decide_grad_checkpointing, set_grad_checkpointing, with_adapter
 
 PAD_MULTIPLE = 16   # pad sequence length up to a multiple of this: few distinct shapes, few stage objects
 
@@ -79,6 +82,34 @@ def decoder(causal_lm) -> nn.Module:
         raise ConfigError(f"model={type(causal_lm).__name__}: pipeline parallelism supports Llama-style decoders "
                           "(model.embed_tokens / model.layers / model.norm: Llama, Mistral, Qwen2, SmolLM2)")
     return inner
+
+
+def stage_parameters(split: list[int], stage: int):
+    """keep(name) for load_partial: the parameters of `stage` in a Llama-style *ForCausalLM (the layout
+    `decoder` checks): embeddings with the first stage, final norm + lm_head with the last."""
+    lo, hi = bounds(split, stage)
+    prefixes = tuple(f"model.layers.{i}." for i in range(lo, hi))
+    if stage == 0:
+        prefixes += ("model.embed_tokens.",)
+    if stage == len(split) - 1:
+        prefixes += ("model.norm.", "lm_head.")
+    return lambda name: name.startswith(prefixes)
+
+
+def load_stage(config: TrainConfig, stage: int, split: list[int], device: str = "cpu"):
+    """(peft_model, tokenizer): the base model with only `stage`'s weights materialized and quantized (the
+    rest on the meta device, cut away by build_stage), with the adapter the whole model would get."""
+    from .stage_weights import load_partial
+
+    torch.manual_seed(config.seed)
+    model, tok = load_partial(config.model, config.precision, stage_parameters(split, stage), config.double_quant,
+                              device=device)
+    return with_adapter(config, model), tok
+
+
+def stage_layers(config: TrainConfig, stage: int, n_stages: int, device: str = "cpu") -> list[int]:
+    """[lo, hi) decoder layers of `stage` in this config's split."""
+    return list(bounds(stage_split(config, n_stages, device=device), stage))
 
 
 class StageModule(nn.Module):
@@ -258,161 +289,104 @@ def check_pipeline_config(config: TrainConfig, world: int) -> None:
 
 
 def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: str | None = None,
-                   results_dir=None, force: bool = False, data_dir=None, log=print, monitor=None) -> dict:
-    """Pipeline-parallel twin of train.train: same data plan, optimizer, checkpoints and results schema.
+                   results_dir=None, force: bool = False, data_dir=None, log=print, on_step=None) -> dict:
+    """Pipeline-parallel training: engine.run with this rank's stage as the recipe (same data plan,
+    optimizer, checkpoints and results schema as train.train). Every rank calls it; rank 0 returns the
+    results dict (with '_path'), the others {}. on_step(step, loss) runs on every rank after every step."""
+    return run(config, Stage(rank, world, device), preset=preset, results_dir=results_dir, data_dir=data_dir,
+               force=force, log=log, on_step=on_step)
 
-    Every rank calls it; rank 0 returns the results dict (with '_path'), the others {}.
-    monitor: a class taking (rank, device), called after every step like train's on_step and asked for
-    .stats() at the end (parallel.StepMonitor).
-    """
-    from . import artifacts, memory, results, train
-    from .data.hashes import file_hashes
-    from .models import load_tokenizer
 
-    config.validate()
-    check_pipeline_config(config, world)
-    log = log if rank == 0 else (lambda *a, **k: None)
-    run_id, run_dir = config.run_id(), Path(config.output_dir) / config.run_id()
-    results_path = Path(results_dir or train.results_default_dir()) / f"{run_id}.json"
-    done = None if force else artifacts.finished_result(config, results_path, run_dir)
-    if done is not None:
-        log(f"[pipeline {run_id}] finished earlier: {results_path} (force=True retrains)")
-        return dict(done, _path=str(results_path)) if rank == 0 else {}
-    data = train.build_data(config, load_tokenizer(config.model), data_dir)
-    split = stage_split(config, world, device=device.type)
-    peft_model, tok = train.build_model(config, str(device))
-    ex = data.examples
-    ckpt_on, why = train.decide_grad_checkpointing(   # the whole model's plan: conservative for one stage
-        config, peft_model, max(len(e["input_ids"]) for e in ex), config.batch_size // config.micro_batches,
-        max(len(e["labels"]) - e["labels"].count(IGNORE) for e in ex), device)
-    train.set_grad_checkpointing(peft_model, ckpt_on)
-    module, names = build_stage(peft_model, rank, split)
-    peft_model.train()
-    params = list(names)
-    optimizer, scheduler = train.make_optimizer(config, params, len(data.plan))
-    amp = train.amp_dtype(config.precision, device)
-    amp = None if amp == torch.float16 else amp   # fp16 needs a GradScaler across stages: not supported, run fp32
-    stage_dir = run_dir / f"stage-{rank}-of-{world}"
-    state = _resume(config, stage_dir, peft_model, optimizer, scheduler, split, force, world)
-    state = state or dict(step=0, plan=data.plan, loss_curve=[], split=split,
-                          stats=dict(examples=0, tokens=0, nonpad_tokens=0, target_tokens=0, wall_s=0.0, cpu_s=0.0))
-    plan, stats, curve, start = state["plan"], state["stats"], state["loss_curve"], state["step"]
-    runner = StageRunner(module, rank, world, device, config.schedule, amp)
-    mon = monitor(rank, device) if monitor else None
-    lo, hi = bounds(split, rank)
-    log(f"[pipeline {run_id}] {len(ex)} examples, {len(plan)} steps, {world} stages {split}, {config.schedule}, "
-        f"{config.micro_batches} micro-batches, amp {amp}, grad checkpointing {'on' if ckpt_on else 'off'}")
+class Stage:
+    """The engine's recipe for one pipeline stage per rank: this rank loads, quantizes and trains its own
+    layers only; the schedule passes activations between ranks; rank 0 saves the gathered adapter."""
 
-    def loop():
-        t_mark, c_mark = time.time(), time.process_time()
-        for step in range(start, len(plan)):
-            batches = [collate([ex[i] for i in mb], tok.pad_token_id) for mb in plan[step]]
-            counts = _counts(ex, plan[step])
-            runner.n_targets, runner.losses = max(counts["target_tokens"], 1), []
-            for mb, batch in zip(plan[step], batches):
-                length = bucket(batch["input_ids"].shape[1], config.max_seq_len)
-                runner.run(pad_to(batch, length, tok.pad_token_id), chunks_for(len(mb), config.micro_batches))
-            clip_global_grad_norm(params, train.MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss = _from_last_stage(float(sum(x.item() for x in runner.losses)), world, device)
-            curve.append([step + 1, round(loss, 6)])
-            for k, v in counts.items():
-                stats[k] += v
-            now, cpu_now = time.time(), time.process_time()
-            stats["wall_s"] += now - t_mark
-            stats["cpu_s"] = stats.get("cpu_s", 0.0) + cpu_now - c_mark   # vs wall_s: a contended machine
-            t_mark, c_mark = now, cpu_now
-            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < len(plan):
-                # every stage writes its own part (its LoRA tensors and optimizer state)
-                artifacts.save_checkpoint(stage_dir, peft_model, optimizer, scheduler, None, dict(
-                    step=step + 1, plan=plan, stats=stats, loss_curve=curve, split=split,
-                    config=artifacts.as_stored(config)))
-            if (step + 1) % config.log_every == 0 or step + 1 == len(plan):
-                log(f"[pipeline {run_id}] step {step + 1}/{len(plan)}  loss {loss:.4f}")
-            if mon is not None:
-                mon(step + 1, loss)
+    label = "pipeline"
+    writes_checkpoints = True   # every stage writes its own part (its LoRA tensors and optimizer state)
 
-    _, peak, method = memory.measure_peak(loop)
-    full = gather_adapter(names)
-    ranks = _gather_stats(mon, layers=[lo, hi], stage=rank)
-    if rank != 0:
-        _cleanup_after(stage_dir)
-        return {}
-    wall = max(stats["wall_s"], 1e-9)
-    info = dict(stats, steps=len(plan), tokens_per_s=stats["nonpad_tokens"] / wall,
-                target_tokens_per_s=stats["target_tokens"] / wall, peak_mem_bytes=peak, peak_mem_method=method,
-                loss_curve=curve, truncated=data.truncated, examples_per_task=train._count_tasks(ex),
-                grad_checkpointing=ckpt_on, grad_checkpointing_reason=why, label_only_logits=True,
-                amp_dtype=str(amp).replace("torch.", "") if amp else None, device=str(device), world_size=world,
-                trainable_params=sum(t.numel() for t in full.values()), resumed_from_step=start or None,
-                parallel=dict(mode="pipeline", world_size=world, schedule=config.schedule,
-                              micro_batches=config.micro_batches, split=split, ranks=ranks))
-    adapter_dir = run_dir / "adapter"
-    info["adapter_bytes"] = artifacts.save_adapter(_Gathered(peft_model, full), adapter_dir,
-                                               artifacts.model_card(config, info, train.base_model_id(config.model)))
-    info["adapter_path"] = results.portable_path(adapter_dir)
-    res = results.new_result(run_id, artifacts.as_stored(config), config.seed, preset, data.source)
-    res["run_info"]["data_files"] = data.files or file_hashes(config.tasks, config.train_split, data_dir)
-    results.write_json(results_path, res)
-    _cleanup_after(stage_dir)
-    log(f"[pipeline {run_id}] done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "
-        f"results {results_path}")
-    return dict(res, _path=str(results_path))
+    def __init__(self, rank: int, world_size: int, device):
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def check(self, config: TrainConfig) -> None:
+        check_pipeline_config(config, self.world_size)
+
+    def checkpoint_root(self, run_dir: Path) -> Path:
+        return run_dir / f"stage-{self.rank}-of-{self.world_size}"
+
+    def discard(self, root: Path) -> None:
+        if dist.is_initialized():
+            dist.barrier()   # at the end: not before rank 0 has written the results that supersede them
+        shutil.rmtree(root, ignore_errors=True)
+
+    def build(self, config: TrainConfig, data) -> Built:
+        self.config, self.examples = config, data.examples
+        self.split = stage_split(config, self.world_size, device=self.device.type)
+        peft_model, self.tok = load_stage(config, self.rank, self.split, str(self.device))
+        seq_len, label_tokens = longest(data.examples)
+        ckpt_on, why = decide_grad_checkpointing(   # the whole model's plan: conservative for one stage
+            config, peft_model, seq_len, config.batch_size // config.micro_batches, label_tokens, self.device)
+        set_grad_checkpointing(peft_model, ckpt_on)
+        module, self.names = build_stage(peft_model, self.rank, self.split)
+        peft_model.train()
+        amp = amp_dtype(config.precision, self.device)
+        amp = None if amp == torch.float16 else amp   # fp16 needs a GradScaler across stages: not supported, run fp32
+        self.model, self.params = peft_model, list(self.names)
+        self.runner = StageRunner(module, self.rank, self.world_size, self.device, config.schedule, amp)
+        return Built(peft_model, self.params, self.device, amp, None, ckpt_on, why)
+
+    def agree(self, state, root: Path):
+        """All stages resume from the same step with the same split, or none does."""
+        mine = (state or {}).get("step", 0), (state or {}).get("split", self.split)
+        every = [None] * self.world_size
+        dist.all_gather_object(every, mine)
+        if any(s != self.split for _, s in every):
+            raise ConfigError(f"nproc={self.world_size}: the checkpoint in {root.parent} was made with stages "
+                              f"{next(s for _, s in every if s != self.split)}, this run splits {self.split}; "
+                              "expected the same nproc, or force=True to start over")
+        if len({st for st, _ in every}) > 1:
+            raise RuntimeError(f"{root.parent}: stage checkpoints disagree (steps {[st for st, _ in every]}), a "
+                               "run died while saving; expected force=True to start over")
+        return state
+
+    def fresh(self) -> dict:
+        return dict(split=self.split)
+
+    def describe(self) -> str:
+        c = self.config
+        return f", {self.world_size} stages {self.split}, {c.schedule}, {c.micro_batches} micro-batches"
+
+    def step(self, step: list[list[int]], counts: dict, optimizer, scheduler) -> float:
+        c, pad = self.config, self.tok.pad_token_id
+        self.runner.n_targets, self.runner.losses = max(counts["target_tokens"], 1), []
+        for mb in step:
+            batch = collate([self.examples[i] for i in mb], pad)
+            length = bucket(batch["input_ids"].shape[1], c.max_seq_len)
+            self.runner.run(pad_to(batch, length, pad), chunks_for(len(mb), c.micro_batches))
+        clip_global_grad_norm(self.params, MAX_GRAD_NORM)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return _from_last_stage(float(sum(x.item() for x in self.runner.losses)), self.world_size, self.device)
+
+    def adapter(self):
+        self.full = gather_adapter(self.names)
+        return _Gathered(self.model, self.full) if self.full is not None else None
+
+    def trainable(self) -> int:
+        return sum(t.numel() for t in self.full.values())
+
+    def info(self) -> dict:
+        c = self.config
+        return dict(label_only_logits=True, parallel=dict(mode="pipeline", world_size=self.world_size,
+                                                          schedule=c.schedule, micro_batches=c.micro_batches,
+                                                          split=self.split))
 
 
 class _Gathered:
-    """Stands in for the PEFT model in train.save_adapter: saves the gathered (all-stage) LoRA tensors."""
+    """Stands in for the PEFT model in artifacts.save_adapter: saves the gathered (all-stage) LoRA tensors."""
 
     def __init__(self, peft_model, state_dict: dict):
         self.peft_model, self.state_dict = peft_model, state_dict
 
     def save_pretrained(self, path, **kw):
         save_adapter(self.peft_model, self.state_dict, path)
-
-
-def _counts(ex: list[dict], step: list[list[int]]) -> dict:
-    lens = [[len(ex[i]["input_ids"]) for i in mb] for mb in step]
-    labelled = [len(ex[i]["labels"]) - ex[i]["labels"].count(IGNORE) for mb in step for i in mb]
-    return dict(examples=sum(map(len, lens)), tokens=sum(len(x) * max(x) for x in lens),
-                nonpad_tokens=sum(map(sum, lens)), target_tokens=sum(labelled))
-
-
-def _gather_stats(mon, **extra) -> list[dict] | None:
-    from .parallel import gather_rank_stats
-
-    return gather_rank_stats(mon.stats(**extra)) if mon is not None else None
-
-
-def _resume(config, stage_dir, peft_model, optimizer, scheduler, split, force, world):
-    """Each stage restores its own checkpoint; all stages must be at the same step with the same split."""
-    from . import artifacts
-
-    if force:
-        shutil.rmtree(stage_dir, ignore_errors=True)
-        state = None
-    else:
-        state = artifacts.load_checkpoint(stage_dir, peft_model, optimizer, scheduler, None)
-    mine = (state or {}).get("step", 0), (state or {}).get("split", split)
-    every = [None] * world
-    dist.all_gather_object(every, mine)
-    if any(s != split for _, s in every):
-        raise ConfigError(f"nproc={world}: the checkpoint in {stage_dir.parent} was made with stages "
-                          f"{next(s for _, s in every if s != split)}, this run splits {split}; expected the same "
-                          "nproc, or force=True to start over")
-    if len({st for st, _ in every}) > 1:
-        raise RuntimeError(f"{stage_dir.parent}: stage checkpoints disagree (steps {[st for st, _ in every]}), a run "
-                           "died while saving; expected force=True to start over")
-    if state is not None:
-        diff = artifacts.differences(state["config"], artifacts.as_stored(config))
-        if diff:
-            raise ConfigError(f"{diff[0]}={getattr(config, diff[0], None)!r}: the checkpoint in {stage_dir} was made "
-                              f"with {diff[0]}={state['config'].get(diff[0])!r}; expected force=True to start over")
-    return state
-
-
-def _cleanup_after(stage_dir) -> None:
-    """Drop this stage's checkpoints once rank 0 has written the results (they supersede them)."""
-    dist.barrier()
-    shutil.rmtree(stage_dir, ignore_errors=True)

@@ -17,9 +17,10 @@ import torch
 from . import memory, results
 from .artifacts import as_stored
 from .config import TrainConfig
+from .engine import make_optimizer
 from .tokenization import IGNORE
-from .train import (TrainModule, amp_dtype, build_model, make_optimizer, memory_budget, planned,
-                    set_grad_checkpointing, train_step)
+from .train import (TrainModule, amp_dtype, build_model, memory_budget, planned, set_grad_checkpointing,
+                    train_step)
 
 
 def _synthetic_batch(tok, seq_len: int, batch_size: int, seed: int) -> dict:

@@ -1,4 +1,4 @@
-"""LoRA / QLoRA finetuning on FinLoRA tasks: build, tokenize, train, checkpoint, resume, report.
+"""LoRA / QLoRA finetuning in one process or as DDP replicas: the model, the loss and one optimizer step.
 
     from finlora_utils.config import TrainConfig
     from finlora_utils import train
@@ -9,9 +9,10 @@
 Why a loop of our own and not transformers.Trainer / TRL's SFTTrainer: the loss needs the decoder's
 hidden states at label positions only (lm_head never sees a prompt position, which is most of the
 compute for 1-3 token answers), a checkpoint must hold the exact data order to resume mid-epoch to
-the same adapter, and DDP must enter through one hook (`wrap_model`). The pieces are separate
-functions so the parallel code reuses them: build_model, build_data, loss_fn, train_step,
-save_checkpoint / load_checkpoint, and train() which ties them together.
+the same adapter, and DDP must enter through one hook (`wrap_model`). The run's life (data, resume,
+counters, checkpoints, results) is engine.run's; this module is its recipe for a whole-model step
+(`Replica`) plus the pieces the pipeline recipe shares: build_model / with_adapter, loss_fn,
+decide_grad_checkpointing, amp_dtype.
 
 What FinLoRA does and we keep: prompt + target + eos tokenized (FinLoRA's train_lora.py), loss on
 target + eos only, length-sorted dynamic padding, AdamW with linear warmup/decay, grad clipping at 1.
@@ -22,25 +23,18 @@ fp32), bf16 autocast where the hardware has it, no gradient checkpointing unless
 from __future__ import annotations
 
 import contextlib
-import math
-import shutil
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import memory, results
-from .artifacts import (CKPT_DIR, as_stored, differences, finished_result, load_checkpoint, model_card,
-                        save_adapter, save_checkpoint)
-from .config import ConfigError, TrainConfig
 from .artifacts import exclusive_run
+from .config import ConfigError, TrainConfig, config_args, config_from_args
+from .engine import Built, TrainData, drop_checkpoints, longest, results_default_dir, run
 from .errors import cli_entry
-from .tokenization import IGNORE, batch_plan, collate, encode_dataset, shard
-
-_as_stored, _differences = as_stored, differences   # older names, still used by pipeline.py
+from .tokenization import IGNORE, collate, shard
 
 MAX_GRAD_NORM = 1.0          # FinLoRA's (and transformers') default clipping
 SHORT_ATTENTION = 128        # CPU: sequences up to this length use the math attention kernel
@@ -55,7 +49,7 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    from .models import default_compute_dtype
+    from .hardware import default_compute_dtype
 
     return torch.bfloat16 if default_compute_dtype() == torch.bfloat16 else None
 
@@ -66,10 +60,7 @@ def build_model(config: TrainConfig, device: str | None = None):
     The seed is set first so the adapter's initialisation is reproducible. Adapter weights stay fp32
     (peft's autocast_adapter_dtype); the frozen base keeps its load dtype.
     """
-    from peft import get_peft_model
-
-    from .lora import build_lora_config
-    from .models import fix_bnb_cpu, load_model
+    from .models import load_model
 
     from transformers.utils import logging as hf_logging
 
@@ -81,10 +72,23 @@ def build_model(config: TrainConfig, device: str | None = None):
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    return with_adapter(config, model), tok
+
+
+def with_adapter(config: TrainConfig, model):
+    """`model` wrapped with a fresh LoRA adapter of config.lora, for training. Loading draws no random
+    numbers, so with the seed set before the load the adapter's initial values depend on the seed only;
+    peft draws them for every target module in order even where the base weight is on the meta device,
+    so a pipeline stage gets the values the whole model would."""
+    from peft import get_peft_model
+
+    from .lora import build_lora_config
+    from .models import fix_bnb_cpu
+
     model.config.use_cache = False   # a KV cache in training is wasted memory
     peft_model = get_peft_model(model, build_lora_config(config.lora, model))
     fix_bnb_cpu(peft_model)          # bnb's packed bf16 CPU path corrupts LoRA grads after a no-grad forward
-    return peft_model, tok
+    return peft_model
 
 
 def causal_lm(model):
@@ -154,37 +158,6 @@ def decide_grad_checkpointing(config: TrainConfig, model, seq_len: int, batch: i
         return False, f"planner cannot size this model ({e}); checkpointing off"
     budget = memory_budget(device)
     return need > budget, f"planner: {need / 2**30:.2f} GiB without checkpointing, budget {budget / 2**30:.2f} GiB"
-
-
-# ---------------------------------------------------------------- data
-
-@dataclass
-class TrainData:
-    examples: list[dict]          # input_ids, labels, task, truncated
-    plan: list[list[list[int]]]   # steps -> micro-batches -> example indices (global, before sharding)
-    truncated: dict[str, int]     # per task
-    source: str                   # real | sample | file | mixed
-    files: list[dict] | None = None   # provenance of the own-data (file) tasks: paths, sha256, label set
-
-
-def build_data(config: TrainConfig, tok, data_dir=None) -> TrainData:
-    """Load the train split(s), tokenize with masking/truncation, and plan the batches.
-
-    Fails (ConfigError) on an unknown task or a max_seq_len too small for a prompt, before any model loads.
-    """
-    from . import data
-
-    data.register_config(config)   # own data (train_file): the validator's FILE:LINE errors come here
-    for t in config.tasks:
-        if t not in data.TASKS and not data.is_file_task(t):
-            raise ConfigError(f"tasks={t!r}: unknown task; expected one of {', '.join(data.task_names())}, "
-                              "or your own data with train_file")
-    ds = data.load_tasks(list(config.tasks), config.train_split, data_dir, config.max_train_samples or None,
-                         config.seed)
-    examples, truncated = encode_dataset(ds, tok, config.max_seq_len, config.truncation)
-    lengths = [len(e["input_ids"]) for e in examples]
-    plan = batch_plan(lengths, config.batch_size, config.grad_accum, config.epochs, config.max_steps, config.seed)
-    return TrainData(examples, plan, truncated, data.source_of(ds), data.provenance(config.tasks) or None)
 
 
 # ---------------------------------------------------------------- loss and step
@@ -280,169 +253,101 @@ def train_step(module, optimizer, scheduler, micro_batches: list[dict], n_target
     return total
 
 
-def make_optimizer(config: TrainConfig, params, total_steps: int):
-    """AdamW (torch), or bitsandbytes 8-bit / paged 8-bit AdamW on CUDA; linear warmup then decay."""
-    from transformers import get_linear_schedule_with_warmup
-
-    if config.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        if not torch.cuda.is_available():
-            raise ConfigError(f"optimizer={config.optimizer!r}: expected adamw on CPU (8-bit and paged "
-                              "optimizers need CUDA)")
-        import bitsandbytes as bnb
-
-        cls = bnb.optim.PagedAdamW8bit if config.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-        opt = cls(params, lr=config.lr, weight_decay=config.weight_decay)
-    warmup = math.ceil(config.warmup_ratio * total_steps)   # as transformers' Trainer rounds it
-    return opt, get_linear_schedule_with_warmup(opt, warmup, total_steps)
-
-
 # ---------------------------------------------------------------- the run
 
-def _step_batches(ex: list[dict], step: list[list[int]], rank: int, world_size: int, pad_id: int):
-    """Collated micro-batches of this rank, their weights (0 for an empty shard, which still runs so that
-    DDP's all-reduce sees every rank) and the step's global counters."""
+class Replica:
+    """The engine's recipe for one process or one DDP replica per rank: the whole model on every rank, each
+    global micro-batch sharded across the ranks (wrap_model(TrainModule) -> e.g. DistributedDataParallel)."""
+
+    label = "train"
+
+    def __init__(self, rank: int = 0, world_size: int = 1, wrap_model=None, device: str | None = None):
+        self.rank, self.world_size, self.wrap_model, self.device = rank, world_size, wrap_model, device
+        self.writes_checkpoints = rank == 0   # every replica holds the same adapter and optimizer state
+
+    def check(self, config: TrainConfig) -> None:
+        if config.batch_size < self.world_size:
+            raise ConfigError(f"batch_size={config.batch_size}: expected >= world_size ({self.world_size}); every "
+                              "rank needs a share of each micro-batch")
+        if config.optimizer != "adamw" and not torch.cuda.is_available():
+            raise ConfigError(f"optimizer={config.optimizer!r}: expected adamw on CPU (8-bit and paged optimizers "
+                              "need CUDA)")
+
+    def checkpoint_root(self, run_dir):
+        return run_dir
+
+    def discard(self, root) -> None:
+        if self.rank == 0:
+            drop_checkpoints(root)
+
+    def build(self, config: TrainConfig, data: TrainData) -> Built:
+        model, self.tok = build_model(config, self.device)
+        dev = next(p.device for p in model.parameters() if p.requires_grad)
+        seq_len, label_tokens = longest(data.examples)
+        ckpt_on, why = decide_grad_checkpointing(config, model, seq_len, -(-config.batch_size // self.world_size),
+                                                 label_tokens, dev)
+        set_grad_checkpointing(model, ckpt_on)
+        module = TrainModule(model, config.label_only_logits)
+        self.module = self.wrap_model(module) if self.wrap_model is not None else module
+        model.train()
+        amp = amp_dtype(config.precision, dev)
+        self.examples, self.model = data.examples, model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.built = Built(model, self.params, dev, amp, torch.amp.GradScaler(dev.type) if amp == torch.float16 else None,
+                           ckpt_on, why)
+        return self.built
+
+    def agree(self, state, root):
+        return state   # every replica reads the one checkpoint rank 0 wrote
+
+    def fresh(self) -> dict:
+        return {}
+
+    def describe(self) -> str:
+        return ""
+
+    def step(self, step: list[list[int]], counts: dict, optimizer, scheduler) -> float:
+        micro, weights = shard_step(self.examples, step, self.rank, self.world_size, self.tok.pad_token_id)
+        b = self.built
+        loss_sum = train_step(self.module, optimizer, scheduler, micro, counts["target_tokens"], self.world_size,
+                              b.amp, b.scaler, weights)
+        return _global_sum(loss_sum, b.device, self.world_size) / counts["target_tokens"]
+
+    def adapter(self):
+        return self.model if self.rank == 0 else None
+
+    def trainable(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def info(self) -> dict:
+        return {}
+
+
+def shard_step(ex: list[dict], step: list[list[int]], rank: int, world_size: int, pad_id: int):
+    """Collated micro-batches of this rank and their weights (0 for an empty shard, which still runs so that
+    DDP's all-reduce sees every rank)."""
     micro, weights = [], []
     for mb in step:
         mine = shard(mb, rank, world_size)
         micro.append(collate([ex[i] for i in (mine or mb[:1])], pad_id))
         weights.append(1.0 if mine else 0.0)
-    lens = [[len(ex[i]["input_ids"]) for i in mb] for mb in step]
-    counts = dict(examples=sum(map(len, lens)), tokens=sum(len(x) * max(x) for x in lens),
-                  nonpad_tokens=sum(map(sum, lens)),
-                  target_tokens=sum(len(ex[i]["labels"]) - ex[i]["labels"].count(IGNORE) for mb in step for i in mb))
-    return micro, weights, counts
+    return micro, weights
 
 
 @exclusive_run
 def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=None, preset: str | None = None,
-          results_dir: str | Path | None = None, data_dir=None, force: bool = False, device: str | None = None,
+          results_dir=None, data_dir=None, force: bool = False, device: str | None = None,
           log=print, on_step=None) -> dict:
-    """Train one adapter; returns the results dict (with '_path', the results JSON written by rank 0).
+    """Train one adapter in this process (or as one DDP replica); returns the results dict (with '_path',
+    the results JSON written by rank 0); other ranks return {}.
 
     Resumes from the run folder's latest checkpoint when there is one; a finished run is returned as is
     unless force=True. rank/world_size/wrap_model are the DDP hooks: every rank builds the same batch plan
     and takes its shard of each micro-batch; wrap_model(TrainModule) -> e.g. DistributedDataParallel.
     on_step(step, loss) is called after every optimizer step (progress bars, failure drills).
-    Other ranks return {}.
     """
-    from .models import load_tokenizer
-
-    config.validate()
-    if config.batch_size < world_size:
-        raise ConfigError(f"batch_size={config.batch_size}: expected >= world_size ({world_size}); every rank "
-                          "needs a share of each micro-batch")
-    if config.optimizer != "adamw" and not torch.cuda.is_available():
-        raise ConfigError(f"optimizer={config.optimizer!r}: expected adamw on CPU (8-bit and paged optimizers "
-                          "need CUDA)")
-    run_id, run_dir = config.run_id(), Path(config.output_dir) / config.run_id()
-    results_path = Path(results_dir or results_default_dir()) / f"{run_id}.json"
-    done = None if force else finished_result(config, results_path, run_dir)
-    if done is not None:
-        log(f"[train {run_id}] finished earlier: {results_path} (force=True retrains)")
-        return dict(done, _path=str(results_path))
-    data = build_data(config, load_tokenizer(config.model), data_dir)   # data errors before the model loads
-    if force and rank == 0:
-        shutil.rmtree(run_dir / CKPT_DIR, ignore_errors=True)
-    model, tok = build_model(config, device)
-    dev = next(p.device for p in model.parameters() if p.requires_grad)
-    ex = data.examples
-    ckpt_on, why = decide_grad_checkpointing(
-        config, model, max(len(e["input_ids"]) for e in ex), -(-config.batch_size // world_size),
-        max(len(e["labels"]) - e["labels"].count(IGNORE) for e in ex), dev)
-    set_grad_checkpointing(model, ckpt_on)
-    module = TrainModule(model, config.label_only_logits)
-    module = wrap_model(module) if wrap_model is not None else module
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(config, params, len(data.plan))
-    amp = amp_dtype(config.precision, dev)
-    scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
-    state = None if force else load_checkpoint(run_dir, model, optimizer, scheduler, scaler)
-    if state is not None:
-        diff = differences(state["config"], as_stored(config))
-        if diff:
-            raise ConfigError(f"{diff[0]}={getattr(config, diff[0], None)!r}: the checkpoint in {run_dir} was made "
-                              f"with {diff[0]}={state['config'].get(diff[0])!r}; expected force=True to start over")
-        log(f"[train {run_id}] resuming from step {state['step']}/{len(state['plan'])}")
-    state = state or dict(step=0, plan=data.plan, loss_curve=[],
-                          stats=dict(examples=0, tokens=0, nonpad_tokens=0, target_tokens=0, wall_s=0.0, cpu_s=0.0))
-    plan, stats, curve, start = state["plan"], state["stats"], state["loss_curve"], state["step"]
-    amp_name = str(amp).replace("torch.", "") if amp else None
-    log(f"[train {run_id}] {len(ex)} examples, {len(plan)} steps, {config.precision}, amp {amp_name}, "
-        f"grad checkpointing {'on' if ckpt_on else 'off'} ({why}), {dev}, truncated {data.truncated}")
-
-    def loop():
-        t_start = t_mark = time.time()
-        c_mark = time.process_time()   # CPU seconds of all threads: with wall_s, shows a contended machine
-        session_tokens = 0
-        for step in range(start, len(plan)):
-            micro, weights, counts = _step_batches(ex, plan[step], rank, world_size, tok.pad_token_id)
-            loss_sum = train_step(module, optimizer, scheduler, micro, counts["target_tokens"], world_size, amp,
-                                  scaler, weights)
-            loss = _global_sum(loss_sum, dev, world_size) / counts["target_tokens"]
-            curve.append([step + 1, round(loss, 6)])
-            for k, v in counts.items():
-                stats[k] += v
-            session_tokens += counts["nonpad_tokens"]
-            now, cpu_now = time.time(), time.process_time()
-            stats["wall_s"] += now - t_mark
-            stats["cpu_s"] = stats.get("cpu_s", 0.0) + cpu_now - c_mark
-            t_mark, c_mark = now, cpu_now
-            if rank == 0 and config.save_every and (step + 1) % config.save_every == 0 and step + 1 < len(plan):
-                save_checkpoint(run_dir, model, optimizer, scheduler, scaler, dict(
-                    step=step + 1, plan=plan, stats=stats, loss_curve=curve, config=as_stored(config)))
-            if (step + 1) % config.log_every == 0 or step + 1 == len(plan):
-                el = now - t_start
-                log(f"[train {run_id}] step {step + 1}/{len(plan)}  loss {loss:.4f}  {session_tokens / el:.0f} tok/s"
-                    f"  {el:.0f}s elapsed  eta {el / (step + 1 - start) * (len(plan) - step - 1):.0f}s")
-            if on_step is not None:
-                on_step(step + 1, loss)
-
-    _, peak, method = memory.measure_peak(loop)
-    if rank != 0:
-        return {}
-    wall = max(stats["wall_s"], 1e-9)
-    info = dict(stats, steps=len(plan), tokens_per_s=stats["nonpad_tokens"] / wall,
-                target_tokens_per_s=stats["target_tokens"] / wall, peak_mem_bytes=peak, peak_mem_method=method,
-                loss_curve=curve, truncated=data.truncated, examples_per_task=_count_tasks(ex),
-                grad_checkpointing=ckpt_on, grad_checkpointing_reason=why, label_only_logits=config.label_only_logits,
-                amp_dtype=amp_name, device=str(dev), world_size=world_size,
-                trainable_params=sum(p.numel() for p in params), resumed_from_step=start or None)
-    adapter_dir = run_dir / "adapter"
-    info["adapter_bytes"] = save_adapter(model, adapter_dir, model_card(config, info, base_model_id(config.model)))
-    info["adapter_path"] = results.portable_path(adapter_dir)
-    res = results.new_result(run_id, as_stored(config), config.seed, preset, data.source)
-    res["train_info"] = info
-    from .data.hashes import file_hashes
-
-    # own data: the task files (path, sha256, rows, labels); built-in tasks: every file read, by sha256
-    res["run_info"]["data_files"] = data.files or file_hashes(config.tasks, config.train_split, data_dir)
-    results.write_json(results_path, res)
-    shutil.rmtree(run_dir / CKPT_DIR, ignore_errors=True)   # the adapter and results supersede them
-    log(f"[train {run_id}] done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "
-        f"peak {peak / 2**30:.2f} GiB ({method}), results {results_path}")
-    return dict(res, _path=str(results_path))
-
-
-def base_model_id(name: str) -> str:
-    from .models import EMBEDDED, EMBEDDED_HUB_ID, resolve_model_path
-
-    return EMBEDDED_HUB_ID if name == EMBEDDED else resolve_model_path(name)
-
-
-def results_default_dir() -> Path:
-    from .paths import reports_dir
-
-    return reports_dir() / "results"
-
-
-def _count_tasks(examples: list[dict]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for e in examples:
-        out[e["task"]] = out.get(e["task"], 0) + 1
-    return out
+    return run(config, Replica(rank, world_size, wrap_model, device), preset=preset, results_dir=results_dir,
+               data_dir=data_dir, force=force, log=log, on_step=on_step)
 
 
 def _global_sum(x: float, device, world_size: int) -> float:
@@ -499,12 +404,10 @@ def main(argv=None) -> int:
     """python -m finlora_utils.train --task fpb --precision nf4 --rank 4 [any TrainConfig field as --field]"""
     import argparse
 
-    from .parallel import _config_args, config_from_args   # one flag per TrainConfig field, shared with torchrun
-
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="python -m finlora_utils.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=None, help="TrainConfig JSON to start from (flags override it)")
-    _config_args(ap)
+    config_args(ap)
     ap.add_argument("--task", dest="tasks", help="alias of --tasks (comma-separated for a multi-task mix)")
     for f in ("rank", "alpha", "dropout", "targets", "variant"):
         ap.add_argument(f"--{f}", dest=f"lora_{f}", help=f"alias of --lora-{f}")

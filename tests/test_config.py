@@ -73,10 +73,10 @@ def test_presets_load_and_are_flat(preset):
 def test_auto_precision_resolves_to_what_the_hardware_computes_natively(monkeypatch, native, expected):
     import torch
 
-    from finlora_utils import models
+    from finlora_utils import hardware
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(models, "default_compute_dtype", lambda: torch.bfloat16 if native else torch.float32)
+    monkeypatch.setattr(hardware, "default_compute_dtype", lambda: torch.bfloat16 if native else torch.float32)
     cfg = TrainConfig(precision="auto", lora=LoraSettings(rank=8))
     assert cfg.precision == expected and cfg.bits == (16 if native else 32)
     assert cfg.run_id().endswith(f"_{cfg.bits}bit_r8")   # the run id says what actually ran

@@ -258,6 +258,36 @@ def test_stages_chained_by_hand_give_the_full_model_loss():
     assert loss.item() == pytest.approx(ref_sum.item() / n, rel=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["nf4", "int8"])
+def test_a_stage_loads_and_keeps_only_its_own_weights(precision):
+    """Per-stage loading: a rank materializes and quantizes its stage's parameters only (the others never leave
+    the meta device), they equal the whole model's (packed 4-bit / int8 bytes and scales, the adapter's initial
+    values), and after the cut the stage holds exactly those."""
+    from finlora_utils.stage_weights import resident_parameters
+
+    cfg = TrainConfig(model="tiny-random-llama", precision=precision, lora=LoraSettings(rank=4, dropout=0.0))
+    whole, _ = train.build_model(cfg)
+    split = pipeline.stage_split(cfg, 2)
+    for s in range(2):
+        keep = pipeline.stage_parameters(split, s)
+        expected = sum(p.numel() for n, p in whole.get_base_model().named_parameters(remove_duplicate=False) if keep(n))
+        model, _ = pipeline.load_stage(cfg, s, split)
+        real = {n: p for n, p in model.get_base_model().named_parameters() if p.device.type != "meta"}
+        assert real and all(keep(n) for n in real), [n for n in real if not keep(n)]
+        assert resident_parameters(model) == expected < sum(p.numel() for p in whole.parameters())
+        for n, p in real.items():
+            ref = whole.get_base_model().get_parameter(n)
+            assert type(p) is type(ref) and torch.equal(p.data, ref.data), n
+            for attr in ("SCB",):
+                if getattr(ref, attr, None) is not None:
+                    assert torch.equal(getattr(p, attr), getattr(ref, attr)), n
+            if getattr(ref, "quant_state", None) is not None:
+                assert torch.equal(p.quant_state.absmax, ref.quant_state.absmax), n
+        module, names = pipeline.build_stage(model, s, split)
+        assert all(p.device.type != "meta" for p in module.parameters())
+        assert sum(p.numel() for p in module.parameters()) == expected and len(names) == 6   # q, k, v x A, B
+
+
 def test_stage_split_comes_from_the_memory_planner():
     from finlora_utils import memory
 

@@ -99,7 +99,7 @@ def test_4bit_lora_gradients_after_generate(tmp_path):
     after that gets wrong LoRA gradients unless models.fix_bnb_cpu disabled the path (load_model does)."""
     import bitsandbytes as bnb
 
-    from finlora_utils.models import _cpu_flag
+    from finlora_utils.hardware import cpu_flag as _cpu_flag
 
     cfg = tiny_config(tmp_path, lora=LoraSettings(rank=4, dropout=0.0))
 
