@@ -285,6 +285,10 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
         config, peft_model, max(len(e["input_ids"]) for e in ex), config.batch_size // config.micro_batches,
         max(len(e["labels"]) - e["labels"].count(IGNORE) for e in ex), device)
     train.set_grad_checkpointing(peft_model, ckpt_on)
+    mem_plan = train.memory_plan(config, peft_model, [bucket(max(len(ex[i]["input_ids"]) for i in mb), config.max_seq_len)
+                                                      for st in data.plan for mb in st],
+                                 config.batch_size, max(len(e["labels"]) - e["labels"].count(IGNORE) for e in ex),
+                                 device, ckpt_on, world, short_attention=False)
     module, names = build_stage(peft_model, rank, split)
     peft_model.train()
     params = list(names)
@@ -333,7 +337,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
             if mon is not None:
                 mon(step + 1, loss)
 
-    _, peak, method = memory.measure_peak(loop)
+    _, peaks = memory.measure_training_peak(loop)
     full = gather_adapter(names)
     ranks = _gather_stats(mon, layers=[lo, hi], stage=rank)
     if rank != 0:
@@ -341,7 +345,7 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
         return {}
     wall = max(stats["wall_s"], 1e-9)
     info = dict(stats, steps=len(plan), tokens_per_s=stats["nonpad_tokens"] / wall,
-                target_tokens_per_s=stats["target_tokens"] / wall, peak_mem_bytes=peak, peak_mem_method=method,
+                target_tokens_per_s=stats["target_tokens"] / wall, **peaks, memory_plan=mem_plan,
                 loss_curve=curve, truncated=data.truncated, examples_per_task=train._count_tasks(ex),
                 grad_checkpointing=ckpt_on, grad_checkpointing_reason=why, label_only_logits=True,
                 amp_dtype=str(amp).replace("torch.", "") if amp else None, device=str(device), world_size=world,

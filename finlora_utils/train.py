@@ -154,6 +154,34 @@ def decide_grad_checkpointing(config: TrainConfig, model, seq_len: int, batch: i
     return need > budget, f"planner: {need / 2**30:.2f} GiB without checkpointing, budget {budget / 2**30:.2f} GiB"
 
 
+def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, label_tokens: int,
+                device: torch.device, grad_checkpointing: bool, gpus: int = 1,
+                short_attention: bool = True) -> dict | None:
+    """train_info.memory_plan: the planner's training-phase peak (memory.run_plan) at the batch shape of
+    this run that it prices highest, with that shape, so a report can re-ask the planner the same
+    question. `lengths`: the padded lengths the run's micro-batches take. On CPU the attention kernel
+    depends on the length (_attention_kernel), so the longest batch is not always the costliest;
+    short_attention=False for loops that never switch kernels (pipeline stages).
+    None when the planner cannot size this model."""
+    from .lora import model_config
+
+    best = None
+    try:
+        cfg = model_config(causal_lm(model))
+        for seq in sorted(set(lengths)):
+            shape = dict(seq_len=seq, batch=batch, label_tokens=label_tokens, grad_checkpointing=grad_checkpointing,
+                         math_attention=(short_attention and device.type == "cpu" and seq <= SHORT_ATTENTION
+                                         and not grad_checkpointing),
+                         device=device.type, gpus=gpus, warm_process=bool(memory.last_training_peak()))
+            p = memory.run_plan(config.to_dict(), shape, model=cfg)
+            if best is None or p.training_bytes > best["predicted_peak_mem_bytes"]:
+                best = dict(shape, predicted_peak_mem_bytes=p.training_bytes, predicted_total_bytes=p.total_bytes,
+                            predicted_per_device=[d["training_bytes"] for d in p.per_device])
+    except (ConfigError, KeyError, ValueError):
+        return None
+    return best
+
+
 # ---------------------------------------------------------------- data
 
 @dataclass
@@ -346,6 +374,9 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
         config, model, max(len(e["input_ids"]) for e in ex), -(-config.batch_size // world_size),
         max(len(e["labels"]) - e["labels"].count(IGNORE) for e in ex), dev)
     set_grad_checkpointing(model, ckpt_on)
+    mem_plan = memory_plan(config, model, [max(len(ex[i]["input_ids"]) for i in mb) for st in data.plan for mb in st],
+                           -(-config.batch_size // world_size),
+                           max(len(e["labels"]) - e["labels"].count(IGNORE) for e in ex), dev, ckpt_on, world_size)
     module = TrainModule(model, config.label_only_logits)
     module = wrap_model(module) if wrap_model is not None else module
     model.train()
@@ -394,12 +425,12 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
             if on_step is not None:
                 on_step(step + 1, loss)
 
-    _, peak, method = memory.measure_peak(loop)
+    _, peaks = memory.measure_training_peak(loop)
     if rank != 0:
         return {}
     wall = max(stats["wall_s"], 1e-9)
     info = dict(stats, steps=len(plan), tokens_per_s=stats["nonpad_tokens"] / wall,
-                target_tokens_per_s=stats["target_tokens"] / wall, peak_mem_bytes=peak, peak_mem_method=method,
+                target_tokens_per_s=stats["target_tokens"] / wall, **peaks, memory_plan=mem_plan,
                 loss_curve=curve, truncated=data.truncated, examples_per_task=_count_tasks(ex),
                 grad_checkpointing=ckpt_on, grad_checkpointing_reason=why, label_only_logits=config.label_only_logits,
                 amp_dtype=amp_name, device=str(dev), world_size=world_size,
@@ -412,7 +443,9 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
     results.write_json(results_path, res)
     shutil.rmtree(run_dir / CKPT_DIR, ignore_errors=True)   # the adapter and results supersede them
     log(f"[train {run_id}] done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "
-        f"peak {peak / 2**30:.2f} GiB ({method}), results {results_path}")
+        f"peak training memory {peaks['peak_mem_bytes'] / 2**30:.2f} GiB above the loaded process, "
+        f"{peaks['process_peak_mem_bytes'] / 2**30:.2f} GiB whole process ({peaks['peak_mem_method']}), "
+        f"results {results_path}")
     return dict(res, _path=str(results_path))
 
 
