@@ -91,7 +91,8 @@ def measure_study(run: dict, out: Path, timeout: int = 1800) -> dict:
 
     config = study_config(run, out)
     if run["notebook"] == "03":   # 03 trains in its kernel: train.train in a plain process; 04 under torchrun
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        # one thread like each 04 rank: on a shared machine more OpenMP threads than free cores spin for ages
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
         env.pop("MALLOC_MMAP_THRESHOLD_", None)   # as in a notebook kernel: the kit pins it itself (mallopt)
         proc = subprocess.run([sys.executable, __file__, "--train-one", json.dumps(config.to_dict(), default=list),
                                str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -246,7 +246,12 @@ def planner_check(runs: Sequence[dict]) -> pd.DataFrame:
 
 
 def efficiency_table(runs: Sequence[dict]) -> pd.DataFrame:
-    """One row per finetuned run: measured memory/time/size, evaluation speed, and paper-scale estimates."""
+    """One row per finetuned run: measured memory/time/size, evaluation speed, and paper-scale estimates.
+
+    peak_mem_mib is the peak training memory (memory.PEAK_DEFINITION: training phase above the loaded
+    process, most loaded rank; peak_mem_measures says 'whole process' for older results), beside the
+    planner's prediction of the same quantity (planned_peak_mib, planner_error_pct) and the whole-process
+    peak (process_peak_mib)."""
     trained = [r for r in runs if is_trained(r)]
     require(trained, TRAIN_FIELDS)
     rows = []
@@ -264,7 +269,12 @@ def efficiency_table(runs: Sequence[dict]) -> pd.DataFrame:
             adapter_kib=ti["adapter_bytes"] / 1024,
             eval_s_per_example=sum(e["s_per_example"] for e in evals) / len(evals) if evals else None,
             paper_peak_gib_per_gpu=paper_memory(r), paper_gpu_hours=cost["gpu_hours"], paper_cost_usd=cost["cost_usd"]))
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if len(df):   # the planner's prediction of the same quantity (training phase) beside the measured peak
+        chk = planner_check(trained).set_index("run_id")
+        df["planned_peak_mib"] = df["run_id"].map(chk["planned_mib"])
+        df["planner_error_pct"] = df["run_id"].map(chk["error_pct"])
+    return df
 
 
 def accuracy_vs_memory(runs: Sequence[dict], task: str | None = None) -> pd.DataFrame:
