@@ -194,7 +194,7 @@ def run_steps(cfg: dict) -> dict:
     return out
 
 
-def measure(cfg: dict, timeout: int = 300) -> dict:
+def measure(cfg: dict, timeout: int = 900) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     out = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=timeout)
