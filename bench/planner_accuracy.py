@@ -1,7 +1,7 @@
 """How close is the memory planner to a measured peak? A grid of real LoRA training steps on CPU.
 
     .venv/bin/python bench/planner_accuracy.py            # controlled grid + the study's runs
-    .venv/bin/python bench/planner_accuracy.py --quick    # tiny model only, the smoke study's runs (~3 min)
+    .venv/bin/python bench/planner_accuracy.py --quick    # tiny model only: its grid rows and the smoke study's runs
     .venv/bin/python bench/planner_accuracy.py --study-steps 100   # the cpu study's 03 runs at full length
 
 Two parts. The controlled grid (below) measures single steps at chosen shapes. The study part runs the
