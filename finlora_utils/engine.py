@@ -110,6 +110,7 @@ class Built:
     scaler: object | None         # a GradScaler for fp16 autocast
     grad_checkpointing: bool
     why: str                      # how the checkpointing decision was made
+    memory_plan: dict | None = None   # the planner's training-phase peak at the run's costliest batch shape
 
 
 def step_counts(examples: list[dict], step: list[list[int]]) -> dict:
@@ -191,13 +192,13 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
             if on_step is not None:
                 on_step(step + 1, loss)
 
-    _, peak, method = memory.measure_peak(loop)   # the training phase's peak, the run's one measurement
+    _, peaks = memory.measure_training_peak(loop)   # the training phase's peak, the run's one measurement
     adapter = recipe.adapter()
     res = None
     if rank == 0:
         wall = max(stats["wall_s"], 1e-9)
         info = dict(stats, steps=len(plan), tokens_per_s=stats["nonpad_tokens"] / wall,
-                    target_tokens_per_s=stats["target_tokens"] / wall, peak_mem_bytes=peak, peak_mem_method=method,
+                    target_tokens_per_s=stats["target_tokens"] / wall, **peaks, memory_plan=built.memory_plan,
                     loss_curve=curve, truncated=data.truncated, examples_per_task=count_tasks(ex),
                     grad_checkpointing=built.grad_checkpointing, grad_checkpointing_reason=built.why,
                     label_only_logits=config.label_only_logits, amp_dtype=amp_name, device=str(built.device),
@@ -218,7 +219,9 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
     if res is None:
         return {}
     say(f"{tag} done: {len(plan)} steps in {stats['wall_s']:.1f}s, final loss {curve[-1][1]:.4f}, "
-        f"peak {peak / 2**30:.2f} GiB ({method}), results {results_path}")
+        f"peak training memory {peaks['peak_mem_bytes'] / 2**30:.2f} GiB above the loaded process, "
+        f"{peaks['process_peak_mem_bytes'] / 2**30:.2f} GiB whole process ({peaks['peak_mem_method']}), "
+        f"results {results_path}")
     return dict(res, _path=str(results_path))
 
 

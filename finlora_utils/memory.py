@@ -43,6 +43,20 @@ BLOCK_4BIT = 64          # bitsandbytes 4-bit blocksize (absmax per 64 weights)
 BLOCK_DQ = 256           # double quantization: absmax quantized to 8 bit in blocks of 256
 CUDA_CONTEXT = 512 * 2 ** 20   # context + cuBLAS workspace on an Ampere GPU with torch 2.x
 CPU_FRAMEWORK = 20 * 2 ** 20   # python-side model objects, allocator arenas (bench: tiny model, static part)
+# The one definition of "peak training memory" the kit stores, draws and predicts. The loaded process
+# (python, torch, the model with its adapter, the tokenizer, the prepared data) is measured just before
+# the first step; everything training adds on top of it is the training phase.
+TRAINING_PHASE = ("gradients", "optimizer", "ddp_buckets", "activations", "logits", "runtime")
+# CPU: what a process's first training steps add once, whatever the model: kernel code pages paged in,
+# oneDNN/MKL primitive caches and scratch for each new shape, autograd's worker. Measured on the smoke
+# study's runs (tiny model, whose own tensors are ~9 MiB): 59.5 / 61.1 / 61.2 MiB (16-bit, three fresh
+# processes), 66.7 / 65.3 (int8), 57.8 / 57.2 (nf4). A process that has trained before (notebook 03's
+# second and third runs) has most of it resident: 13 MiB (int8 after 16-bit), 21.5 (nf4 after both).
+CPU_TRAIN_RUNTIME = 52 * 2 ** 20
+CPU_TRAIN_RUNTIME_WARM = 18 * 2 ** 20
+PEAK_DEFINITION = ("training phase: high-water mark during the training loop minus the live memory of the "
+                   "loaded process (model + adapter built, data prepared) just before the first step")
+PROCESS_PEAK_DEFINITION = "whole process: high-water mark from process start to the end of the training loop"
 
 
 @dataclass
@@ -67,6 +81,13 @@ class Plan:
     layers_per_device: list = field(default_factory=list)
 
     @property
+    def training_bytes(self) -> int:
+        """What training adds above the loaded model on the most loaded device (TRAINING_PHASE): what
+        train_info.peak_mem_bytes measures."""
+        return max(d["training_bytes"] for d in self.per_device) if self.per_device else \
+            training_bytes(self.breakdown)
+
+    @property
     def total_gib(self) -> float:
         return self.total_bytes / GIB
 
@@ -77,7 +98,7 @@ class Plan:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(total_gib=round(self.total_gib, 4), total_gb=round(self.total_gb, 4),
-                 summed_gib=round(self.summed_bytes / GIB, 4))
+                 summed_gib=round(self.summed_bytes / GIB, 4), training_bytes=self.training_bytes)
         return d
 
     def table(self) -> str:
@@ -91,6 +112,11 @@ class Plan:
             per = ", ".join(f"{d['total_bytes'] / GIB:.2f}" for d in self.per_device)
             lines.append(f"  per device GiB: {per}   summed {self.summed_bytes / GIB:.2f} GiB")
         return "\n".join(lines)
+
+
+def training_bytes(breakdown: dict) -> int:
+    """The training-phase part of a planner breakdown (see TRAINING_PHASE)."""
+    return sum(v for k, v in breakdown.items() if k in TRAINING_PHASE)
 
 
 # ------------------------------------------------------------------ building blocks
@@ -284,7 +310,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
          micro_batches: int = 1, schedule: str = "gpipe", device: str = "cuda",
          compute_bytes: int | None = None, base_bytes: int | None = None, autocast: bool = True,
          reentrant: bool = False, math_attention: bool = False,
-         overhead_bytes: int | None = None) -> Plan:
+         overhead_bytes: int | None = None, warm_process: bool = False, runtime_bytes: int | None = None) -> Plan:
     """Predict peak training memory. `batch` is per device (per pipeline for parallel='pipeline',
     split into `micro_batches`); `seq_len` is the padded length. rank=None uses the paper's
     (8 for 16/8-bit, 4 for 4-bit).
@@ -293,7 +319,8 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     int8 inputs; `math_attention` adds the seq x seq scores of plain-matmul attention (the kit uses it
     on CPU up to train.SHORT_ATTENTION tokens; fused SDPA kernels never store them); `base_bytes=4`
     models fp32 unquantized weights (peft's prepare_model_for_kbit_training); `autocast=False` keeps
-    LoRA inputs in fp32.
+    LoRA inputs in fp32; `warm_process`: this process has trained before, so the CPU runtime's one-off
+    caches (breakdown 'runtime') are mostly resident already; `runtime_bytes` overrides that term.
     """
     if rank is None:
         rank = 4 if bits == 4 else 8
@@ -307,6 +334,10 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     dt = dtype_bytes(bits, device, compute_bytes, base_bytes, autocast)
     base = dt["resid"]
     framework = overhead_bytes if overhead_bytes is not None else (CUDA_CONTEXT if device == "cuda" else CPU_FRAMEWORK)
+    if runtime_bytes is not None:
+        runtime = runtime_bytes
+    else:   # CUDA: cuBLAS workspaces and kernels live outside torch.cuda.max_memory_allocated's count
+        runtime = 0 if device == "cuda" else (CPU_TRAIN_RUNTIME_WARM if warm_process else CPU_TRAIN_RUNTIME)
     L = _lora.n_layers(cfg)
     trainable = _lora.trainable_params(cfg, settings)
     per_layer_trainable = trainable // L
@@ -340,6 +371,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
         b["activations"] = saved + live
         b["logits"] = max(0, logits - live)      # only what the logits add above the layer transient
         b["framework"] = framework
+        b["runtime"] = runtime
         return b
 
     tokens = batch * seq_len
@@ -358,8 +390,8 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     else:
         split = [L] * gpus
         per = [device_plan(L, True, True, tokens, 1) for _ in range(gpus)]
-    per_device = [{"device": i, "layers": split[i], "breakdown": b, "total_bytes": sum(b.values())}
-                  for i, b in enumerate(per)]
+    per_device = [{"device": i, "layers": split[i], "breakdown": b, "total_bytes": sum(b.values()),
+                   "training_bytes": training_bytes(b)} for i, b in enumerate(per)]
     worst = max(per_device, key=lambda d: d["total_bytes"])
     return Plan(model=str(model), bits=bits, rank=rank, targets=tuple(settings.targets), seq_len=seq_len,
                 batch=batch, grad_checkpointing=grad_checkpointing, label_only_logits=label_only_logits,
@@ -367,6 +399,30 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
                 total_bytes=worst["total_bytes"], per_device=per_device,
                 summed_bytes=sum(d["total_bytes"] for d in per_device), trainable_params=trainable,
                 layers_per_device=split)
+
+
+def run_plan(config: dict, shape: dict, model=None) -> Plan:
+    """The planner for one training run: `config` as stored (run_info.config / TrainConfig.to_dict()),
+    `shape` its largest batch as train_info.memory_plan records it (seq_len, batch per rank or per
+    pipeline, label_tokens, grad_checkpointing, math_attention, device, gpus). `model`: a config the
+    planner can read instead of config['model'] (train passes the live model's)."""
+    lo = config.get("lora") or {}
+    precision = config.get("precision")
+    bits = {"fp32": 16, "bf16": 16, "int8": 8, "nf4": 4, "fp4": 4}.get(precision, 16)
+    kw = dict(compute_bytes=4, base_bytes=4) if precision == "fp32" else {}
+    gpus = int(shape.get("gpus", 1))
+    parallel = config.get("parallel", "none") if gpus > 1 else "none"
+    return plan(config.get("model") if model is None else model, bits=bits, rank=lo.get("rank"),
+                targets=tuple(lo.get("targets") or ("q_proj", "k_proj", "v_proj")),
+                variant=lo.get("variant", "lora"), dropout=lo.get("dropout", 0.05), seq_len=int(shape["seq_len"]),
+                batch=int(shape["batch"]), grad_checkpointing=bool(shape.get("grad_checkpointing")),
+                label_only_logits=bool(config.get("label_only_logits", True)),
+                label_tokens=int(shape.get("label_tokens", 16)), optimizer=config.get("optimizer", "adamw"),
+                double_quant=bool(config.get("double_quant")), device=shape.get("device", "cpu"),
+                math_attention=bool(shape.get("math_attention")), gpus=gpus, parallel=parallel,
+                micro_batches=int(config.get("micro_batches", 1)) if parallel == "pipeline" else 1,
+                schedule=config.get("schedule", "gpipe") if parallel == "pipeline" else "gpipe",
+                warm_process=bool(shape.get("warm_process")), **kw)
 
 
 def _largest(fn, lo: int, hi: int) -> int:
@@ -497,6 +553,82 @@ def measure_peak(fn, *args, **kwargs):
         method += "_noreset"   # the high-water mark may predate fn
     result = fn(*args, **kwargs)
     return result, _vm_hwm(), method
+
+
+M_MMAP_THRESHOLD = -3   # glibc mallopt parameter
+MMAP_THRESHOLD = 65536
+_LAST_TRAINING_PEAK: dict = {}
+
+
+def pin_mmap_threshold() -> bool:
+    """Make glibc serve every allocation >= 64 KiB with its own mmap from now on, as
+    MALLOC_MMAP_THRESHOLD_=65536 does at process start: freed tensors leave the resident set, so VmHWM
+    is the live-tensor peak and not the heap's. True when pinned (Linux glibc)."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
+def measure_training_peak(fn, *args, **kwargs):
+    """Run a training loop fn(*args, **kwargs); return (result, peaks) where peaks holds the train_info
+    fields of the kit's one definition of peak training memory:
+
+      peak_mem_bytes          training phase: the high-water mark during fn minus the live memory just
+                              before it (the loaded process: model, adapter, tokenizer, data); what the
+                              planner's Plan.training_bytes predicts
+      process_peak_mem_bytes  whole process: the high-water mark from process start to the end of fn
+                              (includes python/torch, the load-time transients, earlier work in the process)
+      baseline_mem_bytes      the loaded process, measured just before fn
+      peak_mem_method         cuda_max_allocated (torch allocator; excludes the CUDA context) or vmhwm
+                              (CPU: VmHWM with large allocations mmap'ed, MALLOC_MMAP_THRESHOLD_ at start
+                              or mallopt here; vmhwm_heap_retained if neither could be set)
+      peak_mem_definition / process_peak_mem_definition   the two definitions in words
+    The same dict stays available to later code in this process via last_training_peak().
+    """
+    import torch
+
+    global _LAST_TRAINING_PEAK
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        before_peak = int(torch.cuda.max_memory_allocated())   # since process start: load-time transients
+        base = int(torch.cuda.memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+        result = fn(*args, **kwargs)
+        torch.cuda.synchronize()
+        peak, method = int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
+    else:
+        method = "vmhwm" if pin_mmap_threshold() else "vmhwm_heap_retained"
+        before_peak = _vm_hwm()   # read before the reset below: the whole process's high-water mark so far
+        base = baseline_bytes()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            method += "_noreset"
+        result = fn(*args, **kwargs)
+        peak = _vm_hwm()
+    _LAST_TRAINING_PEAK = dict(peak_mem_bytes=max(0, peak - base), process_peak_mem_bytes=max(peak, before_peak),
+                               baseline_mem_bytes=base, peak_mem_method=method, peak_mem_definition=PEAK_DEFINITION,
+                               process_peak_mem_definition=PROCESS_PEAK_DEFINITION)
+    return result, dict(_LAST_TRAINING_PEAK)
+
+
+def last_training_peak() -> dict:
+    """The peaks of this process's latest measure_training_peak (empty before any): DDP and pipeline
+    ranks other than 0 report theirs through this."""
+    return dict(_LAST_TRAINING_PEAK)
+
+
+def is_training_phase(train_info: dict) -> bool:
+    """Whether train_info.peak_mem_bytes follows PEAK_DEFINITION; results written before it hold the
+    whole-process VmHWM of the training loop there."""
+    return str(train_info.get("peak_mem_definition", "")).startswith("training phase")
 
 
 # ------------------------------------------------------------------ CLI

@@ -341,7 +341,13 @@ class StepMonitor:
 
     def stats(self, **extra) -> dict:
         later = self.times[1:] or self.times  # the first step pays one-off costs (allocations, shape inference)
-        return dict(rank=self.rank, peak_mem_bytes=peak_memory_bytes(self.device),
+        from .memory import last_training_peak
+
+        # the kit's one definition (memory.PEAK_DEFINITION): this rank's training phase above its loaded process
+        peaks = last_training_peak()
+        return dict(rank=self.rank, peak_mem_bytes=peaks.get("peak_mem_bytes", peak_memory_bytes(self.device)),
+                    process_peak_mem_bytes=peaks.get("process_peak_mem_bytes"),
+                    baseline_mem_bytes=peaks.get("baseline_mem_bytes"),
                     step_time_s=round(sum(later) / max(len(later), 1), 4),
                     step_times_s=[round(t, 4) for t in self.times], **extra)
 

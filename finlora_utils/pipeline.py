@@ -25,7 +25,8 @@ import torch.nn as nn
 from .config import ConfigError, TrainConfig
 from .engine import Built, longest, run
 from .tokenization import IGNORE, collate
-from .train import MAX_GRAD_NORM, amp_dtype, decide_grad_checkpointing, set_grad_checkpointing, with_adapter
+from .train import (MAX_GRAD_NORM, amp_dtype, decide_grad_checkpointing, memory_plan, set_grad_checkpointing,
+                    with_adapter)
 
 PAD_MULTIPLE = 16   # pad sequence length up to a multiple of this: few distinct shapes, few stage objects
 
@@ -326,13 +327,17 @@ class Stage:
         ckpt_on, why = decide_grad_checkpointing(   # the whole model's plan: conservative for one stage
             config, peft_model, seq_len, config.batch_size // config.micro_batches, label_tokens, self.device)
         set_grad_checkpointing(peft_model, ckpt_on)
+        mem_plan = memory_plan(config, peft_model, [bucket(max(len(data.examples[i]["input_ids"]) for i in mb),
+                                                           config.max_seq_len) for st in data.plan for mb in st],
+                               config.batch_size, label_tokens, self.device, ckpt_on, self.world_size,
+                               short_attention=False)
         module, self.names = build_stage(peft_model, self.rank, self.split)
         peft_model.train()
         amp = amp_dtype(config.precision, self.device)
         amp = None if amp == torch.float16 else amp   # fp16 needs a GradScaler across stages: not supported, run fp32
         self.model, self.params = peft_model, list(self.names)
         self.runner = StageRunner(module, self.rank, self.world_size, self.device, config.schedule, amp)
-        return Built(peft_model, self.params, self.device, amp, None, ckpt_on, why)
+        return Built(peft_model, self.params, self.device, amp, None, ckpt_on, why, mem_plan)
 
     def agree(self, state, root: Path):
         """All stages resume from the same step with the same split, or none does."""

@@ -194,8 +194,65 @@ def paper_memory(run: dict) -> float | None:
     return p.total_gib
 
 
+def measured_peak_bytes(run: dict) -> int:
+    """The run's peak training memory as stored (memory.PEAK_DEFINITION in results written since it was
+    introduced): the most loaded rank's for DDP / pipeline runs, like the planner's most loaded device."""
+    ti = run["train_info"]
+    ranks = [r.get("peak_mem_bytes") for r in (ti.get("parallel") or {}).get("ranks") or []]
+    ranks = [r for r in ranks if r is not None]
+    return max(ranks) if ranks and peak_measures(run) == "training phase" else ti["peak_mem_bytes"]
+
+
+def peak_measures(run: dict) -> str:
+    """What train_info.peak_mem_bytes measures: 'training phase' (above the loaded process, what the planner
+    predicts) or 'whole process' (results written before that definition: the loop's VmHWM incl. the process)."""
+    from .memory import is_training_phase
+
+    return "training phase" if is_training_phase(run["train_info"]) else "whole process"
+
+
+def _run_plan(run: dict):
+    """The planner at the run's own largest batch (train_info.memory_plan); older results without it are
+    priced at the configured max_seq_len and batch_size. None for a model the planner cannot read."""
+    from . import memory
+
+    cfg, ti = run["run_info"]["config"], run["train_info"]
+    shape = ti.get("memory_plan") or dict(
+        seq_len=cfg.get("max_seq_len", 512), batch=cfg.get("batch_size", 8),
+        grad_checkpointing=cfg.get("grad_checkpointing") == "on",
+        device="cuda" if (run.get("meta_info") or {}).get("hardware", {}).get("gpus") else "cpu")
+    try:
+        return memory.run_plan(cfg, shape)
+    except Exception:  # noqa: BLE001 - e.g. a hub model whose config is not stored: shown as missing
+        return None
+
+
+def planner_check(runs: Sequence[dict]) -> pd.DataFrame:
+    """Per finetuned run: measured peak training memory beside the planner's prediction of the same
+    quantity (training phase above the loaded process, most loaded rank), and the error in %."""
+    rows = []
+    for r in runs:
+        if not is_trained(r):
+            continue
+        p = _run_plan(r)
+        measured = measured_peak_bytes(r) / 2 ** 20
+        like = peak_measures(r) == "training phase"
+        planned = p.training_bytes / 2 ** 20 if p is not None else None
+        rows.append(dict(run_id=r["run_id"], config=config_label(r), measures=peak_measures(r),
+                         method=r["train_info"].get("peak_mem_method"), measured_mib=measured, planned_mib=planned,
+                         error_pct=100 * (planned - measured) / measured if like and planned and measured else None,
+                         process_peak_mib=(r["train_info"].get("process_peak_mem_bytes") or 0) / 2 ** 20 or None))
+    return pd.DataFrame(rows, columns=["run_id", "config", "measures", "method", "measured_mib", "planned_mib",
+                                       "error_pct", "process_peak_mib"])
+
+
 def efficiency_table(runs: Sequence[dict]) -> pd.DataFrame:
-    """One row per finetuned run: measured memory/time/size, evaluation speed, and paper-scale estimates."""
+    """One row per finetuned run: measured memory/time/size, evaluation speed, and paper-scale estimates.
+
+    peak_mem_mib is the peak training memory (memory.PEAK_DEFINITION: training phase above the loaded
+    process, most loaded rank; peak_mem_measures says 'whole process' for older results), beside the
+    planner's prediction of the same quantity (planned_peak_mib, planner_error_pct) and the whole-process
+    peak (process_peak_mib)."""
     trained = [r for r in runs if is_trained(r)]
     require(trained, TRAIN_FIELDS)
     rows = []
@@ -206,12 +263,19 @@ def efficiency_table(runs: Sequence[dict]) -> pd.DataFrame:
         cost = paper_cost(tokens, cfg.get("grad_checkpointing") == "on")
         rows.append(dict(
             run_id=r["run_id"], config=config_label(r), model=cfg.get("model"), tasks=",".join(cfg.get("tasks", [])),
-            peak_mem_mib=ti["peak_mem_bytes"] / 2 ** 20, peak_mem_method=ti.get("peak_mem_method"),
+            peak_mem_mib=measured_peak_bytes(r) / 2 ** 20, peak_mem_measures=peak_measures(r),
+            peak_mem_method=ti.get("peak_mem_method"),
+            process_peak_mib=(ti.get("process_peak_mem_bytes") or 0) / 2 ** 20 or None,
             train_s=ti["wall_s"], steps=ti.get("steps"), tokens_per_s=ti.get("tokens_per_s"),
             adapter_kib=ti["adapter_bytes"] / 1024,
             eval_s_per_example=sum(e["s_per_example"] for e in evals) / len(evals) if evals else None,
             paper_peak_gib_per_gpu=paper_memory(r), paper_gpu_hours=cost["gpu_hours"], paper_cost_usd=cost["cost_usd"]))
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if len(df):   # the planner's prediction of the same quantity (training phase) beside the measured peak
+        chk = planner_check(trained).set_index("run_id")
+        df["planned_peak_mib"] = df["run_id"].map(chk["planned_mib"])
+        df["planner_error_pct"] = df["run_id"].map(chk["error_pct"])
+    return df
 
 
 def accuracy_vs_memory(runs: Sequence[dict], task: str | None = None) -> pd.DataFrame:
@@ -235,32 +299,24 @@ def loss_curves(runs: Sequence[dict]) -> pd.DataFrame:
 
 
 def memory_breakdown(runs: Sequence[dict]) -> pd.DataFrame:
-    """Planner components for each finetuned run's own config and device, with the measured peak beside them."""
+    """Per finetuned run: the planner's training-phase components (memory.TRAINING_PHASE) at the run's own
+    largest batch, and the measured peak training memory beside them (component 'measured peak'; its
+    `measures` says 'whole process' for results written before the training-phase definition)."""
     from . import memory
 
     rows = []
     for r in runs:
         if not is_trained(r):
             continue
-        cfg, ti = r["run_info"]["config"], r["train_info"]
-        lo = cfg.get("lora") or {}
-        bits = {"fp32": 16, "bf16": 16, "int8": 8, "nf4": 4, "fp4": 4}.get(cfg.get("precision"), 16)
-        device = "cuda" if (r.get("meta_info") or {}).get("hardware", {}).get("gpus") else "cpu"
-        try:
-            p = memory.plan(model=cfg.get("model"), bits=bits, rank=lo.get("rank"),
-                            targets=tuple(lo.get("targets") or ("q_proj", "k_proj", "v_proj")),
-                            seq_len=cfg.get("max_seq_len", 512), batch=cfg.get("batch_size", 8),
-                            grad_checkpointing=cfg.get("grad_checkpointing") == "on",
-                            label_only_logits=bool(cfg.get("label_only_logits")), device=device,
-                            variant=lo.get("variant", "lora"))
-            parts = p.breakdown
-        except Exception:  # noqa: BLE001 - e.g. the tiny test model has no shipped config
-            parts = {}
-        for k, v in parts.items():
-            rows.append(dict(run_id=r["run_id"], config=config_label(r), component=k, mib=v / 2 ** 20, kind="planned"))
+        p = _run_plan(r)
+        worst = max(p.per_device, key=lambda d: d["training_bytes"])["breakdown"] if p is not None else {}
+        for k, v in worst.items():
+            if k in memory.TRAINING_PHASE:
+                rows.append(dict(run_id=r["run_id"], config=config_label(r), component=k, mib=v / 2 ** 20,
+                                 kind="planned", measures="training phase"))
         rows.append(dict(run_id=r["run_id"], config=config_label(r), component="measured peak",
-                         mib=ti.get("peak_mem_bytes", 0) / 2 ** 20, kind="measured"))
-    return pd.DataFrame(rows, columns=["run_id", "config", "component", "mib", "kind"])
+                         mib=measured_peak_bytes(r) / 2 ** 20, kind="measured", measures=peak_measures(r)))
+    return pd.DataFrame(rows, columns=["run_id", "config", "component", "mib", "kind", "measures"])
 
 
 # ------------------------------------------------------------------ the paper side by side
@@ -366,24 +422,39 @@ def fig_loss_curves(df: pd.DataFrame):
 
 
 def fig_memory_breakdown(df: pd.DataFrame):
-    """Stacked planner components per run, the measured peak as a black marker."""
+    """Per run: the planner's training-phase components stacked, the measured peak training memory (same
+    definition, memory.PEAK_DEFINITION) as a black marker, the planner's error above each bar."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
     planned = df[df["kind"] == "planned"].pivot_table(index="run_id", columns="component", values="mib", aggfunc="sum")
     config_of = df.drop_duplicates("run_id").set_index("run_id")["config"]
     rank = {c: i for i, c in enumerate(_order(config_of))}
     runs = sorted(config_of.index, key=lambda r: (rank[config_of[r]], r))
-    measured = df[df["kind"] == "measured"].set_index("run_id")["mib"].reindex(runs)
-    labels = config_of.reindex(runs)
+    meas = df[df["kind"] == "measured"].set_index("run_id")
+    measured = meas["mib"].reindex(runs)
+    older = meas.get("measures", pd.Series(dtype=object)).reindex(runs).eq("whole process")
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * len(runs) + 2), 4.4))
     if not planned.empty:
         planned.reindex(runs).fillna(0).plot.bar(stacked=True, ax=ax, rot=0, width=0.6)
-    ax.scatter(range(len(runs)), measured.values, color="black", marker="_", s=600, zorder=3, label="measured peak")
-    ax.set_xticks(range(len(runs)), labels.values, rotation=0)
+    ax.scatter(range(len(runs)), measured.values, color="black", marker="_", s=600, zorder=3,
+               label="measured peak (training phase)")
+    total = planned.reindex(runs).fillna(0).sum(axis=1) if not planned.empty else pd.Series(0.0, index=runs)
+    for i, run in enumerate(runs):
+        m, t = measured[run], total[run]
+        if older[run]:
+            ax.annotate("whole process\n(older result)", (i, m), fontsize=6, ha="center", textcoords="offset points",
+                        xytext=(0, 5))
+        elif m and t:
+            ax.annotate(f"{100 * (t - m) / m:+.0f}%", (i, max(m, t)), fontsize=7, ha="center",
+                        textcoords="offset points", xytext=(0, 4))
+    # '4-bit r4 pipeline2_1f1b': the configuration on one line, the run's tag on a second
+    labels = [lbl.replace(" ", "\n", 2).replace("\n", " ", 1) for lbl in config_of.reindex(runs).values]
+    ax.set_xticks(range(len(runs)), labels, rotation=0, fontsize=7)
     ax.set_xlabel("")
-    ax.set_ylabel("MiB")
-    ax.set_title("training memory: planner components vs measured peak")
+    ax.set_ylabel("MiB above the loaded process")
+    ax.set_title("peak training memory (training phase): planner components vs measured", fontsize=10)
     ax.legend(fontsize=7)
+    ax.margins(y=0.12)
     fig.tight_layout()
     return fig
 

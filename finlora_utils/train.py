@@ -160,6 +160,34 @@ def decide_grad_checkpointing(config: TrainConfig, model, seq_len: int, batch: i
     return need > budget, f"planner: {need / 2**30:.2f} GiB without checkpointing, budget {budget / 2**30:.2f} GiB"
 
 
+def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, label_tokens: int,
+                device: torch.device, grad_checkpointing: bool, gpus: int = 1,
+                short_attention: bool = True) -> dict | None:
+    """train_info.memory_plan: the planner's training-phase peak (memory.run_plan) at the batch shape of
+    this run that it prices highest, with that shape, so a report can re-ask the planner the same
+    question. `lengths`: the padded lengths the run's micro-batches take. On CPU the attention kernel
+    depends on the length (_attention_kernel), so the longest batch is not always the costliest;
+    short_attention=False for loops that never switch kernels (pipeline stages).
+    None when the planner cannot size this model."""
+    from .lora import model_config
+
+    best = None
+    try:
+        cfg = model_config(causal_lm(model))
+        for seq in sorted(set(lengths)):
+            shape = dict(seq_len=seq, batch=batch, label_tokens=label_tokens, grad_checkpointing=grad_checkpointing,
+                         math_attention=(short_attention and device.type == "cpu" and seq <= SHORT_ATTENTION
+                                         and not grad_checkpointing),
+                         device=device.type, gpus=gpus, warm_process=bool(memory.last_training_peak()))
+            p = memory.run_plan(config.to_dict(), shape, model=cfg)
+            if best is None or p.training_bytes > best["predicted_peak_mem_bytes"]:
+                best = dict(shape, predicted_peak_mem_bytes=p.training_bytes, predicted_total_bytes=p.total_bytes,
+                            predicted_per_device=[d["training_bytes"] for d in p.per_device])
+    except (ConfigError, KeyError, ValueError):
+        return None
+    return best
+
+
 # ---------------------------------------------------------------- loss and step
 
 def _right_padded(mask: torch.Tensor) -> bool:
@@ -287,6 +315,9 @@ class Replica:
         ckpt_on, why = decide_grad_checkpointing(config, model, seq_len, -(-config.batch_size // self.world_size),
                                                  label_tokens, dev)
         set_grad_checkpointing(model, ckpt_on)
+        mem_plan = memory_plan(config, model, [max(len(data.examples[i]["input_ids"]) for i in mb)
+                                               for st in data.plan for mb in st],
+                               -(-config.batch_size // self.world_size), label_tokens, dev, ckpt_on, self.world_size)
         module = TrainModule(model, config.label_only_logits)
         self.module = self.wrap_model(module) if self.wrap_model is not None else module
         model.train()
@@ -294,7 +325,7 @@ class Replica:
         self.examples, self.model = data.examples, model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.built = Built(model, self.params, dev, amp, torch.amp.GradScaler(dev.type) if amp == torch.float16 else None,
-                           ckpt_on, why)
+                           ckpt_on, why, mem_plan)
         return self.built
 
     def agree(self, state, root):

@@ -209,7 +209,9 @@ def test_figures_save_png_and_csv(study, tmp_path):
         png, csv = plots.save_figure(fn(df), df, stem, tmp_path / "figures")
         assert png.stat().st_size > 1000 and len(pd.read_csv(csv)) == len(df)
     mb = report.memory_breakdown(runs)
-    assert {"quantized_weights", "lora", "measured peak"} <= set(mb["component"])
+    assert {"activations", "optimizer", "measured peak"} <= set(mb["component"])
+    assert not {"quantized_weights", "lora"} & set(mb["component"])   # loaded before training: not in the phase
+    assert set(mb.loc[mb["kind"] == "measured", "measures"]) == {"whole process"}   # fixtures predate the definition
     cm = report.confusion_long(runs)
     assert cm.groupby("run_id")["count"].sum().eq(10).all()
     frames = {r["run_id"]: report.confusion_frame(r["eval_info"]["fpb"]) for r in runs}

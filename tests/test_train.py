@@ -139,6 +139,12 @@ def test_qlora_on_tiny_model_lowers_target_loss(tmp_path):
     assert last < before - 0.2, ti["loss_curve"]
     assert ti["steps"] == 12 and ti["examples"] == 48 and ti["target_tokens"] > 0
     assert ti["label_only_logits"] and ti["grad_checkpointing"] is False and ti["peak_mem_bytes"] > 0
+    # one definition of peak training memory: the training phase above the loaded process, and the whole process
+    assert ti["peak_mem_definition"].startswith("training phase") and ti["peak_mem_method"].startswith("vmhwm")
+    assert ti["process_peak_mem_bytes"] >= ti["baseline_mem_bytes"] + ti["peak_mem_bytes"]
+    mp = ti["memory_plan"]   # the planner's prediction of the same quantity at the run's costliest batch
+    assert mp["batch"] == cfg.batch_size and 0 < mp["seq_len"] <= cfg.max_seq_len and mp["device"] == "cpu"
+    assert mp["predicted_peak_mem_bytes"] > 0 and mp["warm_process"] in (True, False)
     assert ti["tokens"] >= ti["nonpad_tokens"] > ti["target_tokens"]
     saved = json.loads(Path(res["_path"]).read_text())
     assert saved["run_id"] == "fpb_tiny-random-llama_4bit_r4" and saved["train_info"]["loss_curve"] == ti["loss_curve"]
