@@ -21,16 +21,9 @@ from .config import ConfigError, LoraSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 
-# Canonical (Llama-style) projection names; other families map onto them.
+# Llama-style projection names: aliases on every architecture, and the planner's canonical activation shapes.
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
-LLAMA_STYLE = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "granite")
-# GPT-2 fuses q/k/v into one Conv1D (c_attn) and names both output projections c_proj;
-# peft matches targets by suffix, so "attn.c_proj" / "mlp.c_proj" select one each.
-GPT2_NAMES = {"q_proj": "c_attn", "k_proj": "c_attn", "v_proj": "c_attn", "o_proj": "attn.c_proj",
-              "up_proj": "c_fc", "down_proj": "mlp.c_proj"}
-GPT2_ATTENTION = ("c_attn", "attn.c_proj")
-GPT2_MLP = ("c_fc", "mlp.c_proj")
 ALIASES = ("attention", "mlp", "all-linear")
 
 # The two published hyper-parameter sets (FinLoRA 2024 code vs. 2025 configs) x the three precisions.
@@ -98,9 +91,10 @@ def family(cfg: dict) -> str:
     mt = cfg.get("model_type", "")
     if mt == "gpt2":
         return "gpt2"
-    if mt in LLAMA_STYLE or ("num_attention_heads" in cfg and "hidden_size" in cfg and "intermediate_size" in cfg):
+    if all(k in cfg for k in ("num_attention_heads", "hidden_size", "intermediate_size")):
         return "llama"   # the activation model's canonical shapes; weights and targets come from arch
-    raise ConfigError(f"model_type={mt!r}: unsupported architecture; expected one of {', '.join(LLAMA_STYLE + ('gpt2',))}")
+    raise ConfigError(f"model_type={mt!r}: the planner's activation model needs num_attention_heads, hidden_size "
+                      "and intermediate_size (or GPT-2's n_head / n_embd) in the config")
 
 
 def n_layers(cfg: dict) -> int:

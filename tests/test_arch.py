@@ -1,6 +1,6 @@
 """Architecture facts from the real module tree: the kit's arithmetic (trainable parameters, adapter bytes,
 planner weights) equals what peft / bitsandbytes build, on tiny random models of ten architectures, and
-each trains two steps at nf4 (fp32 where bitsandbytes cannot)."""
+each trains two steps at nf4."""
 from __future__ import annotations
 
 import math
@@ -32,9 +32,6 @@ TINY = {
 SETTINGS = [LoraSettings(rank=4, targets=("q_proj", "k_proj", "v_proj")), LoraSettings(rank=2, targets="all-linear", dropout=0),
             LoraSettings(rank=3, targets="attention", variant="rslora"), LoraSettings(rank=2, targets="mlp", dropout=0),
             LoraSettings(rank=2, targets="attention", variant="dora")]
-# bitsandbytes' CPU 4-bit kernel needs out-features that are multiples of 32; Qwen2-MoE's
-# shared_expert_gate has one output, so that architecture trains in fp32 here.
-NF4_UNSUPPORTED = {"qwen2_moe"}
 
 
 def tiny_config(mt: str) -> dict:
@@ -85,7 +82,7 @@ def test_counts_equal_peft_and_the_live_model(mt, saved, tmp_path):
         assert (d / "adapter_model.safetensors").stat().st_size == lora.adapter_bytes(cfg, s), (mt, s.targets)
 
 
-@pytest.mark.parametrize("mt", sorted(set(TINY) - NF4_UNSUPPORTED))
+@pytest.mark.parametrize("mt", sorted(TINY))
 def test_planner_4bit_weights_equal_bitsandbytes(mt, saved):
     import bitsandbytes as bnb
     from transformers import AutoModelForCausalLM
@@ -106,10 +103,11 @@ def test_planner_4bit_weights_equal_bitsandbytes(mt, saved):
 def test_two_training_steps(mt, saved):
     from transformers import AutoModelForCausalLM
 
-    precision = "fp32" if mt in NF4_UNSUPPORTED else "nf4"
-    qcfg = models.bnb_config(precision, compute_dtype=torch.float32)
-    kw = dict(quantization_config=qcfg, device_map={"": "cpu"}) if qcfg else {}
-    model = AutoModelForCausalLM.from_pretrained(saved[mt], dtype=torch.float32, **kw)
+    # every architecture here trains at nf4 (Qwen2-MoE's 1-output shared_expert_gate included: only a
+    # no-grad 4-bit forward trips bitsandbytes' CPU kernel on such a layer)
+    qcfg = models.bnb_config("nf4", compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(saved[mt], dtype=torch.float32, quantization_config=qcfg,
+                                                 device_map={"": "cpu"})
     models.fix_bnb_cpu(model)
     with warnings.catch_warnings():
         _quiet()
