@@ -79,3 +79,34 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
     assert export.main(["gguf", "tiny-random-llama", "--out", str(tmp_path / "x.bin")]) == 2
     assert ".gguf" in capsys.readouterr().err
 
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_embedded_model_f16_same_greedy_answers_on_fpb(real_data_dir, tmp_path):
+    """The embedded SmolLM2 exported at F16 and read back by transformers' GGUF loader answers 20 FPB test
+    prompts exactly as the safetensors model does (greedy, 3 tokens); last-position logits within 0.05.
+    Slow: about 40 min wall (6 CPU-min) on the shared, overloaded 2-core build machine."""
+    from transformers import AutoModelForCausalLM
+
+    from finlora_utils import data
+
+    prompts = data.load_task("fpb", split="test")["context"][:20]
+    ref, tok = models.load_model(models.EMBEDDED, "fp32")
+    export.export_gguf(models.EMBEDDED, tmp_path / "e.gguf", "f16")
+    got = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="e.gguf", dtype=torch.float32).eval()
+
+    def answers(model):
+        outs, last = [], []
+        with torch.no_grad():
+            for p in prompts:
+                ids = tok(p, return_tensors="pt")
+                last.append(model(**ids).logits[0, -1])
+                g = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+                outs.append(tok.decode(g[0, ids.input_ids.shape[1]:]))
+        return outs, torch.stack(last)
+
+    want, want_logits = answers(ref)
+    have, have_logits = answers(got)
+    assert have == want
+    assert (have_logits - want_logits).abs().max() < 0.05
