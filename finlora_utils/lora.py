@@ -1,31 +1,29 @@
 """LoRA setup: architecture-aware target modules, peft LoraConfig builders, counts from a config alone.
 
-Everything except `build_lora_config` / `trainable_params_meta` / `apply_lora` is plain arithmetic over
-a config dict, so the memory planner can use it without importing torch.
+Target names and shapes come from the architecture's real module tree (finlora_utils.arch: the model
+built on the meta device), so fused projections, biases and mixture-of-experts layers count right for
+any causal LM transformers ships. Counts are plain arithmetic over those facts; for the shipped configs
+the facts ship too, so the memory planner can use them without importing torch.
 Model configs (HF config.json contents) for the models the paper and users care about ship under
 finlora_utils/model_configs/, so counts work offline: `model_config("llama-3.1-8b")`.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
+from . import arch
 from .config import ConfigError, LoraSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 
-# Canonical (Llama-style) projection names; other families map onto them.
+# Llama-style projection names: aliases on every architecture, and the planner's canonical activation shapes.
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
-LLAMA_STYLE = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "granite")
-# GPT-2 fuses q/k/v into one Conv1D (c_attn) and names both output projections c_proj;
-# peft matches targets by suffix, so "attn.c_proj" / "mlp.c_proj" select one each.
-GPT2_NAMES = {"q_proj": "c_attn", "k_proj": "c_attn", "v_proj": "c_attn", "o_proj": "attn.c_proj",
-              "up_proj": "c_fc", "down_proj": "mlp.c_proj"}
-GPT2_ATTENTION = ("c_attn", "attn.c_proj")
-GPT2_MLP = ("c_fc", "mlp.c_proj")
 ALIASES = ("attention", "mlp", "all-linear")
 
 # The two published hyper-parameter sets (FinLoRA 2024 code vs. 2025 configs) x the three precisions.
@@ -91,11 +89,12 @@ def model_config(model: Any) -> dict:
 
 def family(cfg: dict) -> str:
     mt = cfg.get("model_type", "")
-    if mt in LLAMA_STYLE:
-        return "llama"
     if mt == "gpt2":
         return "gpt2"
-    raise ConfigError(f"model_type={mt!r}: unsupported architecture; expected one of {', '.join(LLAMA_STYLE + ('gpt2',))}")
+    if all(k in cfg for k in ("num_attention_heads", "hidden_size", "intermediate_size")):
+        return "llama"   # the activation model's canonical shapes; weights and targets come from arch
+    raise ConfigError(f"model_type={mt!r}: the planner's activation model needs num_attention_heads, hidden_size "
+                      "and intermediate_size (or GPT-2's n_head / n_embd) in the config")
 
 
 def n_layers(cfg: dict) -> int:
@@ -107,7 +106,9 @@ def hidden_size(cfg: dict) -> int:
 
 
 def linear_shapes(cfg: dict) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of every projection in ONE decoder layer, keyed by target name."""
+    """Canonical (Llama-style / GPT-2) (in_features, out_features) of one decoder layer's projections, from
+    the config's numbers: what the planner's activation model reads. Weights and LoRA counts use the real
+    module tree instead (arch.facts)."""
     h = hidden_size(cfg)
     if family(cfg) == "gpt2":
         inner = cfg.get("n_inner") or 4 * h
@@ -120,19 +121,85 @@ def linear_shapes(cfg: dict) -> dict[str, tuple[int, int]]:
             "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
 
-def linear_biases(cfg: dict) -> dict[str, bool]:
-    """Which projections carry a bias (Qwen2 has q/k/v biases, GPT-2 biases everywhere)."""
-    fam, mt = family(cfg), cfg.get("model_type")
-    if fam == "gpt2":
-        return {k: True for k in GPT2_ATTENTION + GPT2_MLP}
-    attn_bias = bool(cfg.get("attention_bias", False)) or mt == "qwen2"
-    out = {k: attn_bias for k in ("q_proj", "k_proj", "v_proj")}
-    out["o_proj"] = bool(cfg.get("attention_bias", False))
-    out.update({k: bool(cfg.get("mlp_bias", False)) for k in MLP})
+# ---------------------------------------------------------------- target modules
+
+# Where a module sits tells its role: the first component of its path inside a decoder layer.
+ATTENTION_PARENTS = ("attn", "attention")
+# Llama-style names -> what other architectures call the same projection; a fused module (qkv_proj,
+# gate_up_proj, c_attn) is selected by each of the names it fuses, with a warning.
+LLAMA_ALIASES = {
+    "q_proj": ("qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack"),
+    "k_proj": ("qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack"),
+    "v_proj": ("qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack"),
+    "o_proj": ("dense", "out_proj", "c_proj"),
+    "gate_proj": ("gate_up_proj", "w1"),
+    "up_proj": ("gate_up_proj", "dense_h_to_4h", "c_fc", "fc1", "w3"),
+    "down_proj": ("dense_4h_to_h", "c_proj", "fc2", "w2"),
+}
+FUSED = ("qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack", "gate_up_proj")
+
+
+def _is_attention(entry: dict) -> bool:
+    return any(a in entry["path"].split(".")[0].lower() for a in ATTENTION_PARENTS)
+
+
+def _facts(model_or_config: Any) -> dict:
+    return arch.facts(model_config(model_or_config))
+
+
+def _select(facts: dict, wanted) -> list[dict]:
+    """The layer modules a target list selects (peft suffix names), in module order."""
+    if isinstance(wanted, str):
+        wanted = [w.strip() for w in wanted.split(",") if w.strip()]
+    if not wanted:
+        raise ConfigError("targets=(): expected at least one module name, e.g. q_proj,k_proj,v_proj")
+    mods = facts["modules"]
+    chosen: list[dict] = []
+    fused: list[str] = []
+    for w in wanted:
+        if w in ("attention", "attn"):
+            hit = [m for m in mods if _is_attention(m)]
+        elif w == "mlp":
+            hit = [m for m in mods if not _is_attention(m)]
+        elif w in ("all-linear", "all_linear", "all"):
+            hit = list(mods)
+        else:
+            hit = [m for m in mods if w in (m["name"], m["path"]) or m["path"].endswith("." + w)]
+            if w in LLAMA_ALIASES:   # the architecture's own name for this Llama projection
+                role = w in ATTENTION
+                extra = [m for m in mods if m not in hit and _is_attention(m) == role
+                         and m["path"].split(".")[-1] in LLAMA_ALIASES[w]]
+                fused += [f"{w} -> {m['name']}" for m in extra if m["path"].split(".")[-1] in FUSED]
+                hit += extra
+        if not hit:
+            names = ", ".join(dict.fromkeys(m["name"] for m in mods))
+            raise ConfigError(f"targets={w!r}: no such module in {facts['model_type']}; expected one of "
+                              f"{names} or {', '.join(ALIASES)}")
+        chosen += [m for m in hit if m not in chosen]
+    if fused:
+        warnings.warn(f"targets: {facts['model_type']} fuses these projections, so the whole fused module "
+                      f"is adapted: {', '.join(dict.fromkeys(fused))}", stacklevel=3)
+    return chosen
+
+
+def canonical_targets(model_or_config: Any, wanted) -> list[str]:
+    """The selected modules under the canonical names of linear_shapes (Llama-style, or GPT-2's), for the
+    planner's activation model: a fused qkv_proj counts as q_proj, k_proj, v_proj."""
+    cfg = model_config(model_or_config)
+    canon = tuple(linear_shapes(cfg))
+    out: list[str] = []
+    for m in _select(arch.facts(cfg), wanted):
+        last = m["path"].split(".")[-1]
+        if m["name"] in canon:
+            names = [m["name"]]
+        elif last in canon:
+            names = [last]
+        else:
+            names = [k for k, v in LLAMA_ALIASES.items() if last in v and (k in ATTENTION) == _is_attention(m)
+                     and k in canon]
+        out += [n for n in names if n not in out]
     return out
 
-
-# ---------------------------------------------------------------- target modules
 
 def _present_names(model) -> set[str] | None:
     """Target names that exist in a live model (suffixes of Linear/Conv1D leaves), or None for a config."""
@@ -142,47 +209,23 @@ def _present_names(model) -> set[str] | None:
     for full, mod in model.named_modules():
         if hasattr(mod, "weight") and type(mod).__name__ in ("Linear", "Conv1D", "Linear8bitLt", "Linear4bit"):
             parts = full.split(".")
-            names.add(parts[-1])
-            if len(parts) >= 2:
-                names.add(".".join(parts[-2:]))
+            names.update(".".join(parts[-k:]) for k in range(1, len(parts) + 1))
     return names
 
 
 def target_modules(model_or_config: Any, wanted=("q_proj", "k_proj", "v_proj")) -> list[str]:
-    """Resolve requested targets to this architecture's module names.
+    """Resolve requested targets to this architecture's module names (peft matches them by suffix).
 
-    `wanted` holds Llama-style names (q_proj, ..., down_proj), the architecture's own names (c_attn),
-    or the aliases attention / mlp / all-linear. Unknown names raise ConfigError naming `targets`.
+    `wanted` holds Llama-style names (q_proj, ..., down_proj: aliases for the architecture's own, fused
+    ones included), the architecture's own names (c_attn, qkv_proj, experts.gate_up_proj), or
+    attention / mlp / all-linear (every Linear/Conv1D in the decoder layers, i.e. all but the LM head,
+    plus every expert of a mixture-of-experts layer). Unknown names raise ConfigError naming `targets`.
     """
-    if isinstance(wanted, str):
-        wanted = [w.strip() for w in wanted.split(",") if w.strip()]
-    if not wanted:
-        raise ConfigError("targets=(): expected at least one module name, e.g. q_proj,k_proj,v_proj")
-    cfg = model_config(model_or_config)
-    fam = family(cfg)
-    native = tuple(linear_shapes(cfg))
-    attn, mlp = (GPT2_ATTENTION, GPT2_MLP) if fam == "gpt2" else (ATTENTION, MLP)
-    out: list[str] = []
-    for w in wanted:
-        if w in ("attention", "attn"):
-            names = list(attn)
-        elif w == "mlp":
-            names = list(mlp)
-        elif w in ("all-linear", "all_linear", "all"):
-            names = list(native)
-        elif w in native:
-            names = [w]
-        elif fam == "gpt2" and w in GPT2_NAMES:
-            names = [GPT2_NAMES[w]]
-        else:
-            raise ConfigError(
-                f"targets={w!r}: no such module in {cfg.get('model_type')}; expected one of "
-                f"{', '.join(native)} or {', '.join(ALIASES)}"
-            )
-        out += [n for n in names if n not in out]
+    chosen = _select(_facts(model_or_config), wanted)
+    out = list(dict.fromkeys(m["name"] for m in chosen))
     present = _present_names(model_or_config)
     if present is not None:  # a live model: check the names really exist (e.g. a custom variant)
-        missing = [n for n in out if n not in present]
+        missing = [m["name"] for m in chosen if m["kind"] != "experts" and m["name"] not in present]
         if missing:
             raise ConfigError(f"targets={missing[0]!r}: not a Linear module of this model; it has "
                               f"{', '.join(sorted(p for p in present if '.' not in p))}")
@@ -192,21 +235,35 @@ def target_modules(model_or_config: Any, wanted=("q_proj", "k_proj", "v_proj")) 
 # ---------------------------------------------------------------- peft config and counts
 
 def build_lora_config(settings: LoraSettings, model_or_config: Any):
-    """peft LoraConfig for CAUSAL_LM with this architecture's target names; rsLoRA / DoRA per variant."""
+    """peft LoraConfig for CAUSAL_LM with this architecture's target names; rsLoRA / DoRA per variant.
+    Expert stacks (3-D parameters) go to peft's target_parameters, every expert adapted."""
     from peft import LoraConfig
 
     settings.validate()
-    cfg = model_config(model_or_config)
+    names = target_modules(model_or_config, settings.targets)   # warns about fused modules once
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chosen = _select(_facts(model_or_config), settings.targets)
+    experts = [m["name"] for m in chosen if m["kind"] == "experts"]
+    if experts and settings.variant == "dora":
+        raise ConfigError(f"variant='dora' with targets={','.join(settings.targets)}: peft has no DoRA for "
+                          f"expert weights ({', '.join(experts)}); use lora/rslora or attention targets")
+    if experts and settings.dropout:
+        raise ConfigError(f"dropout={settings.dropout!r} with targets={','.join(settings.targets)}: peft cannot apply "
+                          f"dropout to expert weights ({', '.join(dict.fromkeys(experts))}); expected dropout=0, "
+                          "or attention-only targets")
+    modules = [n for n in names if n not in experts]
     return LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=target_modules(model_or_config, settings.targets),
+        target_modules=modules or None,
+        target_parameters=list(dict.fromkeys(experts)) or None,
         bias="none",
         task_type="CAUSAL_LM",
         use_rslora=settings.variant == "rslora",  # scale alpha/sqrt(r) instead of alpha/r
         use_dora=settings.variant == "dora",
-        fan_in_fan_out=family(cfg) == "gpt2",  # GPT-2's Conv1D stores weights transposed
+        fan_in_fan_out=any(m["kind"] == "conv1d" for m in chosen),  # Conv1D stores weights transposed
     )
 
 
@@ -217,37 +274,57 @@ def apply_lora(model, settings: LoraSettings):
     return get_peft_model(model, build_lora_config(settings, model))
 
 
-def _per_layer(cfg: dict, settings: LoraSettings) -> list[tuple[str, int, int]]:
-    shapes = linear_shapes(cfg)
-    return [(n, *shapes[n]) for n in target_modules(cfg, settings.targets)]
+def adapter_shapes(model_config_or_name: Any, settings: LoraSettings) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the saved adapter (names as peft's save_pretrained writes them) -> shape.
+    An expert stack gets rank x experts (peft's ParamWrapper); a module with several adapted stacks
+    nests one wrapper per stack (`experts.base_layer.lora_A` for all but the last)."""
+    settings.validate()
+    f = _facts(model_config_or_name)
+    with warnings.catch_warnings():   # counting is no reason to repeat target_modules' warning
+        warnings.simplefilter("ignore")
+        chosen = _select(f, settings.targets)
+    out: dict[str, tuple[int, ...]] = {}
+    by_owner: dict[str, list[dict]] = {}
+    for m in chosen:
+        owner = m["path"].rsplit(".", 1)[0] if m["kind"] == "experts" else m["path"]
+        by_owner.setdefault(owner, []).append(m)
+    for owner, ms in by_owner.items():
+        for j, m in enumerate(ms):
+            r = settings.rank * m["experts"]
+            key = owner + ".base_layer" * (len(ms) - 1 - j)
+            for i in range(m["count"]):
+                base = f"base_model.model.{f['layer_prefix']}.{i}.{key}"
+                out[f"{base}.lora_A.weight"] = (r, m["in"])
+                out[f"{base}.lora_B.weight"] = (m["out"], r)
+                if settings.variant == "dora":
+                    out[f"{base}.lora_magnitude_vector"] = (m["out"],)
+    return out
 
 
 def trainable_params(model_config_or_name: Any, settings: LoraSettings) -> int:
-    """LoRA A (r x in) + B (out x r) per targeted module per layer; DoRA adds a magnitude per out-feature."""
-    settings.validate()
-    cfg = model_config(model_config_or_name)
-    per_layer = 0
-    for _, fin, fout in _per_layer(cfg, settings):
-        per_layer += settings.rank * (fin + fout)
-        if settings.variant == "dora":
-            per_layer += fout
-    return per_layer * n_layers(cfg)
+    """LoRA A (r x in) + B (out x r) per targeted module per layer, x experts for an expert stack;
+    DoRA adds a magnitude per out-feature."""
+    return sum(math.prod(s) for s in adapter_shapes(model_config_or_name, settings).values())
 
 
 def adapter_tensors(model_config_or_name: Any, settings: LoraSettings) -> int:
-    cfg = model_config(model_config_or_name)
-    per_module = 3 if settings.variant == "dora" else 2
-    return per_module * len(_per_layer(cfg, settings)) * n_layers(cfg)
+    return len(adapter_shapes(model_config_or_name, settings))
 
 
 def adapter_bytes(model_config_or_name: Any, settings: LoraSettings, dtype_bytes: int = 4) -> int:
-    """Size of adapter_model.safetensors: tensor data plus the JSON header (~ one entry per tensor)."""
+    """Size of adapter_model.safetensors: tensor data plus the JSON header safetensors writes
+    (8-byte length, then the header padded to 8 bytes; tensors laid out in name order)."""
     if dtype_bytes not in (1, 2, 4, 8):
         raise ConfigError(f"dtype_bytes={dtype_bytes!r}: expected one of 1, 2, 4, 8")
-    data = trainable_params(model_config_or_name, settings) * dtype_bytes
-    # A header entry is '"base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight":{"dtype":"F32",
-    # "shape":[r,in],"data_offsets":[a,b]},' = about 130 bytes; 8 more for the length prefix.
-    return data + 130 * adapter_tensors(model_config_or_name, settings) + 8
+    shapes = adapter_shapes(model_config_or_name, settings)
+    dtype = {1: "F8_E4M3", 2: "BF16", 4: "F32", 8: "F64"}[dtype_bytes]
+    header, offset = {}, 0
+    for name in sorted(shapes):
+        n = math.prod(shapes[name]) * dtype_bytes
+        header[name] = {"dtype": dtype, "shape": list(shapes[name]), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps({"__metadata__": {"format": "pt"}, **header}, separators=(",", ":"))
+    return 8 + -(-len(text) // 8) * 8 + offset
 
 
 def trainable_params_meta(model_config_or_name: Any, settings: LoraSettings) -> int:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import ConfigError, LoraSettings
+from . import arch as _arch
 from .errors import cli_entry
 from . import lora as _lora
 
@@ -149,34 +150,37 @@ def dtype_bytes(bits: int, device: str, compute_bytes: int | None = None, base_b
 
 def weight_bytes(cfg: dict, bits: int, base_bytes: int = 2, double_quant: bool = False,
                  layers: int | None = None, embeddings: bool = True, head: bool = True) -> dict:
-    """Base-model weights: quantized projections, their constants, everything left unquantized."""
-    L = _lora.n_layers(cfg) if layers is None else layers
-    shapes = _lora.linear_shapes(cfg)
-    biases = _lora.linear_biases(cfg)
-    h = _lora.hidden_size(cfg)
-    n_lin = sum(i * o for i, o in shapes.values()) * L
+    """Base-model weights: quantized projections, their constants, everything left unquantized.
+
+    From the real module tree (arch.facts): bitsandbytes quantizes every Linear/Conv1D in the decoder
+    layers; expert stacks (3-D parameters), routers, norms, biases, embeddings and the LM head stay in
+    the base dtype. `layers` < all: a pipeline stage, charged its share of the layers."""
+    f = _arch.facts(cfg)
+    L = f["n_layers"]
+    share = (lambda n: n) if layers is None else (lambda n: n * layers / L)
+    quantizable = [m for m in f["modules"] if m["kind"] != "experts"]
+    n_lin = share(sum(m["in"] * m["out"] * m["count"] for m in quantizable))
     if bits == 16:
         quant, consts = n_lin * base_bytes, 0
     elif bits == 8:  # int8 weight + one fp32 scale per output row (LLM.int8 row-wise SCB)
-        quant, consts = n_lin, 4 * sum(o for _, o in shapes.values()) * L
+        quant, consts = n_lin, 4 * share(sum(m["out"] * m["count"] for m in quantizable))
     else:  # 4-bit: two weights a byte; absmax fp32 per block, or 8-bit absmax + fp32 per 256 blocks
-        quant = (n_lin + 1) // 2
-        blocks = sum(-(-i * o // BLOCK_4BIT) for i, o in shapes.values()) * L
-        consts = blocks + 4 * -(-blocks // BLOCK_DQ) if double_quant else 4 * blocks
-    vocab = cfg["vocab_size"]
-    tied = cfg.get("tie_word_embeddings", True)
-    n_unq = sum(o for n, (_, o) in shapes.items() if biases.get(n)) * L
-    if _lora.family(cfg) == "gpt2":
-        n_unq += 4 * h * L + 2 * h   # two LayerNorms (weight + bias) per layer, final LayerNorm
-        if embeddings:
-            n_unq += cfg["n_positions"] * h
-    else:
-        n_unq += 2 * h * L + h       # two RMSNorms per layer, final norm
+        quant = share(sum((m["in"] * m["out"] + 1) // 2 * m["count"] for m in quantizable))
+        blocks = [(-(-m["in"] * m["out"] // BLOCK_4BIT), m["count"]) for m in quantizable]
+        if double_quant:
+            consts = share(sum((b + 4 * -(-b // BLOCK_DQ)) * c for b, c in blocks))
+        else:
+            consts = share(sum(4 * b * c for b, c in blocks))
+    p = f["params"]
+    n_unq = share(p["layers_other"] + sum((m["in"] * m["out"] * m["experts"] if m["kind"] == "experts" else 0)
+                                          + (m["out"] if m["bias"] else 0) for m in f["modules"] for _ in range(m["count"])))
     if embeddings:
-        n_unq += vocab * h
-    if head and (not tied or not embeddings):  # a last pipeline stage needs its own copy when tied
-        n_unq += vocab * h
-    return {"quantized_weights": quant, "quant_constants": consts, "unquantized": n_unq * base_bytes}
+        n_unq += p["embeddings"]
+    if head:
+        n_unq += p["final"] + p["head"]
+        if f["tied"] and not embeddings:   # a last pipeline stage needs its own copy of a tied head
+            n_unq += cfg["vocab_size"] * _lora.hidden_size(cfg)
+    return {"quantized_weights": int(quant), "quant_constants": int(consts), "unquantized": int(n_unq * base_bytes)}
 
 
 def int8_input_bytes(cfg: dict, tokens: int, dt: dict) -> int:
@@ -195,7 +199,7 @@ def layer_activation_bytes(cfg: dict, settings: LoraSettings, bits: int, tokens:
     shapes = _lora.linear_shapes(cfg)
     h = _lora.hidden_size(cfg)
     e = dt["act"]
-    targets = _lora.target_modules(cfg, settings.targets)
+    targets = _lora.canonical_targets(cfg, settings.targets)
     if _lora.family(cfg) == "gpt2":
         inner = shapes["c_fc"][1]
         heads = cfg["n_head"]

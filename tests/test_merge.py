@@ -1,0 +1,75 @@
+"""merge: adapter + unquantized base -> a plain transformers folder whose logits equal base + adapter."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from finlora_utils import merge, models
+from finlora_utils.config import LoraSettings
+
+PROMPTS = ["Instruction: What is the sentiment?\nInput: Sales fell 10%.\nAnswer: ",
+           "Instruction: What is the sentiment?\nInput: The company raised its dividend.\nAnswer: "]
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    """A tiny-random-llama adapter with random (non-zero) B, so the merge has something to change."""
+    from finlora_utils import lora
+
+    model, _ = models.load_model(models.TINY, "fp32")
+    pm = lora.apply_lora(model, LoraSettings(rank=4, alpha=8, targets="all-linear"))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    d = tmp_path_factory.mktemp("adapter")
+    pm.save_pretrained(d)
+    return d
+
+
+def _logits(model, tok, text):
+    with torch.no_grad():
+        return model(**tok(text, return_tensors="pt")).logits
+
+
+def test_merged_model_loads_plainly_and_equals_base_plus_adapter(adapter, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "merged"
+    assert merge.main([str(adapter), "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    card = (out / "README.md").read_text()
+    assert "base_model:" in card and "rank 4" in card and str(adapter.resolve()) in card
+    rec = json.loads((out / "finlora_merge.json").read_text())
+    assert rec["adapter"]["config"]["r"] == 4 and rec["check"]["probe_max_abs_logit_diff"] < 1e-3
+
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    base, _ = models.load_model(models.TINY, "fp32")
+    plain = {t: _logits(base, tok, t) for t in PROMPTS}
+    ref = PeftModel.from_pretrained(base, str(adapter))
+    for t in PROMPTS:
+        want = _logits(ref, tok, t)
+        assert torch.allclose(_logits(merged, tok, t), want, atol=1e-4, rtol=1e-4)
+        assert (want - plain[t]).abs().max() > 1e-2   # the adapter changed the model
+
+
+def test_merge_refuses_a_quantized_base_and_bad_paths(adapter, tmp_path, capsys):
+    qbase = tmp_path / "q"
+    shutil.copytree(models.tiny_model_dir(), qbase)
+    cfg = json.loads((qbase / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (qbase / "config.json").write_text(json.dumps(cfg))
+    assert merge.main([str(adapter), "--out", str(tmp_path / "m"), "--base", str(qbase)]) == 2
+    assert "stored quantized (bitsandbytes, 4-bit)" in capsys.readouterr().err
+    assert merge.main([str(tmp_path / "nope"), "--out", str(tmp_path / "m")]) == 2
+    assert "adapter_config.json" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert merge.main([str(adapter), "--out", str(tmp_path / "full")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
