@@ -352,7 +352,10 @@ def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: s
     info["adapter_bytes"] = artifacts.save_adapter(_Gathered(peft_model, full), adapter_dir,
                                                artifacts.model_card(config, info, train.base_model_id(config.model)))
     info["adapter_path"] = str(adapter_dir.resolve())
-    res = results.new_result(run_id, artifacts.as_stored(config), config.seed, preset, data.source)
+    from .models import base_provenance
+
+    res = results.new_result(run_id, artifacts.as_stored(config), config.seed, preset, data.source,
+                             base_model=base_provenance(config.model))
     res["train_info"] = info
     results.write_json(results_path, res)
     _cleanup_after(stage_dir)

@@ -407,7 +407,10 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
     adapter_dir = run_dir / "adapter"
     info["adapter_bytes"] = save_adapter(model, adapter_dir, model_card(config, info, base_model_id(config.model)))
     info["adapter_path"] = str(adapter_dir.resolve())
-    res = results.new_result(run_id, as_stored(config), config.seed, preset, data.source)
+    from .models import base_provenance
+
+    res = results.new_result(run_id, as_stored(config), config.seed, preset, data.source,
+                             base_model=base_provenance(config.model))
     res["train_info"] = info
     results.write_json(results_path, res)
     shutil.rmtree(run_dir / CKPT_DIR, ignore_errors=True)   # the adapter and results supersede them
