@@ -217,6 +217,37 @@ def tiny_model_dir(seed: int = 0) -> Path:
     return target
 
 
+def random_model_dir(config_name: str, seed: int = 0) -> Path:
+    """A shipped architecture (finlora_utils/model_configs/<config_name>.json, e.g. smollm2-1.7b) with random
+    bf16 weights and the embedded tokenizer, saved once as safetensors so every precision loads it the way a
+    real checkpoint loads. For memory and time measurements only: its accuracy means nothing."""
+    target = cache_dir() / "models" / f"random-{config_name}-s{seed}"
+    if (target / "model.safetensors").exists() or (target / "model.safetensors.index.json").exists():
+        return target
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .lora import model_config
+
+    cfg_dict = {k: v for k, v in model_config(config_name).items() if not k.startswith("_")}
+    cfg = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    if cfg.vocab_size < len(tok):
+        raise ModelLoadError(f"{config_name}: vocab_size {cfg.vocab_size} < the embedded tokenizer's {len(tok)}")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".random-{config_name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        del model
+        _publish(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def bnb_config(precision: str, double_quant: bool = False, compute_dtype: torch.dtype | None = None):
     """BitsAndBytesConfig for int8 / nf4 / fp4, or None for fp32 / bf16."""
     if precision not in PRECISIONS:

@@ -552,3 +552,59 @@ def bits_rank_sentence(d: dict | None) -> str:
             f"per-seed difference, {d['n_seeds']} seed{'s' if d['n_seeds'] != 1 else ''}); the rank change accounts "
             f"for {pm('rank')} ({verdict('rank')}) and the bits change for {pm('bits')} ({verdict('bits')}), "
             f"{share} by magnitude; interaction {pm('interaction')}.")
+
+
+# ------------------------------------------------------------------ memory at scale (bench/memory_at_scale.py)
+
+def memory_at_scale_table(doc: dict) -> pd.DataFrame:
+    """The memory_at_scale bench's rows as a table in GiB: measured training-phase peak above the process
+    baseline beside the planner's prediction (and the error), the weights, the training phase above the loaded
+    model, the whole-process peak and the step time. `doc`: the bench's results JSON (read_result)."""
+    path = doc.get("_path", doc.get("run_id", "<memory_at_scale>"))
+    rows = get_field(doc, "rows", path)
+    need = ("model", "label", "weight_bytes", "above_process_bytes", "above_loaded_bytes", "process_peak_bytes",
+            "predicted_bytes", "step_s")
+    out = []
+    for i, r in enumerate(rows):
+        for f in need:
+            get_field(r, f, f"{path} rows[{i}]")
+        out.append(dict(model=r["model"], config=r["label"], precision=r.get("precision"),
+                        weights_gib=r["weight_bytes"] / 2 ** 30, planner_weights_gib=r.get("predicted_weight_bytes", 0) / 2 ** 30,
+                        measured_gib=r["above_process_bytes"] / 2 ** 30, planner_gib=r["predicted_bytes"] / 2 ** 30,
+                        error_pct=100 * (r["predicted_bytes"] - r["above_process_bytes"]) / r["above_process_bytes"],
+                        above_loaded_gib=r["above_loaded_bytes"] / 2 ** 30, process_peak_gib=r["process_peak_bytes"] / 2 ** 30,
+                        step_s=r["step_s"]))
+    return pd.DataFrame(out)
+
+
+def memory_at_scale_ratio(table: pd.DataFrame, model: str, column: str = "measured_gib") -> float | None:
+    """4-bit over 16-bit of one column for one model (None when either row is missing)."""
+    d = table[table["model"] == model].set_index("config")[column]
+    return float(d["4-bit"] / d["16-bit"]) if {"4-bit", "16-bit"} <= set(d.index) else None
+
+
+def fig_memory_at_scale(table: pd.DataFrame, paper_gb: dict | None = None):
+    """Measured vs planner per model and configuration (grouped bars, GiB), titled with each model's measured
+    4-bit / 16-bit ratio beside the paper's (FinLoRA's Llama-3.1-8B GPU numbers)."""
+    import matplotlib.pyplot as plt
+
+    models_ = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(1, len(models_), figsize=(5 * len(models_), 3.8), squeeze=False)
+    paper = ""
+    if paper_gb and {"4-bit", "16-bit"} <= set(paper_gb):
+        paper = (f"; paper (Llama-3.1-8B, GPU): {paper_gb['4-bit']:.2f} / {paper_gb['16-bit']:.2f} GB = "
+                 f"{paper_gb['4-bit'] / paper_gb['16-bit']:.2f}")
+    for ax, m in zip(axes[0], models_):
+        d = table[table["model"] == m]
+        x = range(len(d))
+        ax.bar([i - 0.2 for i in x], d["measured_gib"], 0.4, label="measured (peak above process baseline)")
+        ax.bar([i + 0.2 for i in x], d["planner_gib"], 0.4, label="planner")
+        ax.scatter(list(x), d["weights_gib"], color="k", marker="_", s=300, zorder=3, label="weights (measured)")
+        ax.set_xticks(list(x), d["config"])
+        r = memory_at_scale_ratio(table, m)
+        ax.set_title(f"{m}: 4-bit / 16-bit = {r:.2f}" if r is not None else m, fontsize=10)
+        ax.set_ylabel("GiB")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Training memory at scale, measured vs planner (random weights, CPU){paper}", fontsize=10)
+    fig.tight_layout()
+    return fig
