@@ -2,6 +2,7 @@
 
     nice -n 5 .venv/bin/python bench/memory_at_scale.py            # SmolLM2-360M and -1.7B, 4 precisions (~10 min)
     .venv/bin/python bench/memory_at_scale.py --models smollm2-360m --seq-len 64   # a quicker look
+    ... --jobs 3     # measure 3 configurations at once (own processes: peaks unchanged, step times contended)
 
 At 135M parameters the embedded model's weights are a small part of a CPU process (torch, the tokenizer and
 load-time transients dominate), so the kit's own runs cannot show what 4-bit saves. Peak memory and step time
@@ -149,6 +150,7 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     ap.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per measurement (default 1)")
+    ap.add_argument("--jobs", type=int, default=1, help="configurations measured at once (default 1)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per configuration before it is abandoned")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "memory_at_scale.json"))
     a = ap.parse_args()
@@ -162,9 +164,9 @@ def main() -> int:
 
     names = [m.strip() for m in a.models.split(",") if m.strip()]
     bad = [m for m in names if m not in shipped_models()]
-    if bad or a.seq_len < 2 or a.batch < 1 or a.threads < 1:
+    if bad or a.seq_len < 2 or a.batch < 1 or a.threads < 1 or a.jobs < 1:
         print(f"error: --models {bad[0]!r}: expected shipped configs ({', '.join(shipped_models())})" if bad else
-              "error: --seq-len >= 2, --batch >= 1 and --threads >= 1 expected", file=sys.stderr)
+              "error: --seq-len >= 2, --batch, --threads and --jobs >= 1 expected", file=sys.stderr)
         return 2
     t_start = time.time()
     rows = []
@@ -176,27 +178,41 @@ def main() -> int:
         t = time.time()
         models.random_model_dir(name)
         print(f"{name}: random bf16 checkpoint ready ({time.time() - t:.0f} s)", flush=True)
-        if name == names[0]:
-            print("MiB columns: weights (measured | planner), training-phase peak above the process baseline "
-                  "(measured | planner | error), training-phase peak above the loaded model, whole-process peak\n"
-                  + hdr, flush=True)
-        for label, precision, bits, dq, rank in CONFIGS:
-            cfg = dict(model=name, label=label, precision=precision, bits=bits, double_quant=dq, rank=rank,
-                       seq_len=a.seq_len, batch=a.batch, threads=a.threads)
-            try:
-                m = measure(cfg, a.timeout)
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
-                print(f"{name:<14}{label:<10} failed: {str(e).splitlines()[0][:200]}", flush=True)
-                continue
-            p = predict(cfg)
-            err = 100.0 * (p["predicted_bytes"] - m["above_process_bytes"]) / m["above_process_bytes"]
-            row = dict(cfg, **m, **p, error_pct=round(err, 2))
-            rows.append(row)
-            mib = 2 ** 20
-            print(f"{name:<14}{label:<10}{m['weight_bytes'] / mib:>9.0f}{p['predicted_weight_bytes'] / mib:>9.0f}"
-                  f"{m['above_process_bytes'] / mib:>10.0f}{p['predicted_bytes'] / mib:>9.0f}{err:>+7.1f}"
-                  f"{m['above_loaded_bytes'] / mib:>11.0f}{m['process_peak_bytes'] / mib:>11.0f}{m['step_s']:>8.2f}",
-                  flush=True)
+    print("MiB columns: weights (measured | planner), training-phase peak above the process baseline "
+          "(measured | planner | error), training-phase peak above the loaded model, whole-process peak\n"
+          + hdr, flush=True)
+    cfgs = [dict(model=name, label=label, precision=precision, bits=bits, double_quant=dq, rank=rank,
+                 seq_len=a.seq_len, batch=a.batch, threads=a.threads)
+            for name in names for label, precision, bits, dq, rank in CONFIGS]
+    # Each configuration is its own process (its VmHWM is its own), so --jobs > 1 changes the peaks not at
+    # all and the step times only through contention for the cores.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(cfg):
+        try:
+            return measure(cfg, a.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            return e
+
+    # largest model first and its 16-bit run after the quantized ones: concurrent runs share the RAM
+    order = sorted(range(len(cfgs)), key=lambda i: (-names.index(cfgs[i]["model"]), cfgs[i]["label"] == "16-bit"))
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        done = dict(zip(order, pool.map(attempt, [cfgs[i] for i in order])))
+    measured = [done[i] for i in range(len(cfgs))]
+    for cfg, m in zip(cfgs, measured):
+        name, label = cfg["model"], cfg["label"]
+        if isinstance(m, Exception):
+            print(f"{name:<14}{label:<10} failed: {str(m).splitlines()[0][:200]}", flush=True)
+            continue
+        p = predict(cfg)
+        err = 100.0 * (p["predicted_bytes"] - m["above_process_bytes"]) / m["above_process_bytes"]
+        row = dict(cfg, **m, **p, error_pct=round(err, 2))
+        rows.append(row)
+        mib = 2 ** 20
+        print(f"{name:<14}{label:<10}{m['weight_bytes'] / mib:>9.0f}{p['predicted_weight_bytes'] / mib:>9.0f}"
+              f"{m['above_process_bytes'] / mib:>10.0f}{p['predicted_bytes'] / mib:>9.0f}{err:>+7.1f}"
+              f"{m['above_loaded_bytes'] / mib:>11.0f}{m['process_peak_bytes'] / mib:>11.0f}{m['step_s']:>8.2f}",
+              flush=True)
     if not rows:
         print("error: no configuration could be measured", file=sys.stderr)
         return 1
@@ -204,7 +220,8 @@ def main() -> int:
     big = names[-1]
     r_big = ratio(rows, big)
     doc = new_result("memory_at_scale", {"models": names, "configs": [c[0] for c in CONFIGS], "seq_len": a.seq_len,
-                                         "batch": a.batch, "threads": a.threads, "targets": "q_proj,k_proj,v_proj"},
+                                         "batch": a.batch, "threads": a.threads, "jobs": a.jobs,
+                                         "targets": "q_proj,k_proj,v_proj"},
                      seed=0, base_model={"source": "random init (bf16, seed 0) of the shipped configs "
                                                    f"{', '.join(names)}: memory and time only, no accuracy"})
     doc.update(rows=rows, sixteen_bit_precision=resolve_precision("auto"), max_abs_error_pct=worst,

@@ -9,6 +9,7 @@ import pytest
 
 from finlora_utils import data, evaluate as ev, plots, report, results
 from finlora_utils.config import TrainConfig, paper_settings
+from finlora_utils.results import ResultsError
 
 SENT = ["negative", "neutral", "positive"]
 
@@ -221,3 +222,24 @@ def test_figures_save_png_and_csv(study, tmp_path):
     assert cm.groupby("run_id")["count"].sum().eq(10).all()
     frames = {r["run_id"]: report.confusion_frame(r["eval_info"]["fpb"]) for r in runs}
     plots.save_figure(report.fig_confusions(frames), cm, "cm", tmp_path / "figures")
+
+
+def test_memory_at_scale_table_ratio_and_figure():
+    mib = 2 ** 20
+    rows = [dict(model="smollm2-1.7b", label=lab, precision=p, weight_bytes=w * mib, above_process_bytes=m * mib,
+                 above_loaded_bytes=60 * mib, process_peak_bytes=(m + 500) * mib, predicted_bytes=pr * mib,
+                 predicted_weight_bytes=w * mib, step_s=2.0)
+            for lab, p, w, m, pr in (("16-bit", "bf16", 3200, 3600, 3500), ("8-bit", "int8", 2000, 2400, 2300),
+                                     ("4-bit", "nf4", 1100, 1440, 1500))]
+    doc = {"run_id": "memory_at_scale", "rows": rows}
+    t = report.memory_at_scale_table(doc)
+    assert list(t.config) == ["16-bit", "8-bit", "4-bit"]
+    assert t.error_pct.round(2).tolist() == [pytest.approx(-2.78, abs=0.01), pytest.approx(-4.17, abs=0.01),
+                                            pytest.approx(4.17, abs=0.01)]
+    assert report.memory_at_scale_ratio(t, "smollm2-1.7b") == pytest.approx(0.40)
+    assert report.memory_at_scale_ratio(t, "smollm2-360m") is None
+    fig = report.fig_memory_at_scale(t, {"4-bit": 8.26, "16-bit": 30.91})
+    assert "0.27" in fig._suptitle.get_text() and "0.40" in fig.axes[0].get_title()
+    del rows[0]["step_s"]
+    with pytest.raises(ResultsError, match=r"rows\[0\].*step_s"):
+        report.memory_at_scale_table(doc)
