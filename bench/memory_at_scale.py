@@ -119,8 +119,10 @@ def _steps(model, precision: str, rank: int, loaded: bool, seq_len: int, batch: 
 def measure(cfg: dict, timeout: int) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(cfg["threads"]),
                TOKENIZERS_PARALLELISM="false")
+    # its own session: on a kernel with autogroup scheduling each measured process then gets the CPU share
+    # of one session instead of splitting the bench's among the concurrent configurations
     out = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=timeout)
+                         capture_output=True, text=True, timeout=timeout, start_new_session=True)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"measuring {cfg} failed:\n{out.stderr[-2000:]}")
