@@ -156,7 +156,7 @@ def _keep_epoch(src: Path, keep: Path, epoch: int, curve: list, cfg, scorer, val
 
 def main(argv=None) -> int:
     a = _args(argv)
-    from finlora_utils import data, results
+    from finlora_utils import data, models, results
 
     val, test = data.load_task("fpb", "validation", allow_sample=False), data.load_task("fpb", "test", allow_sample=False)
     n_fit = len(data.load_task("fpb", "fit", allow_sample=False))
@@ -195,7 +195,8 @@ def main(argv=None) -> int:
         print(f"{r['precision']:<9} {r['rank']:>5}  {r['lr']:<7g} {r['epoch']:>5}  {r['val_accuracy']:.4f}   "
               f"{r['test_accuracy']:.4f}    {r['test_weighted_f1']:.4f}    {r['test_macro_f1']:.4f}")
     best = max(rows, key=lambda r: r["val_accuracy"])   # chosen on validation only
-    obj = results.new_result("fpb_accuracy", dict(vars(a)), a.seed, None, "real")
+    obj = results.new_result("fpb_accuracy", dict(vars(a)), a.seed, None, "real",
+                             base_model=models.base_provenance("embedded"))
     obj["eval_info"] = dict(candidates=cands, selected=rows, headline=best, majority_baseline=base_rate,
                             fit_examples=n_fit, validation_examples=len(val), test_examples=len(test))
     path = results.write_json(Path(a.out).with_suffix(".json"), obj)

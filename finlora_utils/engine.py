@@ -208,7 +208,10 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
         adapter_dir = run_dir / "adapter"
         info["adapter_bytes"] = save_adapter(adapter, adapter_dir, model_card(config, info, base_model_id(config.model)))
         info["adapter_path"] = results.portable_path(adapter_dir)
-        res = results.new_result(config.run_id(), as_stored(config), config.seed, preset, data.source)
+        from .models import base_provenance
+
+        res = results.new_result(config.run_id(), as_stored(config), config.seed, preset, data.source,
+                                 base_model=base_provenance(config.model))
         from .data.hashes import file_hashes
 
         # own data: the task files (path, sha256, rows, labels); built-in tasks: every file read, by sha256

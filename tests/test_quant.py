@@ -93,3 +93,38 @@ def test_layer_errors_rank_the_formats():
     assert err["int8"] < err["nf4"] < err["fp4"]
     s = quant.error_sample(model.model.layers[0].mlp.up_proj.weight, "nf4", n=1000)
     assert s.shape == (1000,) and abs(s.mean()) < 0.05
+
+
+def _q4_1(w0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """llama.cpp's Q4_1 round trip (blocks of 32 along a row: min, d = (max - min) / 15); returns (w, d)."""
+    b = w0.reshape(w0.shape[0], -1, 32)
+    lo, hi = b.amin(-1, keepdim=True), b.amax(-1, keepdim=True)
+    d = (hi - lo) / 15
+    q = torch.clamp(torch.round((b - lo) / d), 0, 15)
+    return (lo + q * d).reshape(w0.shape), d.expand_as(b).reshape(w0.shape)
+
+
+def test_continuous_reference_removes_the_q4_1_grid_and_stays_within_its_step():
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(64, 128, generator=g) * 0.02
+    w, d = _q4_1(w0)
+    torch.testing.assert_close(quant.source_step(w), d, rtol=1e-4, atol=1e-7)
+    assert quant.levels_per_block(w) <= 16 < 30 < quant.levels_per_block(w0)
+    ref = quant.continuous_reference(w, seed=1)
+    assert quant.levels_per_block(ref) > 30
+    assert ((ref - w).abs() <= d / 2 + 1e-7).all() and not torch.equal(ref, w)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quant.source_step(torch.zeros(4, 48))
+
+    layer = torch.nn.Module()
+    layer.q_proj = torch.nn.Linear(128, 64, bias=False)
+    layer.q_proj.weight.data = w
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([layer])
+    df = quant.source_vs_continuous(model, ("int8", "nf4", "nf4-dq"), seed=0)
+    assert list(df.scheme) == ["int8", "nf4", "nf4-dq"] and (df.levels_source <= 16).all()
+    summ = quant.source_effect_summary(df)
+    assert (summ.rel_fro_source > 0).all() and (summ.rel_fro_continuous > 0).all()
+    assert summ.ratio.tolist() == pytest.approx((summ.rel_fro_source / summ.rel_fro_continuous).tolist())
+    text = quant.source_effect_sentence(summ, float(df.levels_source.mean()))
+    assert "a 4-bit grid" in text and f"{summ.rel_fro_source[1]:.4f}" in text

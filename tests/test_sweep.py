@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from finlora_utils import sweep
+from finlora_utils import report, sweep
 from finlora_utils.config import ConfigError
 
 GRID = {
@@ -246,3 +246,35 @@ def test_a_grid_over_own_data_files_trains_evaluates_and_predicts(tmp_path, monk
     last = nbformat.read(pdir / "executed" / "05_evaluation.ipynb", as_version=4).cells[-2]
     shown = next(o for o in last.outputs if o["output_type"] == "execute_result")["data"]["text/plain"]
     assert "Someone took money from my account" in shown and "fraud" in shown and "loan" in shown
+def test_bits_rank_table_and_decomposition_on_fixture_points(tmp_path):
+    """Three seeds x (16, 8, 4 bits) x (r4, r8): the two-factor table, and the 8-bit r8 -> 4-bit r4 change split
+    into rank and bits from paired per-seed differences (hand-computed below)."""
+    acc = {(16, 4): 0.73, (16, 8): 0.77, (8, 4): 0.72, (8, 8): 0.76, (4, 4): 0.66, (4, 8): 0.74}
+    prec = {16: "bf16", 8: "int8", 4: "nf4"}
+    for seed, shift in ((0, 0.0), (1, 0.01), (2, 0.0)):
+        runs = [_result("fpb_base", ["fpb"], "fp32", None, {"fpb": (0.14, 0.07, "score")}, seed=seed, trained=False)]
+        for (bits, rank), a in acc.items():
+            a = a + shift - (0.06 if (seed, bits, rank) == (2, 4, 4) else 0.0)   # seed 2's 4-bit r4 is worse
+            runs.append(_result(f"fpb_{bits}bit_r{rank}", ["fpb"], prec[bits], rank, {"fpb": (a, a - 0.01, "score")},
+                                seed=seed))
+        _point(tmp_path, {"TASKS": "fpb", "SEED": seed}, runs)
+    rows = sweep.seed_rows(tmp_path)
+    table = report.bits_rank_table(rows)
+    assert list(table.index) == [("fpb", 16), ("fpb", 8), ("fpb", 4)] and list(table.columns) == ["r4", "r8"]
+    assert table.loc[("fpb", 4), "r4"] == "0.643 ± 0.038 (3)"        # 0.66, 0.67, 0.60
+    assert table.loc[("fpb", 16), "r8"] == "0.773 ± 0.006 (3)"
+    d = report.bits_rank_decomposition(rows, "fpb")
+    assert d["n_seeds"] == 3
+    assert d["total"] == pytest.approx(-0.12) and d["total_std"] == pytest.approx(0.0346, abs=1e-4)
+    assert d["rank"] == pytest.approx(-0.07) and d["bits"] == pytest.approx(-0.05)
+    assert d["rank"] + d["bits"] == pytest.approx(d["total"])
+    assert d["interaction"] == pytest.approx(-0.06)                   # rank costs 0.04 at 8 bits, 0.10 at 4 bits
+    text = report.bits_rank_sentence(d)
+    assert "-0.120 ± 0.035" in text and "rank change accounts for -0.070" in text and "58% of it rank" in text
+    assert report.bits_rank_decomposition(rows, "fiqa") is None and "not decomposed" in report.bits_rank_sentence(None)
+    outcomes = [{"point": json.loads(p.read_text())["point"], "status": "done"}
+                for p in sorted((tmp_path / "points").glob("*/DONE.json"))]
+    page = sweep.write_report({"name": "bits-rank", "preset": "cpu", "notebooks": ["03_finetune"], "params": {}},
+                              tmp_path, outcomes).read_text()
+    assert "Bits × rank" in page and "0.643 ± 0.038 (3)" in page and "58% of it rank" in page
+    assert (tmp_path / "bits_rank.csv").read_text().count("\n") == 1 + 3 * 6

@@ -150,6 +150,7 @@ def test_qlora_on_tiny_model_lowers_target_loss(tmp_path):
     assert saved["run_id"] == "fpb_tiny-random-llama_4bit_r4" and saved["train_info"]["loss_curve"] == ti["loss_curve"]
     assert saved["run_info"]["config"]["precision"] == "nf4" and saved["meta_info"]["packages"]["torch"]
     assert list(saved["run_info"]["data_files"]) == ["fpb/Sentences_50Agree.txt"]   # sha256, or None for sample data
+    assert saved["meta_info"]["base_model"]["source"].startswith("random init")   # base provenance recorded
     card = (Path(ti["adapter_path"]) / "README.md").read_text()
     assert "base_model:" in card and "rank 4" in card and "loss on target tokens" in card
     assert ti["adapter_bytes"] == (Path(ti["adapter_path"]) / "adapter_model.safetensors").stat().st_size
