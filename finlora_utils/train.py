@@ -318,7 +318,8 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
     Resumes from the run folder's latest checkpoint when there is one; a finished run is returned as is
     unless force=True. rank/world_size/wrap_model are the DDP hooks: every rank builds the same batch plan
     and takes its shard of each micro-batch; wrap_model(TrainModule) -> e.g. DistributedDataParallel.
-    on_step(step, loss) is called after every optimizer step (progress bars, failure drills).
+    on_step(step, loss) is called after every optimizer step (progress bars, failure drills); an on_step with a
+    begin(total_steps, start_step) method hears the plan's size first.
     Other ranks return {}.
     """
     from .models import load_tokenizer
@@ -366,6 +367,8 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
     amp_name = str(amp).replace("torch.", "") if amp else None
     log(f"[train {run_id}] {len(ex)} examples, {len(plan)} steps, {config.precision}, amp {amp_name}, "
         f"grad checkpointing {'on' if ckpt_on else 'off'} ({why}), {dev}, truncated {data.truncated}")
+    if hasattr(on_step, "begin"):   # a progress display needs the step count before the first step
+        on_step.begin(len(plan), start)
 
     def loop():
         t_start = t_mark = time.time()
