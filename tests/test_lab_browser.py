@@ -11,6 +11,7 @@ FINLORA_BROWSER_TEST=1) it fails instead. About 2-3 minutes on 2 cores.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -246,12 +247,13 @@ def test_explorers_respond_in_jupyterlab(page, lab, name):
     if name == "03_finetune":   # the live monitor ran to its end: a full bar and a drawn curve
         monitor = page.locator(f"{PANEL} .finlora-monitor").first
         monitor.scroll_into_view_if_needed()
-        bar = monitor.locator(".finlora-progress")
-        assert "run 2/2" in bar.inner_text(), bar.inner_text()
-        assert "step" in monitor.inner_text() and "loss" in monitor.inner_text()
-        assert monitor.locator("img.finlora-figure").is_visible()
-        width = monitor.locator(".progress-bar").evaluate("e => e.style.width")
-        assert width == "100%", f"progress bar at {width} after training"
+        from playwright.sync_api import expect
+
+        # expect() retries: the widgets may still be re-rendering their last update
+        expect(monitor.locator(".finlora-progress")).to_contain_text("run 2/2", timeout=15_000)
+        expect(monitor).to_contain_text("loss", timeout=15_000)
+        expect(monitor.locator("img.finlora-figure")).to_be_visible(timeout=15_000)
+        expect(monitor.locator(".progress-bar")).to_have_attribute("style", re.compile(r"width: 100%"), timeout=15_000)
         monitor.screenshot(path=str(SHOTS / f"{name}_monitor.png"))
     explorers = page.locator(f"{PANEL} .finlora-explorer")
     assert explorers.count() >= 1, f"{name}: no explorer rendered as a widget"
