@@ -6,7 +6,7 @@ pixels or the table's text it drives must change. Screenshots land in reports/la
 
 Needs /usr/bin/chromium (Debian: `apt-get install chromium`; FINLORA_CHROMIUM points elsewhere) and the
 `playwright` package from requirements.txt. Without them the test skips, saying so; with CI=true (or
-FINLORA_BROWSER_TEST=1) it fails instead. Took 13.5 min on the shared 2-core Xeon at load average ~25
+FINLORA_BROWSER_TEST=1) it fails instead. Took 9.7-13.5 min on the shared 2-core Xeon at load average ~25
 (five notebooks: JupyterLab start ~50 s, then 30-250 s each); not yet timed on a quiet machine.
 """
 from __future__ import annotations
