@@ -29,7 +29,7 @@ study: venv
 	$(BIN)/python -m finlora_utils.study all --preset $(PRESET)
 
 test: venv
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 lab: venv
 	$(BIN)/jupyter lab notebooks/

@@ -164,6 +164,8 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
     say(f"{tag} {len(ex)} examples, {len(plan)} steps, {config.precision}, amp {amp_name}, grad checkpointing "
         f"{'on' if built.grad_checkpointing else 'off'} ({built.why}), {built.device}{recipe.describe()}, "
         f"truncated {data.truncated}")
+    if hasattr(on_step, "begin"):   # a progress bar / live loss curve hears the plan's size first
+        on_step.begin(len(plan), start)
 
     def loop():
         t_start = t_mark = time.time()

@@ -18,6 +18,7 @@ import torch
 SCHEMES = ("int8", "nf4", "fp4", "nf4-dq", "fp4-dq")
 BLOCK = 64
 BLOCK2 = 256
+BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)   # what bitsandbytes' quantize_4bit accepts
 
 
 def check_scheme(scheme: str) -> tuple[str, bool]:
@@ -52,8 +53,10 @@ class Quantized:
         return 8 * self.nbytes / int(np.prod(self.shape))
 
 
-def quantize(w: torch.Tensor, scheme: str) -> Quantized:
-    """Quantize a 2-D weight (out_features x in_features) exactly as bitsandbytes stores it."""
+def quantize(w: torch.Tensor, scheme: str, blocksize: int = BLOCK) -> Quantized:
+    """Quantize a 2-D weight (out_features x in_features) exactly as bitsandbytes stores it.
+
+    blocksize: weights per absmax for the 4-bit formats (bitsandbytes' Linear4bit uses 64; int8 ignores it)."""
     import bitsandbytes.functional as bnbf
 
     base, dq = check_scheme(scheme)
@@ -62,7 +65,9 @@ def quantize(w: torch.Tensor, scheme: str) -> Quantized:
     if base == "int8":  # Int8Params quantizes from fp16, row-wise absmax
         cb, scb, _ = bnbf.int8_vectorwise_quant(w.detach().to(torch.float16))
         return Quantized(scheme, tuple(w.shape), {"CB": cb, "SCB": scb})
-    packed, qs = bnbf.quantize_4bit(w.detach().float(), blocksize=BLOCK, compress_statistics=dq, quant_type=base)
+    if blocksize not in BLOCKSIZES:
+        raise ValueError(f"blocksize={blocksize!r}: expected one of {', '.join(map(str, BLOCKSIZES))}")
+    packed, qs = bnbf.quantize_4bit(w.detach().float(), blocksize=blocksize, compress_statistics=dq, quant_type=base)
     tensors = {"weight": packed, "absmax": qs.absmax, "code": qs.code}
     if dq:
         tensors.update(absmax2=qs.state2.absmax, code2=qs.state2.code, offset=qs.offset.reshape(1))
@@ -102,7 +107,7 @@ def projection_weights(model) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def _layer_index(name: str) -> int:
+def layer_index(name: str) -> int:
     parts = name.split(".")
     return next((int(p) for p in parts if p.isdigit()), -1)
 
@@ -114,7 +119,7 @@ def layer_errors(model, schemes=SCHEMES, layers=None) -> "pd.DataFrame":
 
     rows = []
     for name, w in projection_weights(model):
-        idx = _layer_index(name)
+        idx = layer_index(name)
         if layers is not None and idx not in layers:
             continue
         for s in schemes:

@@ -302,7 +302,10 @@ def render_html(executed: Path, html_dir: Path, hide_code: bool = True, banner: 
     import nbformat
     from nbconvert import HTMLExporter
 
+    from .explore import strip_widgets
+
     nb = nbformat.read(str(executed), as_version=4)
+    strip_widgets(nb)   # the report opens offline: no widget JavaScript from a CDN
     exporter = HTMLExporter(exclude_input=hide_code, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
     if banner:

@@ -375,7 +375,8 @@ def train(config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_model=No
     Resumes from the run folder's latest checkpoint when there is one; a finished run is returned as is
     unless force=True. rank/world_size/wrap_model are the DDP hooks: every rank builds the same batch plan
     and takes its shard of each micro-batch; wrap_model(TrainModule) -> e.g. DistributedDataParallel.
-    on_step(step, loss) is called after every optimizer step (progress bars, failure drills).
+    on_step(step, loss) is called after every optimizer step (progress bars, failure drills); an on_step with a
+    begin(total_steps, start_step) method hears the plan's size first (engine.run).
     """
     return run(config, Replica(rank, world_size, wrap_model, device), preset=preset, results_dir=results_dir,
                data_dir=data_dir, force=force, log=log, on_step=on_step)
