@@ -44,6 +44,16 @@ def run(mode: str, args, out: Path, threads: int, label: str) -> dict:
                 n=1 if mode == "none" else args.nproc)
 
 
+def print_schedule_bound(stages: int, micro_batches: int, schedule: str, measured: float) -> None:
+    """The bubble the schedule itself predicts, so the measured pipeline efficiency has a ceiling beside it."""
+    from finlora_utils.flops import pipeline_bubble
+
+    bubble = pipeline_bubble(stages, micro_batches)
+    print(f"{schedule} bubble the schedule predicts: (p-1)/(m+p-1) = ({stages}-1)/({micro_batches}+{stages}-1) = "
+          f"{bubble:.2f}, so pipeline efficiency at most {1 - bubble:.2f} (measured {measured:.2f}; the rest is "
+          f"point-to-point sends, unequal stages and per-micro-batch overhead)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded")
@@ -78,6 +88,7 @@ def main(argv=None) -> int:
     print(f"ddp x{args.nproc} vs single on all {cores} cores: {ddp / full:.2f}x")
     print(f"pipeline efficiency: {pipe / base / args.nproc:.2f}")
     print(f"ddp efficiency: {ddp / base / args.nproc:.2f}")
+    print_schedule_bound(args.nproc, args.micro_batches, args.schedule, pipe / base / args.nproc)
     return 0
 
 
