@@ -8,7 +8,11 @@ best: batched, KV cache, greedy, max_new_tokens=10, stopping when every row has 
 score is timed twice: plain (one forward per batch, last logits only) and with the task's shared
 instruction prefix run once and its KV cache expanded over the batch (the default). With --repeats the
 modes run interleaved and the fastest repeat of each counts (on a shared machine the slow repeats are
-other people's load). The last line is `score speedup vs generate: X.XXx`.
+other people's load). Then the FLOPs each mode needs (finlora_utils.flops: score's shared prefix once, each
+prompt's own tokens and the LM head only where a label's log-probability needs it; generate's prefill and one
+decode step per generated token up to its EOS) over this machine's measured matmul peak give the MFU, and
+the ratio the machine allows: generate's measured time over the time score's FLOPs take at the peak.
+Last lines: `score speedup vs generate: X.XXx (this machine allows about Z.Zx)` and `score MFU: Y %`.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from finlora_utils import data, evaluate as ev, models
+from finlora_utils import data, evaluate as ev, flops, models
 from finlora_utils.config import resolve_precision
 
 
@@ -26,6 +30,18 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def needed_flops(model_name, tok, prompts, labels, outputs, max_new_tokens) -> tuple[dict, dict, int]:
+    """(score FLOPs, generate FLOPs, mean own tokens per prompt after the shared prefix). Generated tokens
+    per prompt: its decoded text re-tokenized plus the EOS, at most max_new_tokens."""
+    split = [ev.split_label_tokens(tok, p, labels) for p in prompts]
+    ctxs, conts = [c for c, _ in split], [c for _, c in split]
+    score = flops.score_flops(model_name, ctxs, conts)
+    new = [min(max_new_tokens, len(tok(o, add_special_tokens=False)["input_ids"]) + 1) for o in outputs]
+    gen = flops.generate_flops(model_name, [len(ev.prompt_ids(tok, p)[0]) for p in prompts], new)
+    shared = flops.common_prefix_len(ctxs)
+    return score, gen, round(sum(len(c) - shared for c in ctxs) / max(len(ctxs), 1))
 
 
 def main(argv=None):
@@ -90,7 +106,16 @@ def main(argv=None):
           f"generate vs score agreement: {sum(a == b for a, b in zip(gen_pred, score_pred))}/{n}")
     print("seconds per repeat: " + "; ".join(f"{k} " + ", ".join(f"{t:.1f}" for t in v) for k, v in times.items()))
     print(f"plain score speedup vs generate: {t_gen / t_plain:.2f}x")
-    print(f"score speedup vs generate: {t_gen / t_score:.2f}x")
+    f_score, f_gen, own = needed_flops(args.model, tok, prompts, labels, outs, args.max_new_tokens)
+    peak = flops.measure_peak(args.model, tokens=bs * own, dtype=flops.compute_dtype(args.precision))
+    at_peak = f_score["total"] / peak["peak"]
+    print(f"{flops.peak_summary(peak)}")
+    print(f"needed GFLOP: score {f_score['total'] / 1e9:.1f} (LM head {f_score['head'] / 1e9:.1f}), generate "
+          f"{f_gen['total'] / 1e9:.1f} (LM head {f_gen['head'] / 1e9:.1f}): {f_gen['total'] / f_score['total']:.1f}x "
+          f"at equal MFU; generate MFU {100 * flops.mfu(f_gen['total'], t_gen, peak['peak']):.1f} %, score at the "
+          f"peak would take {at_peak:.2f} s")
+    print(f"score speedup vs generate: {t_gen / t_score:.2f}x (this machine allows about {t_gen / at_peak:.1f}x)")
+    print(f"score MFU: {100 * flops.mfu(f_score['total'], t_score, peak['peak']):.1f} %")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ seen once. Each recipe runs in its own fresh subprocess, back to back, so each p
 is its own. Afterwards both adapters are scored with the same function on held-out test examples:
 the mean loss on target tokens must agree within noise. Wall time decides the speedup; CPU time is
 printed too, because other load on a shared machine stretches wall time more than CPU time.
-Last line: `train speedup vs finlora recipe: X.XXx` (target tokens per second).
+Then the FLOPs the examples need (finlora_utils.flops) over the measured matmul peak of this machine, in the
+dtype training computes in, gives each recipe's MFU. Last lines: `train speedup vs finlora recipe: X.XXx`
+(target tokens per second) and `train MFU: Y %` (ours).
 """
 from __future__ import annotations
 
@@ -157,6 +159,22 @@ def heldout_loss(cfg, adapters: dict, n: int) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- the machine's limit
+
+def needed_flops_and_peak(cfg) -> tuple[dict, dict]:
+    """FLOPs the run's examples need (finlora_utils.flops: forward + input gradients of the frozen model, LoRA
+    with its weight gradients, LM head at label positions, no padding or recomputation) and this machine's
+    matmul peak in the dtype training computes in, at the threads a fresh process gets."""
+    from finlora_utils import flops, train
+    from finlora_utils.models import load_tokenizer
+
+    data = train.build_data(cfg, load_tokenizer(cfg.model))
+    ex = flops.planned_examples(data.examples, data.plan)
+    need = flops.train_flops(cfg.model, ex, cfg.lora)
+    tokens = cfg.batch_size * round(sum(n for n, _ in ex) / max(len(ex), 1))   # one batch's projection rows
+    return need, flops.measure_peak(cfg.model, tokens=tokens, dtype=flops.compute_dtype(cfg.precision))
+
+
 # ---------------------------------------------------------------- driver
 
 def _child(a) -> int:
@@ -195,6 +213,7 @@ def main(argv=None) -> int:
         out = Path(tmp)
         rows = [_spawn(r, a, out, extra) for r in ("finlora", "ours")]
         losses = heldout_loss(_config(a, out), {r["recipe"]: r["adapter"] for r in rows}, a.heldout)
+        need, peak = needed_flops_and_peak(_config(a, out))
     print(f"\n{a.model} on {a.task}, nf4 r4, {a.steps} steps x batch {a.batch}, {os.cpu_count()} CPUs "
           f"(held-out target loss of the base model: {losses['base']:.4f})")
     print(f"{'recipe':<8} {'wall s':>7} {'cpu s':>7} {'s/step':>7} {'target tok/s':>13} {'tok/s':>6} {'peak GiB':>9} "
@@ -211,7 +230,14 @@ def main(argv=None) -> int:
     print(f"CPU-time speedup (less sensitive to other load on the machine): {fin['cpu_s'] / ours['cpu_s']:.2f}x")
     print(f"held-out target loss: base {losses['base']:.4f}, finlora {losses['finlora']:.4f}, ours {losses['ours']:.4f} "
           f"(difference {losses['ours'] - losses['finlora']:+.4f})")
+    from finlora_utils.flops import mfu, peak_summary
+
+    print(f"{peak_summary(peak)}; the run needs {need['total'] / 1e12:.3f} TFLOP (forward {need['forward'] / 1e12:.3f}); "
+          f"MFU finlora {100 * mfu(need['total'], fin['wall_s'], peak['peak']):.1f} %, "
+          f"ours {100 * mfu(need['total'], ours['wall_s'], peak['peak']):.1f} % (by CPU time / threads: "
+          f"{100 * mfu(need['total'], ours['cpu_s'] / peak['threads'], peak['peak']):.1f} %)")
     print(f"train speedup vs finlora recipe: {speedup:.2f}x")
+    print(f"train MFU: {100 * mfu(need['total'], ours['wall_s'], peak['peak']):.1f} %")
     return 0
 
 

@@ -1,0 +1,275 @@
+"""The CUDA paths nobody has executed yet, in one command, into one results JSON.
+
+    python bench/gpu_check.py              # one GPU, < 8 min: reports/showcase/gpu/gpu_check.json
+    python bench/gpu_check.py --dry-run    # the same code on CPU (tiny random model, 2 steps), ~1 min:
+                                           # reports/gpu_check/dry_run.json (not committed)
+
+Checks, each recorded as ok / failed (with the error) / skipped (with the reason, e.g. `no CUDA`):
+  lora_step_16bit, _8bit, _4bit  finlora_utils.train on the embedded model at bf16 / int8 / nf4 (the
+                                 paper's ranks): finite decreasing-or-not loss curve, tokens/s, the autocast
+                                 dtype train chose, and the measured peak (torch.cuda.max_memory_allocated
+                                 on CUDA) beside the memory planner's prediction for the same batch shape
+  paged_adamw_8bit               a 4-bit run with bitsandbytes' paged 8-bit AdamW (CUDA only), vs the planner
+  autocast                       what train.amp_dtype picks here, and one step each with bf16 autocast and
+                                 with fp16 autocast + GradScaler from the same start (fp16: CUDA only)
+  label_scoring                  evaluate.score_labels with and without the shared-prefix cache: identical
+                                 predictions, time per example, accuracy
+  ddp_nccl                       parallel.launch DDP over 2 GPUs under torchrun with a timeout (needs >= 2)
+Provenance (versions, commit, hardware, data source) comes from finlora_utils.results. Exit status 1 if any
+check failed. Nothing is faked: a check this machine cannot run says so.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHOWCASE = ROOT / "reports" / "showcase" / "gpu" / "gpu_check.json"
+DRY_RUN = ROOT / "reports" / "gpu_check" / "dry_run.json"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _config(a, tmp: Path, bits: int, **kw):
+    from finlora_utils.config import TrainConfig, paper_settings
+
+    precision, lora = paper_settings(bits)   # the paper's rank per bit width (8 / 8 / 4), alpha 16, dropout 0.05
+    base = dict(model=a.model, tasks=(a.task,), precision=precision, lora=lora, batch_size=a.batch, max_steps=a.steps, max_train_samples=a.steps * a.batch,
+                max_seq_len=a.max_seq_len, seed=a.seed, output_dir=str(tmp / "runs"), log_every=a.steps,
+                warmup_ratio=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _planner(cfg, device: str, grad_checkpointing: bool) -> dict:
+    """memory.plan for this run's largest padded batch, the way train.planned asks it."""
+    from finlora_utils import memory, train
+    from finlora_utils.lora import model_config
+    from finlora_utils.models import load_tokenizer
+    from finlora_utils.tokenization import IGNORE
+
+    data = train.build_data(cfg, load_tokenizer(cfg.model))
+    ex = data.examples
+    seq = max(max(len(ex[i]["input_ids"]) for i in mb) for step in data.plan for mb in step)
+    labels = max(len(e["labels"]) - e["labels"].count(IGNORE) for e in ex)
+    kw = dict(compute_bytes=4, base_bytes=4) if cfg.precision == "fp32" else {}
+    p = memory.plan(model_config(cfg.model), bits=min(cfg.bits, 16), rank=cfg.lora.rank, targets=cfg.lora.targets,
+                    seq_len=seq, batch=cfg.batch_size, grad_checkpointing=grad_checkpointing,
+                    label_only_logits=cfg.label_only_logits, label_tokens=labels, optimizer=cfg.optimizer,
+                    variant=cfg.lora.variant, dropout=cfg.lora.dropout, double_quant=cfg.double_quant,
+                    device=device, **kw)
+    # torch.cuda.max_memory_allocated does not see the CUDA context the planner adds as 'framework'
+    return dict(seq_len=seq, batch=cfg.batch_size, total_bytes=p.total_bytes,
+                without_framework_bytes=p.total_bytes - p.breakdown.get("framework", 0))
+
+
+def _train_check(a, tmp: Path, bits: int, **kw) -> dict:
+    from finlora_utils import train
+
+    cfg = _config(a, tmp, bits, **kw)
+    res = train.train(cfg, results_dir=tmp / "results", force=True, log=lambda *_: None)
+    ti = res["train_info"]
+    losses = [loss for _, loss in ti["loss_curve"]]
+    dev = "cuda" if ti["device"].startswith("cuda") else "cpu"
+    plan = _planner(cfg, dev, ti["grad_checkpointing"])
+    measured = ti["peak_mem_bytes"]
+    out = dict(precision=cfg.precision, rank=cfg.lora.rank, optimizer=cfg.optimizer, device=ti["device"],
+               amp_dtype=ti["amp_dtype"], grad_checkpointing=ti["grad_checkpointing"], steps=ti["steps"],
+               loss_first=losses[0], loss_last=losses[-1], tokens_per_s=round(ti["tokens_per_s"], 1),
+               wall_s=round(ti["wall_s"], 2), peak_mem_bytes=measured, peak_mem_method=ti["peak_mem_method"],
+               planner=plan)
+    if ti["peak_mem_method"] == "cuda_max_allocated":
+        out["measured_over_planned"] = round(measured / plan["without_framework_bytes"], 3)
+    if not all(math.isfinite(x) for x in losses):
+        raise AssertionError(f"non-finite loss in {losses}")
+    return out
+
+
+def check_lora_step(bits: int):
+    return lambda a, tmp: _train_check(a, tmp, bits)
+
+
+def check_paged_adamw(a, tmp: Path) -> dict:
+    if not _cuda():
+        return dict(status="skipped", reason="no CUDA: bitsandbytes' paged 8-bit AdamW needs a GPU")
+    return _train_check(a, tmp, 4, optimizer="paged_adamw_8bit")
+
+
+def _steps_with(a, tmp: Path, amp, n: int = 2) -> list[float]:
+    """n train_steps on the first batches from one seeded start, with the given autocast dtype."""
+    import torch
+
+    from finlora_utils import train
+
+    cfg = _config(a, tmp, 4)
+    model, tok = train.build_model(cfg)
+    data = train.build_data(cfg, tok)
+    dev = next(p.device for p in model.parameters() if p.requires_grad)
+    module = train.TrainModule(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched = train.make_optimizer(cfg, params, len(data.plan))
+    scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
+    losses = []
+    for step in data.plan[:n]:
+        micro, targets = _micro(data, step, tok.pad_token_id)
+        losses.append(train.train_step(module, opt, sched, micro, targets, 1, amp, scaler) / targets)
+    return losses
+
+
+def _micro(data, step, pad_id) -> tuple[list[dict], int]:
+    """A step's collated micro-batches and its target-token count (single process)."""
+    from finlora_utils.tokenization import IGNORE, collate
+
+    micro = [collate([data.examples[i] for i in mb], pad_id) for mb in step]
+    targets = sum(len(data.examples[i]["labels"]) - data.examples[i]["labels"].count(IGNORE) for mb in step for i in mb)
+    return micro, targets
+
+
+def check_autocast(a, tmp: Path) -> dict:
+    import torch
+
+    from finlora_utils import train
+
+    dev = torch.device("cuda" if _cuda() else "cpu")
+    chosen = {p: str(train.amp_dtype(p, dev)).replace("torch.", "") for p in ("fp32", "bf16", "int8", "nf4")}
+    out = dict(device=str(dev), chosen=chosen,
+               cuda_bf16_supported=bool(_cuda() and torch.cuda.is_bf16_supported()))
+    kit = train.amp_dtype("nf4", dev)
+    out["kit_choice_losses"] = _steps_with(a, tmp, kit)
+    if not _cuda():
+        out["fp16_grad_scaler"] = dict(status="skipped", reason="no CUDA: fp16 autocast + GradScaler is the GPU path")
+        return out
+    f16 = _steps_with(a, tmp, torch.float16)
+    b16 = _steps_with(a, tmp, torch.bfloat16)
+    out["fp16_grad_scaler_losses"], out["bf16_losses"] = f16, b16
+    # the first loss is computed before any update, from the same seeded start: only rounding may differ
+    out["first_loss_rel_diff"] = abs(f16[0] - b16[0]) / abs(b16[0])
+    if not all(math.isfinite(x) for x in f16 + b16) or out["first_loss_rel_diff"] > 0.05:
+        raise AssertionError(f"fp16 {f16} vs bf16 {b16}: expected finite losses within 5 % at the first step")
+    return out
+
+
+def check_label_scoring(a, tmp: Path) -> dict:
+    import numpy as np
+
+    from finlora_utils import data, evaluate as ev, models
+    from finlora_utils.config import resolve_precision
+
+    task = data.get_task(a.task)
+    ds = data.load_task(a.task, "test", max_samples=a.n_score, seed=a.seed)
+    prompts, gold, labels = list(ds["context"]), list(ds["target"]), list(task.labels)
+    out = dict(n=len(prompts), data_source=data.source_of(ds))
+    for precision in ("auto", "nf4"):
+        model, tok = models.load_model(a.model, precision=precision)
+        ev.score_labels(model, tok, prompts[:a.batch], labels, a.batch)   # warm-up
+        t0 = time.perf_counter()
+        shared = ev.score_labels(model, tok, prompts, labels, a.batch)
+        t_shared = time.perf_counter() - t0
+        plain = ev.score_labels(model, tok, prompts, labels, a.batch, share_prefix=False)
+        same = int((shared.argmax(1) == plain.argmax(1)).sum())
+        m = ev.classification_metrics(gold, [labels[j] for j in shared.argmax(1)], labels)
+        out[precision] = dict(resolved=resolve_precision(precision), device=str(next(model.parameters()).device),
+                              s_per_example=t_shared / len(prompts),
+                              identical_predictions=f"{same}/{len(prompts)}",
+                              max_abs_dlogp=float(np.abs(shared - plain).max()), accuracy=m["accuracy"])
+        if same != len(prompts):
+            raise AssertionError(f"{precision}: shared-prefix scoring changed {len(prompts) - same} predictions")
+        del model
+    return out
+
+
+def check_ddp_nccl(a, tmp: Path) -> dict:
+    import torch
+
+    from finlora_utils import parallel
+
+    if not _cuda():
+        return dict(status="skipped", reason="no CUDA: NCCL DDP needs GPUs")
+    if torch.cuda.device_count() < 2:
+        return dict(status="skipped", reason=f"{torch.cuda.device_count()} GPU visible: NCCL DDP needs >= 2")
+    cfg = _config(a, tmp, 4, parallel="ddp", nproc=2)
+    res = parallel.launch(cfg, timeout_s=a.ddp_timeout, results_dir=tmp / "ddp", force=True, log=None)
+    ti = res["train_info"]
+    return dict(world_size=ti["world_size"], losses=[x for _, x in ti["loss_curve"]], wall_s=ti["wall_s"],
+                ranks=ti["parallel"]["ranks"])
+
+
+CHECKS = {"lora_step_16bit": check_lora_step(16), "lora_step_8bit": check_lora_step(8),
+          "lora_step_4bit": check_lora_step(4), "paged_adamw_8bit": check_paged_adamw, "autocast": check_autocast,
+          "label_scoring": check_label_scoring, "ddp_nccl": check_ddp_nccl}
+
+
+def run_checks(a, names=None) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="finlora-gpu-check-") as tmp:
+        for name in names or CHECKS:
+            t0 = time.time()
+            try:
+                r = CHECKS[name](a, Path(tmp) / name)
+                r = dict(r) if "status" in r else dict(status="ok", **r)
+            except Exception as e:   # noqa: BLE001 - one broken path must not hide the others' results
+                r = dict(status="failed", error=f"{type(e).__name__}: {e}",
+                         traceback=traceback.format_exc(limit=-4))
+            r["seconds"] = round(time.time() - t0, 1)
+            out[name] = r
+            print(f"{name:<18} {r['status']:<8} {r['seconds']:>6.1f}s  {r.get('reason') or r.get('error') or ''}",
+                  flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="CPU, tiny random model, 2 steps: checks the script")
+    p.add_argument("--model", help="default: embedded (dry run: tiny-random-llama)")
+    p.add_argument("--task", default="fpb")
+    p.add_argument("--steps", type=int, help="optimizer steps per training check (default 20; dry run 2)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max-seq-len", type=int, default=256)
+    p.add_argument("--n-score", type=int, help="test prompts to score (default 200; dry run 8)")
+    p.add_argument("--ddp-timeout", type=float, default=300, help="seconds for the torchrun DDP check")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help=f"results JSON (default {SHOWCASE.relative_to(ROOT)}; dry run "
+                                 f"{DRY_RUN.relative_to(ROOT)})")
+    a = p.parse_args(argv)
+    if a.dry_run:
+        import os
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""   # the CPU path even on a GPU machine
+    a.model = a.model or ("tiny-random-llama" if a.dry_run else "embedded")
+    a.steps = a.steps or (2 if a.dry_run else 20)
+    a.n_score = a.n_score or (8 if a.dry_run else 200)
+    if a.dry_run:
+        a.batch = min(a.batch, 4)
+    if not a.dry_run and not _cuda():
+        p.error("no CUDA device visible: expected a GPU (or --dry-run to check the script on CPU)")
+    from finlora_utils import data, results
+
+    t0 = time.time()
+    checks = run_checks(a)
+    res = results.new_result("gpu_check" + ("_dry_run" if a.dry_run else ""), config=vars(a), seed=a.seed,
+                             data_source=data.data_source(a.task))
+    res["checks"] = checks
+    res["summary"] = dict(wall_s=round(time.time() - t0, 1),
+                          **{s: sorted(k for k, v in checks.items() if v["status"] == s)
+                             for s in ("ok", "failed", "skipped")})
+    path = results.write_json(a.out or (DRY_RUN if a.dry_run else SHOWCASE), results.relativize(res, ROOT))
+    s = res["summary"]
+    print(f"gpu check: {len(s['ok'])} ok, {len(s['failed'])} failed, {len(s['skipped'])} skipped in "
+          f"{s['wall_s']:.0f}s -> {path}")
+    return 1 if s["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
