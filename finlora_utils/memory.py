@@ -494,7 +494,7 @@ def paper_comparison(scenario: str = "documented") -> list[dict]:
 
 # ------------------------------------------------------------------ measurement
 
-def _vm_hwm() -> int:
+def vm_hwm() -> int:
     m = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
     return int(m.group(1)) * 1024
 
@@ -556,7 +556,7 @@ def measure_peak(fn, *args, **kwargs):
     except OSError:
         method += "_noreset"   # the high-water mark may predate fn
     result = fn(*args, **kwargs)
-    return result, _vm_hwm(), method
+    return result, vm_hwm(), method
 
 
 M_MMAP_THRESHOLD = -3   # glibc mallopt parameter
@@ -609,14 +609,14 @@ def measure_training_peak(fn, *args, **kwargs):
         peak, method = int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
     else:
         method = "vmhwm" if pin_mmap_threshold() else "vmhwm_heap_retained"
-        before_peak = _vm_hwm()   # read before the reset below: the whole process's high-water mark so far
+        before_peak = vm_hwm()   # read before the reset below: the whole process's high-water mark so far
         base = baseline_bytes()
         try:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
             method += "_noreset"
         result = fn(*args, **kwargs)
-        peak = _vm_hwm()
+        peak = vm_hwm()
     _LAST_TRAINING_PEAK = dict(peak_mem_bytes=max(0, peak - base), process_peak_mem_bytes=max(peak, before_peak),
                                baseline_mem_bytes=base, peak_mem_method=method, peak_mem_definition=PEAK_DEFINITION,
                                process_peak_mem_definition=PROCESS_PEAK_DEFINITION)

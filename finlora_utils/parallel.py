@@ -317,9 +317,9 @@ def peak_memory_bytes(device=None) -> int:
 
     if device is not None and device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    from .memory import _vm_hwm
+    from .memory import vm_hwm
 
-    return _vm_hwm()
+    return vm_hwm()
 
 
 class StepMonitor:

@@ -74,7 +74,7 @@ def config_label(run: dict) -> str:
     return label
 
 
-def _order(labels: Iterable[str]) -> list[str]:
+def config_order(labels: Iterable[str]) -> list[str]:
     labels = list(dict.fromkeys(labels))
     known = [c for c in CONFIG_ORDER if c in labels]
     return known + sorted(c for c in labels if c not in CONFIG_ORDER)
@@ -142,7 +142,7 @@ def paper_layout(runs: Sequence[dict], metric: str = "accuracy", mode: str | Non
         raise ResultsError(f"no results in mode {mode!r} for the tasks the runs were trained on")
     index = ["model", "task"] if df["model"].nunique() > 1 else ["task"]
     table = df.pivot_table(index=index, columns="config", values=metric, aggfunc="first")
-    table = table[_order(table.columns)]
+    table = table[config_order(table.columns)]
     # The majority-class predictor scored with the same metric (its weighted F1 for an F1 table).
     base_col = {"f1_weighted": "majority_f1_weighted"}.get(metric, "majority_baseline")
     table["majority baseline"] = df.groupby(index)[base_col].first()
@@ -448,7 +448,7 @@ def fig_memory_breakdown(df: pd.DataFrame):
 
     planned = df[df["kind"] == "planned"].pivot_table(index="run_id", columns="component", values="mib", aggfunc="sum")
     config_of = df.drop_duplicates("run_id").set_index("run_id")["config"]
-    rank = {c: i for i, c in enumerate(_order(config_of))}
+    rank = {c: i for i, c in enumerate(config_order(config_of))}
     runs = sorted(config_of.index, key=lambda r: (rank[config_of[r]], r))
     meas = df[df["kind"] == "measured"].set_index("run_id")
     measured = meas["mib"].reindex(runs)
@@ -489,7 +489,7 @@ def fig_confusions(frames: dict[str, pd.DataFrame], title: str = ""):
     """One heat-map per (name -> confusion frame), side by side."""
     import matplotlib.pyplot as plt
 
-    frames = {k: frames[k] for k in _order(frames)}  # base, 16-bit r8, 8-bit r8, 4-bit r4, others
+    frames = {k: frames[k] for k in config_order(frames)}  # base, 16-bit r8, 8-bit r8, 4-bit r4, others
     n = len(frames)
     fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2), squeeze=False)
     for ax, (name, cm) in zip(axes[0], frames.items()):

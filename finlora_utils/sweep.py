@@ -274,7 +274,7 @@ def aggregate(out_root: Path) -> pd.DataFrame:
 def paper_layout(agg: pd.DataFrame) -> pd.DataFrame:
     """Rows = tasks, columns = configurations in the paper's order, cells 'acc ± std / F1 ± std' (std only with
     several seeds), then the test size, the majority-class baseline, truncations and a note per task."""
-    from .report import _order
+    from .report import config_order
 
     def fmt(m, s, n):
         if pd.isna(m):
@@ -286,7 +286,7 @@ def paper_layout(agg: pd.DataFrame) -> pd.DataFrame:
     cells = agg.assign(cell=[f"{fmt(r.accuracy_mean, r.accuracy_std, r.n)} / {fmt(r.f1_weighted_mean, r.f1_weighted_std, r.n)}"
                              for r in agg.itertuples()])
     table = cells.pivot(index="task", columns="config", values="cell").fillna("")
-    table = table[_order(table.columns)]
+    table = table[config_order(table.columns)]
     per_task = agg.groupby("task")
     table["test n"] = per_task["test_examples"].max().astype("Int64")
     maj = per_task[["majority_baseline", "majority_f1_weighted"]].first()
@@ -301,7 +301,7 @@ def paper_layout(agg: pd.DataFrame) -> pd.DataFrame:
 
 def cost_layout(agg: pd.DataFrame) -> pd.DataFrame:
     """Rows = tasks, columns = trained configurations, cells 'train s / peak GiB' (mean time, max peak)."""
-    from .report import _order
+    from .report import config_order
 
     trained = agg.dropna(subset=["train_s"])
     if trained.empty:
@@ -309,7 +309,7 @@ def cost_layout(agg: pd.DataFrame) -> pd.DataFrame:
     cells = trained.assign(cell=[f"{t:.0f} s / {'?' if pd.isna(m) else f'{m:.2f}'} GiB"
                                  for t, m in zip(trained["train_s"], trained["peak_mem_gib"])])
     table = cells.pivot(index="task", columns="config", values="cell").fillna("")
-    table = table[_order(table.columns)]
+    table = table[config_order(table.columns)]
     table.columns.name = None
     return table
 
@@ -322,7 +322,7 @@ def accuracy_figure(agg: pd.DataFrame, figures_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from .plots import save_figure
-    from .report import _order
+    from .report import config_order
 
     pngs = []
     for metric, title in (("accuracy", "Accuracy"), ("f1_weighted", "Weighted F1")):
@@ -331,7 +331,7 @@ def accuracy_figure(agg: pd.DataFrame, figures_dir: Path) -> list[Path]:
             continue
         piv = data.pivot(index="task", columns="config", values=f"{metric}_mean")
         err = data.pivot(index="task", columns="config", values=f"{metric}_std").fillna(0.0)
-        order = _order(piv.columns)
+        order = config_order(piv.columns)
         fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(piv)), 3.8))
         piv[order].plot.bar(ax=ax, rot=30, yerr=err.reindex(columns=order, fill_value=0.0), capsize=2, width=0.8)
         ax.set_ylim(0, 1)
