@@ -243,7 +243,7 @@ def source_vs_continuous(model, schemes=SCHEMES, layers=None, seed: int = 0) -> 
 
     rows = []
     for name, w in projection_weights(model):
-        idx = _layer_index(name)
+        idx = layer_index(name)
         if layers is not None and idx not in layers:
             continue
         ref = continuous_reference(w, seed=seed)
