@@ -54,12 +54,12 @@ def _config(a, tmp: Path, bits: int, **kw):
 
 def _planner(cfg, device: str, grad_checkpointing: bool) -> dict:
     """memory.plan for this run's largest padded batch, the way train.planned asks it."""
-    from finlora_utils import memory, train
+    from finlora_utils import engine, memory, train
     from finlora_utils.lora import model_config
     from finlora_utils.models import load_tokenizer
     from finlora_utils.tokenization import IGNORE
 
-    data = train.build_data(cfg, load_tokenizer(cfg.model))
+    data = engine.build_data(cfg, load_tokenizer(cfg.model))
     ex = data.examples
     seq = max(max(len(ex[i]["input_ids"]) for i in mb) for step in data.plan for mb in step)
     labels = max(len(e["labels"]) - e["labels"].count(IGNORE) for e in ex)
@@ -110,16 +110,16 @@ def _steps_with(a, tmp: Path, amp, n: int = 2) -> list[float]:
     """n train_steps on the first batches from one seeded start, with the given autocast dtype."""
     import torch
 
-    from finlora_utils import train
+    from finlora_utils import engine, train
 
     cfg = _config(a, tmp, 4)
     model, tok = train.build_model(cfg)
-    data = train.build_data(cfg, tok)
+    data = engine.build_data(cfg, tok)
     dev = next(p.device for p in model.parameters() if p.requires_grad)
     module = train.TrainModule(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = train.make_optimizer(cfg, params, len(data.plan))
+    opt, sched = engine.make_optimizer(cfg, params, len(data.plan))
     scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
     losses = []
     for step in data.plan[:n]:

@@ -165,10 +165,10 @@ def needed_flops_and_peak(cfg) -> tuple[dict, dict]:
     """FLOPs the run's examples need (finlora_utils.flops: forward + input gradients of the frozen model, LoRA
     with its weight gradients, LM head at label positions, no padding or recomputation) and this machine's
     matmul peak in the dtype training computes in, at the threads a fresh process gets."""
-    from finlora_utils import flops, train
+    from finlora_utils import engine, flops, train
     from finlora_utils.models import load_tokenizer
 
-    data = train.build_data(cfg, load_tokenizer(cfg.model))
+    data = engine.build_data(cfg, load_tokenizer(cfg.model))
     ex = flops.planned_examples(data.examples, data.plan)
     need = flops.train_flops(cfg.model, ex, cfg.lora)
     tokens = cfg.batch_size * round(sum(n for n, _ in ex) / max(len(ex), 1))   # one batch's projection rows
