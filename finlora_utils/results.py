@@ -75,8 +75,9 @@ def folder_lock(folder: str | Path, what: str):
         try:
             yield
         finally:
-            f.seek(0)
-            f.truncate()
+            # removed while still held, so a finished folder holds only what the run wrote (adapter, results)
+            with contextlib.suppress(OSError):
+                path.unlink()
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
