@@ -420,6 +420,7 @@ class Predictor:
         from peft import PeftModel
 
         from .config import resolve_precision
+        from .evaluate import run_adapter_dir
         from .models import contiguous_head, fix_bnb_cpu, load_model
         from .report import config_label
         from .results import read_result
@@ -428,6 +429,7 @@ class Predictor:
         groups: dict[str, list] = {}
         for p in self.run_paths:
             r = read_result(p, require=("run_id", "run_info.config.precision", "train_info.adapter_path"))
+            r["_adapter_dir"] = str(run_adapter_dir(p))   # stored relative to the checkout; the kernel runs elsewhere
             groups.setdefault(r["run_info"]["config"]["precision"], []).append(r)
         base_precision = resolve_precision(self.base_precision)
         groups.setdefault(base_precision, [])
@@ -437,7 +439,7 @@ class Predictor:
             contiguous_head(base)
             peft = None
             for r in runs:
-                name, adir = r["run_id"], r["train_info"]["adapter_path"]
+                name, adir = r["run_id"], r["_adapter_dir"]
                 if peft is None:
                     peft = PeftModel.from_pretrained(base, adir, adapter_name=name, is_trainable=False)
                 else:
