@@ -53,6 +53,9 @@ TRAINING_PHASE = ("gradients", "optimizer", "ddp_buckets", "activations", "logit
 # study's runs (tiny model, whose own tensors are ~9 MiB): 59.5 / 61.1 / 61.2 MiB (16-bit, three fresh
 # processes), 66.7 / 65.3 (int8), 57.8 / 57.2 (nf4). A process that has trained before (notebook 03's
 # second and third runs) has most of it resident: 13 MiB (int8 after 16-bit), 21.5 (nf4 after both).
+# Both are per machine, not per model: the same first run costs 36.5 MiB on that Xeon when it trains in fp32
+# and 74.8 on CI's machine (2026-12-02); a run after an fp32 one pays the bf16 caches again (~52 MiB).
+# At the embedded model's size that spread is ~1-2 % of a run; at the tiny model's it is most of it.
 CPU_TRAIN_RUNTIME = 52 * 2 ** 20
 CPU_TRAIN_RUNTIME_WARM = 18 * 2 ** 20
 PEAK_DEFINITION = ("training phase: high-water mark during the training loop minus the live memory of the "
