@@ -676,14 +676,6 @@ def agreement(a: Sequence[str], b: Sequence[str]) -> float:
     return sum(x == y for x, y in zip(a, b)) / len(a)
 
 
-def base_run_id(task: str, model: str, precision: str) -> str:
-    """<task>_<model>_<bits>bit_base: the zero-shot result of a base model at a precision."""
-    from .models import BITS
-    from .results import model_slug
-
-    return f"{task}_{model_slug(model)}_{BITS[precision]}bit_base"
-
-
 def _load(model_name: str, precision: str):
     from .models import load_model
 
@@ -713,7 +705,7 @@ def evaluate_base(model_name: str, tasks: Sequence[str], results_dir: str | Path
         for task in tasks:
             entry = evaluate_modes(model, tokenizer, task, modes, seed=seed, **kw)
             entry.update(model=model_name, precision=precision, adapter=None)
-            run_id = base_run_id(task, model_name, precision)
+            run_id = results.base_run_id(task, model_name, precision)
             cfg = {"model": model_name, "tasks": [task], "precision": precision, "modes": list(modes),
                    "batch_size": kw.get("batch_size", 8), "max_samples": kw.get("max_samples")}
             obj = results.new_result(run_id, cfg, seed, preset, entry.get("data_source"),

@@ -33,6 +33,17 @@ def model_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", Path(name).name.lower()).strip("-") or "model"
 
 
+def base_run_id(task: str, model: str, precision: str) -> str:
+    """<task>_<model>_<bits>bit_base: the one id of a base model's zero-shot result at a precision, whoever
+    evaluates it (notebook 01, evaluate_base). FP4 shares 4 bits with NF4, so its id names it."""
+    from .config import PRECISION_BITS
+
+    if precision not in PRECISION_BITS:
+        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISION_BITS)}")
+    kind = "_fp4" if precision == "fp4" else ""
+    return f"{task}_{model_slug(model)}_{PRECISION_BITS[precision]}bit{kind}_base"
+
+
 def make_folder(folder: str | Path) -> Path:
     """mkdir -p, with an error naming the file that stands where a folder must be (a results folder that is a file)."""
     folder = Path(folder)

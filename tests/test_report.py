@@ -38,7 +38,7 @@ def write_trained(d, bits, acc_pred, peak_mib=100.0, model="embedded", precision
 
 def write_base(d, model="embedded"):
     gold = ["neutral"] * 6 + ["positive"] * 3 + ["negative"]
-    run_id = ev.base_run_id("fpb", model, "bf16")
+    run_id = results.base_run_id("fpb", model, "bf16")
     r = results.new_result(run_id, {"model": model, "tasks": ["fpb"], "precision": "bf16"}, 0, "smoke", "real")
     sc = eval_entry(gold, ["negative"] * 10)  # the degenerate base the issue describes
     cal = eval_entry(gold, ["neutral"] * 5 + ["negative"] * 5, mode="calibrated")

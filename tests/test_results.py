@@ -50,3 +50,19 @@ def test_tokens_never_reach_results(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", fake)
     r = results.new_result("x", {}, seed=0)
     assert fake not in json.dumps(r) and "secret" not in json.dumps(r)
+
+
+def test_base_run_ids_are_built_in_one_place():
+    """Notebook 01 and evaluate_base name a base model's zero-shot result the same way (06 counts it once);
+    NF4 and FP4 share 4 bits but not an id."""
+    from pathlib import Path
+
+    from finlora_utils import results
+
+    assert results.base_run_id("fpb", "embedded", "nf4") == "fpb_smollm2-135m_4bit_base"
+    assert results.base_run_id("fpb", "embedded", "fp4") != results.base_run_id("fpb", "embedded", "nf4")
+    assert results.base_run_id("fpb", "embedded", "bf16") == "fpb_smollm2-135m_16bit_base"
+    with pytest.raises(ValueError, match="precision='auto'"):
+        results.base_run_id("fpb", "embedded", "auto")
+    nb = (Path(__file__).resolve().parents[1] / "notebooks" / "01_quantization.ipynb").read_text()
+    assert "results.base_run_id(" in nb and "_base\\\"" not in nb
