@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 import warnings
 from collections import Counter
@@ -989,3 +990,7 @@ def main(argv: list[str] | None = None) -> int:
             f1 = f", f1_weighted {e['f1_weighted']:.4f}" if "f1_weighted" in e else ""
             print(f"{run_id} {task}: {e['mode']} accuracy {e['accuracy']:.4f}{f1} (n={e['n']})")
     return 0
+
+
+if __name__ == "__main__":   # python -m finlora_utils.evaluate works like the verb
+    sys.exit(main())

@@ -97,6 +97,10 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
     src = Path(source)
     info: dict = {"source": str(source)}
     adapter = None
+    looks_local = src.is_absolute() or str(source).startswith(".") or src.suffix == ".json" or len(src.parts) > 2
+    if looks_local and not src.exists():   # a hub id is org/name; anything else that is missing is a typo
+        raise ConfigError(f"source={str(source)!r}: no such file or folder; expected a run's results JSON, an adapter "
+                          "folder (adapter_config.json) or a model folder / hub id")
     if src.suffix == ".json" and src.is_file():
         from .evaluate import run_adapter_dir
         from .results import read_result

@@ -159,3 +159,17 @@ def _cfg_file(tmp_path, cfg) -> str:
     p = tmp_path / "cfg.json"
     p.write_text(json.dumps(artifacts.as_stored(cfg)))
     return str(p)
+
+
+def test_a_missing_predict_source_is_named(capsys, tmp_path):
+    from finlora_utils import predict
+
+    _fails_cleanly(capsys, predict.main, [str(tmp_path / "no-such-adapter"), "shares fell"],
+                   "no-such-adapter", "no such file or folder")
+
+
+def test_every_module_with_a_main_runs_as_a_module(tmp_path):
+    """`python -m finlora_utils.evaluate` once exited 0 doing nothing (no __main__ guard)."""
+    p = subprocess.run([sys.executable, "-m", "finlora_utils.evaluate", str(tmp_path / "none.json")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "results file not found" in p.stderr, p.stderr
