@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ DEFAULT_MAX_LABELS = 20   # own data: at most this many distinct train targets m
 
 class ConfigError(ValueError):
     """A setting is out of range; the message starts with the parameter name."""
+
+
+def model_slug(name: str) -> str:
+    """The model's part of a run id: 'embedded' is smollm2-135m; a path or hub id its last part, lowercased."""
+    if name == "embedded":
+        return "smollm2-135m"
+    return re.sub(r"[^a-z0-9.]+", "-", Path(name).name.lower()).strip("-") or "model"
 
 
 def resolve_precision(precision: str) -> str:
@@ -52,8 +60,6 @@ def _check(cond: bool, param: str, value: Any, expected: str) -> None:
 def file_task_name(train_file: str, task_name: str = "") -> str:
     """The name of a task read from files: task_name, else the train file's stem without a train suffix
     (``data/my_bank_train.jsonl`` -> ``my_bank``), lower-case letters, digits and underscores."""
-    import re
-
     name = task_name or re.sub(r"[_\-.]?train$", "", Path(train_file).stem, flags=re.I) or Path(train_file).stem
     name = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
     _check(bool(name), "task_name", task_name, "a name of letters, digits and underscores")
@@ -181,8 +187,6 @@ class TrainConfig:
 
     def run_id(self) -> str:
         """<task(s)>_<model>_<bits>bit_r<rank>[_<variant>][_fit][_<variant_tag>]"""
-        from .results import model_slug
-
         tasks = "+".join(self.tasks)
         parts = [tasks, model_slug(self.model), f"{self.bits}bit", f"r{self.lora.rank}"]
         if self.lora.variant != "lora":

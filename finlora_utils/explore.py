@@ -461,7 +461,7 @@ class Predictor:
 
         from peft import PeftModel
 
-        from .evaluate import score_labels
+        from .scoring import score_labels
 
         rows = []
         for name, model, tok, adapter in self.entries:

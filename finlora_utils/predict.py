@@ -47,7 +47,7 @@ class Predictor:
 
     def predict(self, texts) -> list[dict]:
         """[{"text", "label", "probs": {label: probability}}] for each text, in order."""
-        from .evaluate import label_probabilities
+        from .scoring import label_probabilities
 
         if isinstance(texts, str):
             texts = [texts]

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
+from .config import PRECISION_BITS, model_slug  # noqa: F401 - model_slug: part of the results API (run ids)
+
 SCHEMA_VERSION = 1
 PATH_FIELDS = ("output_dir", "out", "data_dir", "results_dir")   # config fields that name folders
 TOP_FIELDS = ("run_id", "run_info", "meta_info")
@@ -27,17 +29,9 @@ class ResultsError(ValueError):
     """A results file is missing, malformed or lacks a field; the message names file and field."""
 
 
-def model_slug(name: str) -> str:
-    if name == "embedded":
-        return "smollm2-135m"
-    return re.sub(r"[^a-z0-9.]+", "-", Path(name).name.lower()).strip("-") or "model"
-
-
 def base_run_id(task: str, model: str, precision: str) -> str:
     """<task>_<model>_<bits>bit_base: the one id of a base model's zero-shot result at a precision, whoever
     evaluates it (notebook 01, evaluate_base). FP4 shares 4 bits with NF4, so its id names it."""
-    from .config import PRECISION_BITS
-
     if precision not in PRECISION_BITS:
         raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISION_BITS)}")
     kind = "_fp4" if precision == "fp4" else ""
