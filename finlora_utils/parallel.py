@@ -165,6 +165,9 @@ def _check_world(config: TrainConfig, nproc: int, nnodes: int, rdzv_endpoint, ti
         raise ConfigError(f"nproc={nproc!r}: expected >= 2 stages for parallel='pipeline' (use parallel='none')")
 
 
+RANK0_PREFIX = "[default0]:"   # torchrun --tee's prefix on local rank 0's lines
+
+
 def _run_bounded(cmd: list[str], timeout_s: float, env: dict, log) -> tuple[int | str, deque]:
     """Run cmd in a new session, stream its output lines to `log`, kill the whole group on timeout."""
     tail: deque = deque(maxlen=200)
@@ -175,8 +178,8 @@ def _run_bounded(cmd: list[str], timeout_s: float, env: dict, log) -> tuple[int 
         for line in proc.stdout:
             line = line.rstrip("\n")
             tail.append(line)
-            if log is not None and _worth_showing(line):
-                log(line)
+            if log is not None and _worth_showing(line):   # rank 0 is the one that reports: no prefix for it
+                log(line[len(RANK0_PREFIX):] if line.startswith(RANK0_PREFIX) else line)
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()

@@ -77,8 +77,14 @@ def single(tmp_path_factory):
 def test_ddp_matches_single_process(tmp_path, single):
     ref = single("fp32")
     cfg = tiny(tmp_path, parallel="ddp", nproc=2, precision="fp32")   # batch_size is global: 2 per rank
-    res = parallel.launch(cfg, timeout_s=LAUNCH_TIMEOUT, results_dir=tmp_path / "results", force=True, log=None)
+    shown = []
+    res = parallel.launch(cfg, timeout_s=LAUNCH_TIMEOUT, results_dir=tmp_path / "results", force=True,
+                          log=shown.append)
     assert losses(res) == pytest.approx(losses(ref), rel=RTOL["fp32"])
+    # what a notebook (04) and `make study` show while the ranks train: rank 0's progress lines, unprefixed
+    steps = [ln for ln in shown if ln.startswith(f"[train {cfg.run_id()}] step ")]
+    assert steps and steps[-1].startswith(f"[train {cfg.run_id()}] step {res['train_info']['steps']}/"), shown
+    assert not any(ln.startswith("[default0]:") for ln in shown), shown
     ti, ref_ti = res["train_info"], ref["train_info"]
     # each global batch sharded without duplicates or drops: the same examples and target tokens
     assert (ti["examples"], ti["target_tokens"]) == (ref_ti["examples"], ref_ti["target_tokens"])
