@@ -55,6 +55,7 @@ def _config(a, tmp: Path, bits: int, **kw):
 def _planner(cfg, device: str, grad_checkpointing: bool) -> dict:
     """memory.plan for this run's largest padded batch, the way train.planned asks it."""
     from finlora_utils import engine, memory, train
+    from finlora_utils.config import PRECISION
     from finlora_utils.lora import model_config
     from finlora_utils.models import load_tokenizer
     from finlora_utils.tokenization import IGNORE
@@ -63,12 +64,12 @@ def _planner(cfg, device: str, grad_checkpointing: bool) -> dict:
     ex = data.examples
     seq = max(max(len(ex[i]["input_ids"]) for i in mb) for step in data.plan for mb in step)
     labels = max(len(e["labels"]) - e["labels"].count(IGNORE) for e in ex)
-    kw = dict(compute_bytes=4, base_bytes=4) if cfg.precision == "fp32" else {}
-    p = memory.plan(model_config(cfg.model), bits=min(cfg.bits, 16), rank=cfg.lora.rank, targets=cfg.lora.targets,
+    prec = PRECISION[cfg.precision]
+    p = memory.plan(model_config(cfg.model), bits=prec.planner_bits, rank=cfg.lora.rank, targets=cfg.lora.targets,
                     seq_len=seq, batch=cfg.batch_size, grad_checkpointing=grad_checkpointing,
                     label_only_logits=cfg.label_only_logits, label_tokens=labels, optimizer=cfg.optimizer,
                     variant=cfg.lora.variant, dropout=cfg.lora.dropout, double_quant=cfg.double_quant,
-                    device=device, **kw)
+                    device=device, **prec.planner_kwargs)
     # torch.cuda.max_memory_allocated does not see the CUDA context the planner adds as 'framework'
     return dict(seq_len=seq, batch=cfg.batch_size, total_bytes=p.total_bytes,
                 without_framework_bytes=p.total_bytes - p.breakdown.get("framework", 0))

@@ -133,7 +133,8 @@ def predict(cfg: dict) -> dict:
     from finlora_utils import memory, train
 
     p = memory.plan(cfg["model"], bits=cfg["bits"], rank=cfg["rank"], seq_len=cfg["seq_len"], batch=cfg["batch"],
-                    double_quant=cfg["double_quant"], device="cpu", math_attention=cfg["seq_len"] <= train.SHORT_ATTENTION)
+                    double_quant=cfg["double_quant"], device="cpu", math_attention=cfg["seq_len"] <= train.SHORT_ATTENTION,
+                    warm_process=True)   # run_one trains the tiny model before its baseline
     weights = sum(v for k, v in p.breakdown.items() if k in ("quantized_weights", "quant_constants", "unquantized"))
     return {"predicted_bytes": p.total_bytes, "predicted_weight_bytes": weights, "predicted_breakdown": p.breakdown}
 

@@ -13,10 +13,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PRECISIONS = ("fp32", "bf16", "int8", "nf4", "fp4")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A precision the kit loads a base model at: the one place its bits and planner terms come from."""
+    name: str
+    bits: int          # bits per projection weight as loaded (fp32: 32); run ids say f"{bits}bit"
+    quantized: bool    # bitsandbytes holds the projections (int8, nf4, fp4)
+
+    @property
+    def planner_bits(self) -> int:
+        """memory.plan counts 16 / 8 / 4-bit projections; fp32 is a 16-bit plan with 4-byte tensors."""
+        return min(self.bits, 16)
+
+    @property
+    def planner_kwargs(self) -> dict:
+        """What memory.plan needs besides the bits: an fp32 run stores and computes in 4 bytes."""
+        return dict(compute_bytes=4, base_bytes=4) if self.name == "fp32" else {}
+
+    @property
+    def label(self) -> str:
+        """'4-bit': how tables and figures name it (fp32 and bf16 are both the unquantized baseline)."""
+        return f"{self.planner_bits}-bit"
+
+
+PRECISION = {p.name: p for p in (Precision("fp32", 32, False), Precision("bf16", 16, False),
+                                  Precision("int8", 8, True), Precision("nf4", 4, True), Precision("fp4", 4, True))}
+PRECISIONS = tuple(PRECISION)
+QUANTIZED = tuple(n for n, p in PRECISION.items() if p.quantized)
 AUTO = "auto"   # the unquantized baseline at the fastest exact-enough dtype of this machine (resolve_precision)
 BITS_TO_PRECISION = {32: "fp32", 16: "bf16", 8: "int8", 4: "nf4"}
-PRECISION_BITS = {"fp32": 32, "bf16": 16, "int8": 8, "nf4": 4, "fp4": 4}
+PRECISION_BITS = {n: p.bits for n, p in PRECISION.items()}
 VARIANTS = ("lora", "rslora", "dora")
 PARALLEL = ("none", "ddp", "pipeline")
 EVAL_MODES = ("score", "generate", "calibrated")
@@ -34,6 +62,13 @@ def model_slug(name: str) -> str:
     if name == "embedded":
         return "smollm2-135m"
     return re.sub(r"[^a-z0-9.]+", "-", Path(name).name.lower()).strip("-") or "model"
+
+
+def precision_info(name: str) -> Precision:
+    """The Precision value of a resolved precision name ('auto' must be resolved first)."""
+    if name not in PRECISION:
+        raise ConfigError(f"precision={name!r}: expected one of {', '.join(PRECISIONS)} (or {AUTO!r}, resolved first)")
+    return PRECISION[name]
 
 
 def resolve_precision(precision: str) -> str:
@@ -183,7 +218,7 @@ class TrainConfig:
 
     @property
     def bits(self) -> int:
-        return PRECISION_BITS[self.precision]
+        return PRECISION[self.precision].bits
 
     def run_id(self) -> str:
         """<task(s)>_<model>_<bits>bit_r<rank>[_<variant>][_fit][_<variant_tag>]"""

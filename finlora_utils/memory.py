@@ -30,7 +30,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, LoraSettings
+from .config import PRECISION, ConfigError, LoraSettings
 from . import arch as _arch
 from .errors import cli_entry
 from . import lora as _lora
@@ -146,6 +146,9 @@ def dtype_bytes(bits: int, device: str, compute_bytes: int | None = None, base_b
     lora   what each LoRA module saves of its input: peft casts it to the fp32 adapter dtype, autocast
            then keeps a copy in the compute dtype
     mask   dropout mask: bool on CUDA; on CPU dropout multiplies by a noise tensor of the input dtype
+    head   the lm_head weight's copy autocast makes when the unquantized weights are wider than the compute
+           dtype (int8 on a bf16 CPU keeps them fp32): saved for the input gradient, so it lives from the
+           head's forward to its backward, beside the logits
     """
     native = device == "cuda" or _cpu_has_bf16()
     # a 16-bit (bf16) model computes in bf16 whether or not the CPU has bf16 instructions; a quantized
@@ -153,7 +156,8 @@ def dtype_bytes(bits: int, device: str, compute_bytes: int | None = None, base_b
     act = compute_bytes or (2 if bits == 16 or native else 4)
     resid = base_bytes or (4 if (bits == 8 and device == "cpu") else act)
     autocast = autocast and native   # train.amp_dtype: autocast only where bf16 is native
-    return {"act": act, "resid": resid, "lora": act if autocast else 4, "mask": 1 if device == "cuda" else 4}
+    return {"act": act, "resid": resid, "lora": act if autocast else 4, "mask": 1 if device == "cuda" else 4,
+            "head": act if autocast and resid != act else 0}
 
 
 def weight_bytes(cfg: dict, bits: int, base_bytes: int = 2, double_quant: bool = False,
@@ -373,7 +377,8 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
         logits = 0
         if last:  # the logits' backward runs before any layer's, so the two transients never overlap
             positions = min(label_tokens, seq_len) * (tokens // seq_len) if label_only_logits else tokens
-            logits = logits_bytes(cfg, positions) + tokens * h * 4   # + final norm's fp32 input
+            logits = (logits_bytes(cfg, positions) + tokens * h * 4   # + final norm's fp32 input
+                      + cfg["vocab_size"] * h * dt["head"])
         b = dict(w)
         b["lora"] = n_train * 4                  # peft keeps adapters in fp32 (autocast_adapter_dtype)
         b["gradients"] = n_train * 4
@@ -421,8 +426,8 @@ def run_plan(config: dict, shape: dict, model=None) -> Plan:
     planner can read instead of config['model'] (train passes the live model's)."""
     lo = config.get("lora") or {}
     precision = config.get("precision")
-    bits = {"fp32": 16, "bf16": 16, "int8": 8, "nf4": 4, "fp4": 4}.get(precision, 16)
-    kw = dict(compute_bytes=4, base_bytes=4) if precision == "fp32" else {}
+    prec = PRECISION.get(precision, PRECISION["bf16"])   # a config without one: the unquantized default
+    bits, kw = prec.planner_bits, prec.planner_kwargs
     gpus = int(shape.get("gpus", 1))
     parallel = config.get("parallel", "none") if gpus > 1 else "none"
     return plan(config.get("model") if model is None else model, bits=bits, rank=lo.get("rank"),

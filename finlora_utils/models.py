@@ -19,6 +19,7 @@ import logging
 
 import torch
 
+from .config import PRECISIONS, QUANTIZED
 from .hardware import default_compute_dtype
 from .paths import cache_dir
 
@@ -29,9 +30,6 @@ EMBEDDED = "embedded"
 TINY = "tiny-random-llama"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-PRECISIONS = ("fp32", "bf16", "int8", "nf4", "fp4")
-QUANTIZED = ("int8", "nf4", "fp4")
-BITS = {"fp32": 32, "bf16": 16, "int8": 8, "nf4": 4, "fp4": 4}
 
 # All Linear dims are multiples of 32: bitsandbytes' CPU 4-bit kernel asserts otherwise.
 TINY_CONFIG = dict(

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from .config import PRECISION
 from .results import ResultsError, get_field, load_results
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.json"
@@ -55,15 +56,13 @@ def is_trained(run: dict) -> bool:
 
 def config_label(run: dict) -> str:
     """'base' for zero-shot results, else '<bits>-bit r<rank>[ <variant>][ multi-task][ <tag>]' from run_info.config."""
-    from .config import PRECISION_BITS
-
     if not is_trained(run):
         return "base"
     path = run.get("_path", run.get("run_id"))
     cfg = get_field(run, "run_info.config", path)
     prec = get_field(run, "run_info.config.precision", path)
     rank = get_field(run, "run_info.config.lora.rank", path)
-    label = f"{PRECISION_BITS.get(prec, prec)}-bit r{rank}"
+    label = f"{PRECISION[prec].bits if prec in PRECISION else prec}-bit r{rank}"
     variant = (cfg.get("lora") or {}).get("variant", "lora")
     if variant != "lora":
         label += f" {variant}"
@@ -183,7 +182,8 @@ def paper_memory(run: dict) -> float | None:
 
     cfg = run["run_info"]["config"]
     lo = cfg.get("lora") or {}
-    bits = {"fp32": 16, "bf16": 16, "int8": 8, "nf4": 4, "fp4": 4}.get(cfg.get("precision"), 16)
+    # on the paper's GPUs an fp32 run of ours is its 16-bit one
+    bits = PRECISION.get(cfg.get("precision"), PRECISION["bf16"]).planner_bits
     try:
         p = memory.plan(model=PAPER_SETTING["model"], bits=bits, rank=lo.get("rank"), targets=tuple(lo.get("targets") or
                         ("q_proj", "k_proj", "v_proj")), seq_len=cfg.get("max_seq_len", 512),

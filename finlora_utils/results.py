@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import PRECISION_BITS, model_slug  # noqa: F401 - model_slug: part of the results API (run ids)
+from .config import PRECISION, model_slug  # noqa: F401 - model_slug: part of the results API (run ids)
 
 SCHEMA_VERSION = 1
 PATH_FIELDS = ("output_dir", "out", "data_dir", "results_dir")   # config fields that name folders
@@ -32,10 +32,10 @@ class ResultsError(ValueError):
 def base_run_id(task: str, model: str, precision: str) -> str:
     """<task>_<model>_<bits>bit_base: the one id of a base model's zero-shot result at a precision, whoever
     evaluates it (notebook 01, evaluate_base). FP4 shares 4 bits with NF4, so its id names it."""
-    if precision not in PRECISION_BITS:
-        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISION_BITS)}")
+    if precision not in PRECISION:
+        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISION)}")
     kind = "_fp4" if precision == "fp4" else ""
-    return f"{task}_{model_slug(model)}_{PRECISION_BITS[precision]}bit{kind}_base"
+    return f"{task}_{model_slug(model)}_{PRECISION[precision].bits}bit{kind}_base"
 
 
 def make_folder(folder: str | Path) -> Path:

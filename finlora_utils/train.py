@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from . import memory, results
 from .artifacts import exclusive_run
-from .config import ConfigError, TrainConfig, config_args, config_from_args
+from .config import PRECISION, ConfigError, TrainConfig, config_args, config_from_args
 from .engine import Built, TrainData, drop_checkpoints, longest, results_default_dir, run
 from .errors import cli_entry
 from .tokenization import IGNORE, collate, shard
@@ -139,12 +139,12 @@ def planned(config: TrainConfig, model, seq_len: int, batch: int, label_tokens: 
     """The memory planner's prediction for this run's model, precision and LoRA at one padded batch shape."""
     from .lora import model_config
 
-    kw = dict(compute_bytes=4, base_bytes=4) if config.precision == "fp32" else {}   # the planner knows 16/8/4 bits
-    return memory.plan(model_config(causal_lm(model)), bits=min(config.bits, 16), rank=config.lora.rank,
+    prec = PRECISION[config.precision]
+    return memory.plan(model_config(causal_lm(model)), bits=prec.planner_bits, rank=config.lora.rank,
                        targets=config.lora.targets, seq_len=seq_len, batch=batch, grad_checkpointing=grad_checkpointing,
                        label_only_logits=config.label_only_logits, label_tokens=label_tokens,
                        optimizer=config.optimizer, variant=config.lora.variant, dropout=config.lora.dropout,
-                       double_quant=config.double_quant, device=device.type, **kw)
+                       double_quant=config.double_quant, device=device.type, **prec.planner_kwargs)
 
 
 def decide_grad_checkpointing(config: TrainConfig, model, seq_len: int, batch: int, label_tokens: int,

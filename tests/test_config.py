@@ -82,3 +82,22 @@ def test_auto_precision_resolves_to_what_the_hardware_computes_natively(monkeypa
     assert cfg.run_id().endswith(f"_{cfg.bits}bit_r8")   # the run id says what actually ran
     assert EvalConfig(precision="auto").precision == expected
     assert TrainConfig(precision="nf4").precision == "nf4"   # explicit precisions are kept
+
+
+def test_precision_is_one_value_that_every_consumer_reads():
+    """Bits, planner bits and labels come from config.PRECISION: fp32 is a 32-bit run id but a 16-bit plan with
+    4-byte tensors (pipeline.stage_split once passed 32 to the planner, which raised, and fell back to even)."""
+    from finlora_utils import config, memory, models, results
+
+    assert config.precision_info("fp32").bits == 32 and config.precision_info("fp32").planner_bits == 16
+    assert config.precision_info("fp32").planner_kwargs == {"compute_bytes": 4, "base_bytes": 4}
+    assert [config.precision_info(p).label for p in ("bf16", "int8", "nf4", "fp4")] == ["16-bit", "8-bit", "4-bit", "4-bit"]
+    assert models.QUANTIZED == ("int8", "nf4", "fp4") and models.PRECISIONS == config.PRECISIONS
+    assert results.base_run_id("fpb", "embedded", "fp32") == "fpb_smollm2-135m_32bit_base"
+    fp32 = memory.run_plan({"model": "smollm2-135m", "precision": "fp32", "lora": {"rank": 8}},
+                           {"seq_len": 64, "batch": 1, "device": "cpu"})
+    bf16 = memory.run_plan({"model": "smollm2-135m", "precision": "bf16", "lora": {"rank": 8}},
+                           {"seq_len": 64, "batch": 1, "device": "cpu"})
+    assert fp32.bits == bf16.bits == 16 and fp32.breakdown["quantized_weights"] == 2 * bf16.breakdown["quantized_weights"]
+    with pytest.raises(ConfigError, match=r"precision='auto'.*resolved first"):
+        config.precision_info("auto")

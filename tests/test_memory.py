@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from finlora_utils import memory
+from finlora_utils import lora, memory
 from finlora_utils.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +39,15 @@ def test_activation_dtypes_follow_what_the_kit_trains_in(monkeypatch, native):
         assert act[16] == act[4]
     else:        # bf16 activations vs fp32 ones: about half, less the fp32 norms and LoRA inputs
         assert 0.5 * act[4] < act[16] < 0.75 * act[4]
+    # int8 on CPU keeps the tied embedding / lm_head fp32; under autocast the head's matmul saves a bf16 copy
+    # of it for the input gradient (bench/memory_at_scale.py: -12.0 % at SmolLM2-360M int8 without this term)
+    assert memory.dtype_bytes(8, "cpu")["head"] == (2 if native else 0)
+    assert memory.dtype_bytes(16, "cpu")["head"] == memory.dtype_bytes(4, "cpu")["head"] == 0
+    cfg = lora.model_config("smollm2-360m")
+    kw = dict(bits=8, rank=8, seq_len=64, device="cpu")
+    with_head = memory.plan("smollm2-360m", **kw).breakdown["logits"]
+    without = memory.plan("smollm2-360m", autocast=False, **kw).breakdown["logits"]
+    assert with_head - without == (cfg["vocab_size"] * cfg["hidden_size"] * 2 if native else 0)
 
 
 def test_weights_follow_the_formats():
@@ -148,7 +157,7 @@ def test_cli_bad_input_is_one_line_without_traceback(args, start):
 
 _HELD_HEAP = """
 import ctypes, torch
-from finlora_utils import memory
+from finlora_utils import lora, memory
 libc = ctypes.CDLL("libc.so.6")
 libc.mallopt(-3, 32 * 2 ** 20)   # M_MMAP_THRESHOLD: 8 MiB blocks come from the heap
 libc.mallopt(-1, 2 ** 30)        # M_TRIM_THRESHOLD: glibc keeps what is freed
