@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .config import ConfigError, TrainConfig
+from .config import PRECISION, ConfigError, TrainConfig
 from .engine import Built, longest, run
 from .tokenization import IGNORE, collate
 from .train import (MAX_GRAD_NORM, amp_dtype, decide_grad_checkpointing, memory_plan, set_grad_checkpointing,
@@ -45,13 +45,14 @@ def stage_split(config: TrainConfig, n_stages: int, n_layers: int | None = None,
     if n_stages > n_layers:
         raise ConfigError(f"nproc={n_stages}: expected at most {n_layers} pipeline stages (one decoder layer "
                           f"each at least) for model={config.model!r}")
+    prec = PRECISION[config.precision]
     try:
-        split = memory.plan(model=_config_source(config.model), bits=config.bits, rank=config.lora.rank,
+        split = memory.plan(model=_config_source(config.model), bits=prec.planner_bits, rank=config.lora.rank,
                             targets=config.lora.targets, seq_len=config.max_seq_len,
                             batch=max(config.batch_size, config.micro_batches), gpus=n_stages,
                             parallel="pipeline", micro_batches=min(config.micro_batches, config.batch_size),
                             schedule=config.schedule, device=device,
-                            label_only_logits=config.label_only_logits).layers_per_device
+                            label_only_logits=config.label_only_logits, **prec.planner_kwargs).layers_per_device
     except (ConfigError, KeyError, ValueError):
         split = memory.pipeline_split(n_layers, n_stages)
     if sum(split) != n_layers or len(split) != n_stages:  # the planner read a different config than the model's
