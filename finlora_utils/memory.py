@@ -265,12 +265,15 @@ def logits_bytes(cfg: dict, positions: int) -> int:
 
 # ------------------------------------------------------------------ the planner
 
-def pipeline_split(n_layers: int, n_stages: int, first_extra: float = 0.0, last_extra: float = 0.0) -> list[int]:
+def pipeline_split(n_layers: int, n_stages: int, first_extra: float = 0.0, last_extra: float = 0.0,
+                   layer_costs: list[float] | None = None) -> list[int]:
     """Contiguous layers per stage that minimise the most loaded stage.
 
     Costs are in layer units: `first_extra` is what the first stage carries besides its layers
-    (embeddings), `last_extra` the last one (final norm, lm_head, logits). With no extras the
-    remainder layers go to the middle stages, which do no embedding/head work.
+    (embeddings), `last_extra` the last one (final norm, lm_head, logits). `layer_costs[s]`: what one
+    layer costs on stage s (default 1): under 1F1B stage s keeps min(m, p - s) micro-batches' activations
+    in flight, so an early stage's layer costs more than a late one's. With no extras the remainder
+    layers go to the middle stages, which do no embedding/head work.
     """
     if not isinstance(n_stages, int) or n_stages < 1:
         raise ConfigError(f"n_stages={n_stages!r}: expected an integer >= 1")
@@ -279,6 +282,9 @@ def pipeline_split(n_layers: int, n_stages: int, first_extra: float = 0.0, last_
     if n_stages == 1:
         return [n_layers]
     extra = [first_extra] + [0.0] * (n_stages - 2) + [last_extra]
+    unit = list(layer_costs) if layer_costs is not None else [1.0] * n_stages
+    if len(unit) != n_stages or min(unit) <= 0:
+        raise ConfigError(f"layer_costs={layer_costs!r}: expected {n_stages} positive numbers, one per stage")
     # DP over contiguous splits, minimising (most loaded stage, sum of squared loads, layers on the
     # two end stages): ties go to the middle stages, which do no embedding / head work.
     from functools import lru_cache
@@ -288,11 +294,11 @@ def pipeline_split(n_layers: int, n_stages: int, first_extra: float = 0.0, last_
     @lru_cache(maxsize=None)
     def best(s: int, n: int):
         if s == last:
-            c = n + extra[s]
+            c = n * unit[s] + extra[s]
             return (c, c * c, n), (n,)
         top = None
         for k in range(1, n - (last - s) + 1):
-            c = k + extra[s]
+            c = k * unit[s] + extra[s]
             (mx, sq, ends), rest = best(s + 1, n - k)
             cand = ((max(mx, c), sq + c * c, ends + (k if s == 0 else 0)), (k,) + rest)
             if top is None or cand[0] < top[0]:
@@ -358,6 +364,9 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     trainable = _lora.trainable_params(cfg, settings)
     per_layer_trainable = trainable // L
 
+    def logit_positions(tokens: int) -> int:
+        return min(label_tokens, seq_len) * (tokens // seq_len) if label_only_logits else tokens
+
     def device_plan(layers: int, first: bool, last: bool, tokens: int, in_flight: int) -> dict:
         w = weight_bytes(cfg, bits, base, double_quant, layers, embeddings=first, head=last)
         n_train = per_layer_trainable * layers
@@ -376,8 +385,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
             live = backward_transient_bytes(cfg, tokens, dt)
         logits = 0
         if last:  # the logits' backward runs before any layer's, so the two transients never overlap
-            positions = min(label_tokens, seq_len) * (tokens // seq_len) if label_only_logits else tokens
-            logits = (logits_bytes(cfg, positions) + tokens * h * 4   # + final norm's fp32 input
+            logits = (logits_bytes(cfg, logit_positions(tokens)) + tokens * h * 4   # + final norm's fp32 input
                       + cfg["vocab_size"] * h * dt["head"])
         b = dict(w)
         b["lora"] = n_train * 4                  # peft keeps adapters in fp32 (autocast_adapter_dtype)
@@ -399,12 +407,11 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
         wb = weight_bytes(cfg, bits, base, double_quant, 1, embeddings=False, head=False)
         layer_cost = sum(wb.values()) + unit
         emb = cfg["vocab_size"] * _lora.hidden_size(cfg) * base
+        in_flight = [micro_batches if schedule == "gpipe" else min(micro_batches, gpus - s) for s in range(gpus)]
         split = pipeline_split(L, gpus, first_extra=emb / layer_cost,
-                               last_extra=(emb + logits_bytes(cfg, mb_tokens)) / layer_cost)
-        per = []
-        for s, n in enumerate(split):
-            in_flight = micro_batches if schedule == "gpipe" else min(micro_batches, gpus - s)
-            per.append(device_plan(n, s == 0, s == gpus - 1, mb_tokens, in_flight))
+                               last_extra=(emb + logits_bytes(cfg, logit_positions(mb_tokens))) / layer_cost,
+                               layer_costs=[(sum(wb.values()) + unit * f) / layer_cost for f in in_flight])
+        per = [device_plan(n, s == 0, s == gpus - 1, mb_tokens, in_flight[s]) for s, n in enumerate(split)]
     else:
         split = [L] * gpus
         per = [device_plan(L, True, True, tokens, 1) for _ in range(gpus)]

@@ -96,6 +96,23 @@ def test_ddp_and_pipeline_layouts():
     assert pipe.layers_per_device[0] < max(pipe.layers_per_device)
 
 
+def test_pipeline_split_weighs_each_stages_in_flight_activations():
+    """1F1B keeps min(m, p - s) micro-batches in flight on stage s: an early stage's layer costs more, so it
+    gets fewer layers (the split once balanced weights only: SmolLM2-1.7B's [13, 11] left stage 0 0.35 GiB
+    heavier, bench/parallel_scaling.py)."""
+    assert memory.pipeline_split(24, 2, layer_costs=[1.5, 1.0]) == [9, 15]   # loads 13.5 and 15
+    kw = dict(bits=4, rank=4, seq_len=128, batch=4, micro_batches=2, gpus=2, parallel="pipeline", device="cpu",
+              label_only_logits=True)
+    one_f, gpipe = (memory.plan("smollm2-1.7b", schedule=s, **kw) for s in ("1f1b", "gpipe"))
+    assert one_f.layers_per_device[0] < one_f.layers_per_device[1]
+    assert gpipe.layers_per_device == [12, 12]   # every stage holds all micro-batches: weights decide
+    for p in (one_f, gpipe):   # balanced: the two stages within 5 % of each other
+        a, b = (d["total_bytes"] for d in p.per_device)
+        assert abs(a - b) < 0.05 * max(a, b), p.per_device
+    with pytest.raises(ConfigError, match="layer_costs"):
+        memory.pipeline_split(24, 2, layer_costs=[1.0])
+
+
 def test_pipeline_split():
     assert memory.pipeline_split(32, 4) == [8, 8, 8, 8]
     s = memory.pipeline_split(30, 4)

@@ -304,10 +304,10 @@ def test_stage_split_comes_from_the_memory_planner():
     assert split == planned.layers_per_device and sum(split) == 80 and min(split) >= 1
     # fp32 is 32 bits in run ids but a 16-bit plan with 4-byte tensors (32 once made the planner raise and the
     # split silently fall back to even)
-    fp32 = TrainConfig(model=cfg.model, precision="fp32", batch_size=4, micro_batches=4)
+    fp32 = TrainConfig(model=cfg.model, precision="fp32", batch_size=4, micro_batches=4, schedule="1f1b")
     planned32 = memory.plan(model=cfg.model, bits=16, rank=8, seq_len=cfg.max_seq_len, batch=4, gpus=4,
                             parallel="pipeline", micro_batches=4, device="cuda", label_only_logits=True,
-                            compute_bytes=4, base_bytes=4)
+                            compute_bytes=4, base_bytes=4, schedule="1f1b")
     assert pipeline.stage_split(fp32, 4, device="cuda") == planned32.layers_per_device != memory.pipeline_split(80, 4)
     with pytest.raises(ConfigError, match=r"^nproc=3: expected at most 2 pipeline stages"):
         pipeline.stage_split(TrainConfig(model="tiny-random-llama"), 3)
