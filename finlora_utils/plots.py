@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from .results import atomic_write_text
@@ -67,4 +68,128 @@ def length_boxes(token_counts: pd.DataFrame, thresholds=(512, 1024, 2048, 4096),
     ax.set_xlabel("tokens (log scale)")
     ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ 01: quantization
+
+def storage_bits(storage: pd.DataFrame, title: str):
+    """quant.storage_table as bars: measured bits per projection weight and per model parameter, the format's
+    theory as a black tick on the projection bar (so a gap between measurement and definition shows)."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    x = np.arange(len(storage))
+    ax.bar(x - 0.2, storage["proj_bits_per_param"], 0.4, label="projections (measured)")
+    ax.bar(x + 0.2, storage["model_bits_per_param"], 0.4, label="whole model (measured)")
+    ax.scatter(x - 0.2, storage["theory_bits_per_param"], color="k", marker="_", s=500, label="theory", zorder=3)
+    ax.set_xticks(x, storage["scheme"])
+    ax.set_ylabel("bits per parameter")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def layer_errors(errs: pd.DataFrame, title: str):
+    """quant.layer_errors: left the mean relative Frobenius error per projection type and format (log axis),
+    right the cosine(W, Q(W)) of every analysed projection per format."""
+    rel = errs.pivot_table(index="module", columns="scheme", values="rel_fro", aggfunc="mean")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    rel.plot.bar(ax=axes[0], rot=30, logy=True)
+    axes[0].set_ylabel("relative Frobenius error")
+    axes[0].legend(fontsize=7, ncol=len(rel.columns), loc="upper center", bbox_to_anchor=(0.5, 1.15))
+    errs.boxplot(column="cosine", by="scheme", ax=axes[1])
+    axes[1].set_title("cosine(W, Q(W)) per projection")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def error_distribution(hist: pd.DataFrame, title: str):
+    """quant.error_histogram: one step line per format on a log density axis (the tails are the point)."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for s in [c for c in hist.columns if c != "bin_center"]:
+        ax.step(hist["bin_center"], hist[s], where="mid", label=s)
+    ax.set_yscale("log")
+    ax.set_xlabel("(Q(w) - w) / rms(w)")
+    ax.set_ylabel("density")
+    ax.legend()
+    ax.set_title(title)
+    return fig
+
+
+def source_vs_continuous(summary: pd.DataFrame, title: str, source_label: str):
+    """quant.source_effect_summary: per format the mean error on the weights as loaded beside the error on the
+    continuous reference; source_label names the first bars (e.g. "on embedded's weights (source)")."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    x = np.arange(len(summary))
+    ax.bar(x - 0.2, summary["rel_fro_source"], 0.4, label=source_label)
+    ax.bar(x + 0.2, summary["rel_fro_continuous"], 0.4, label="on the continuous reference")
+    ax.set_xticks(x, summary["scheme"])
+    ax.set_yscale("log")
+    ax.set_ylabel("relative Frobenius error")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def zero_shot(zero: pd.DataFrame, title: str):
+    """report.zero_shot_table: accuracy per task and precision with ±1 standard error, and each task's
+    majority baseline as a dashed line across its group (a model that always answers one label sits on it)."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    piv = zero.pivot_table(index="task", columns="precision", values="accuracy")
+    err = zero.pivot_table(index="task", columns="precision", values="stderr")
+    piv.plot.bar(ax=ax, rot=0, yerr=err, capsize=3)
+    # pivot_table sorts tasks; groupby sorts them the same way, so line i sits over bar group i
+    for i, (_, m) in enumerate(zero.groupby("task")["majority"].first().items()):
+        ax.hlines(m, i - 0.4, i + 0.4, colors="k", linestyles="dashed", label="majority" if i == 0 else None)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return fig
+
+
+# ------------------------------------------------------------------ 02: LoRA setup and memory
+
+def planner_breakdown(breakdown: pd.DataFrame, title: str):
+    """memory.breakdown_table: one stacked bar per configuration, one segment per planner component (GiB)."""
+    parts = [c for c in breakdown.columns if c not in ("config", "total_GiB")]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    breakdown.set_index("config")[parts].plot.bar(stacked=True, ax=ax, rot=20)
+    ax.set_ylabel("GiB per GPU")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def paper_memory(paper: pd.DataFrame, title: str):
+    """memory.paper_comparison_table: the paper's reported GB (black) beside each planner scenario's
+    prediction, one group per (bits, batch) point."""
+    scenarios = list(dict.fromkeys(paper["scenario"]))
+    points = paper[paper["scenario"] == scenarios[0]]
+    n, w = len(points), 0.27
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    for i, sc in enumerate(scenarios):
+        g = paper[paper["scenario"] == sc]
+        ax.bar([j + w * (i + 1) for j in range(len(g))], g["predicted"], w, label=f"planner: {sc}")
+    ax.bar(range(n), points["paper_gb"], w, label="FinLoRA reported", color="k")
+    ax.set_xticks([j + w for j in range(n)], points["bits"].astype(str) + "-bit b" + points["batch"].astype(str))
+    ax.set_ylabel("GB")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return fig
+
+
+def planner_accuracy(acc: pd.DataFrame, title: str):
+    """bench/planner_accuracy.py's rows: predicted vs measured peak (MiB) per model, the diagonal and a ±10 %
+    band around it, so a point outside the band is a planner miss worth reading."""
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    for m, g in acc.groupby("model"):
+        ax.scatter(g["measured_bytes"] / 2**20, g["predicted_bytes"] / 2**20, label=m)
+    hi = max(acc["measured_bytes"].max(), acc["predicted_bytes"].max()) / 2**20 * 1.1
+    ax.plot([0, hi], [0, hi], "k-", lw=0.8)
+    ax.fill_between([0, hi], [0, 0.9 * hi], [0, 1.1 * hi], color="grey", alpha=0.2, label="±10 %")
+    ax.set_xlabel("measured peak (MiB)")
+    ax.set_ylabel("predicted (MiB)")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
     return fig
