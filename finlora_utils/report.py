@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .config import PRECISION
@@ -155,6 +156,29 @@ def sanity_table(runs: Sequence[dict]) -> pd.DataFrame:
     cols = ["task", "config", "mode", "n", "accuracy", "f1_weighted", "majority_baseline", "top_pred",
             "top_pred_share", "unparseable", "pred_distribution"]
     return df[cols].sort_values(["task", "config", "mode"]).reset_index(drop=True)
+
+
+ZERO_SHOT_FIELDS = ("n", "accuracy")   # the stderr needs both; the other columns are None where a file lacks them
+
+
+def zero_shot_table(runs: Sequence[dict]) -> pd.DataFrame:
+    """One row per (zero-shot base result, task), in the order given: the precision it was loaded at, n,
+    accuracy, f1_weighted, majority (baseline), s (wall seconds) and stderr = sqrt(acc (1 - acc) / n), the
+    binomial standard error that says which precision differences are sampling noise. Trained runs are skipped."""
+    rows = []
+    for r in runs:
+        if is_trained(r):
+            continue
+        path = r.get("_path", r["run_id"])
+        for task, e in (r.get("eval_info") or {}).items():
+            for f in ZERO_SHOT_FIELDS:
+                get_field(r, f"eval_info.{task}.{f}", path)
+            rows.append(dict(precision=e.get("precision") or get_field(r, "run_info.config.precision", path),
+                             task=task, n=e["n"], accuracy=e["accuracy"], f1_weighted=e.get("f1_weighted"),
+                             majority=e.get("majority_baseline"), s=e.get("wall_s")))
+    zero = pd.DataFrame(rows, columns=["precision", "task", "n", "accuracy", "f1_weighted", "majority", "s"])
+    zero["stderr"] = np.sqrt(zero["accuracy"] * (1 - zero["accuracy"]) / zero["n"])
+    return zero
 
 
 # ------------------------------------------------------------------ efficiency

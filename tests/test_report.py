@@ -295,3 +295,16 @@ def test_memory_at_scale_table_ratio_and_figure():
     del rows[0]["step_s"]
     with pytest.raises(ResultsError, match=r"rows\[0\].*step_s"):
         report.memory_at_scale_table(doc)
+
+
+def test_zero_shot_table_reads_base_results_and_skips_trained_runs(study):
+    runs = report.load(study)
+    zero = report.zero_shot_table(runs)
+    assert list(zero.columns) == ["precision", "task", "n", "accuracy", "f1_weighted", "majority", "s", "stderr"]
+    assert len(zero) == 1 and zero.precision[0] == "bf16" and zero.task[0] == "fpb"   # the 3 trained runs skipped
+    assert zero.accuracy[0] == pytest.approx(0.1) and zero.majority[0] == pytest.approx(0.6) and zero.n[0] == 10
+    assert zero.stderr[0] == pytest.approx((0.1 * 0.9 / 10) ** 0.5)
+    base = next(r for r in runs if not report.is_trained(r))
+    del base["eval_info"]["fpb"]["n"]
+    with pytest.raises(ResultsError, match=r"16bit_base\.json: missing field 'eval_info\.fpb\.n'"):
+        report.zero_shot_table(runs)
