@@ -53,8 +53,8 @@ def test_tokens_never_reach_results(monkeypatch):
 
 
 def test_base_run_ids_are_built_in_one_place():
-    """Notebook 01 and evaluate_base name a base model's zero-shot result the same way (06 counts it once);
-    NF4 and FP4 share 4 bits but not an id."""
+    """Notebook 01 writes its base results through evaluate_base, the one writer that names a base model's
+    zero-shot result (06 counts it once); NF4 and FP4 share 4 bits but not an id."""
     from pathlib import Path
 
     from finlora_utils import results
@@ -65,7 +65,8 @@ def test_base_run_ids_are_built_in_one_place():
     with pytest.raises(ValueError, match="precision='auto'"):
         results.base_run_id("fpb", "embedded", "auto")
     nb = (Path(__file__).resolve().parents[1] / "notebooks" / "01_quantization.ipynb").read_text()
-    assert "results.base_run_id(" in nb and "_base\\\"" not in nb
+    assert "evaluate.evaluate_base(" in nb and "_base\\\"" not in nb
+    assert "new_result" not in nb and "write_json" not in nb   # no second, hand-made writer of base files
 
 
 def test_trained_run_writer_writes_what_the_engine_wrote(tmp_path):
