@@ -195,11 +195,11 @@ def main(argv=None) -> int:
         print(f"{r['precision']:<9} {r['rank']:>5}  {r['lr']:<7g} {r['epoch']:>5}  {r['val_accuracy']:.4f}   "
               f"{r['test_accuracy']:.4f}    {r['test_weighted_f1']:.4f}    {r['test_macro_f1']:.4f}")
     best = max(rows, key=lambda r: r["val_accuracy"])   # chosen on validation only
-    obj = results.new_result("fpb_accuracy", dict(vars(a)), a.seed, None, "real",
-                             base_model=models.base_provenance("embedded"))
-    obj["eval_info"] = dict(candidates=cands, selected=rows, headline=best, majority_baseline=base_rate,
-                            fit_examples=n_fit, validation_examples=len(val), test_examples=len(test))
-    path = results.write_json(Path(a.out).with_suffix(".json"), obj)
+    path = Path(a.out).with_suffix(".json")
+    results.write_bench(path, "fpb_accuracy", dict(vars(a)), seed=a.seed, data_source="real",
+                        base_model=models.base_provenance("embedded"),
+                        eval_info=dict(candidates=cands, selected=rows, headline=best, majority_baseline=base_rate,
+                                       fit_examples=n_fit, validation_examples=len(val), test_examples=len(test)))
     print(f"results: {path}")
     print(f"fpb accuracy: {best['test_accuracy']:.4f}")
     return 0

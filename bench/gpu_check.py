@@ -259,14 +259,13 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     checks = run_checks(a)
-    res = results.new_result("gpu_check" + ("_dry_run" if a.dry_run else ""), config=vars(a), seed=a.seed,
-                             data_source=data.data_source(a.task))
-    res["checks"] = checks
-    res["summary"] = dict(wall_s=round(time.time() - t0, 1),
-                          **{s: sorted(k for k, v in checks.items() if v["status"] == s)
-                             for s in ("ok", "failed", "skipped")})
-    path = results.write_json(a.out or (DRY_RUN if a.dry_run else SHOWCASE), results.relativize(res, ROOT))
-    s = res["summary"]
+    s = dict(wall_s=round(time.time() - t0, 1),
+             **{st: sorted(k for k, v in checks.items() if v["status"] == st) for st in ("ok", "failed", "skipped")})
+    path = a.out or (DRY_RUN if a.dry_run else SHOWCASE)
+    # portable: the showcase copy is committed, so no path of this machine may stay in it
+    results.write_bench(path, "gpu_check" + ("_dry_run" if a.dry_run else ""), vars(a),
+                        dict(checks=checks, summary=s), seed=a.seed, data_source=data.data_source(a.task),
+                        portable=True)
     print(f"gpu check: {len(s['ok'])} ok, {len(s['failed'])} failed, {len(s['skipped'])} skipped in "
           f"{s['wall_s']:.0f}s -> {path}")
     return 1 if s["failed"] else 0

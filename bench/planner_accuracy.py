@@ -231,7 +231,7 @@ def main() -> int:
         print(json.dumps(train_one(*a.train_one)))
         return 0
     from finlora_utils import memory
-    from finlora_utils.results import atomic_write_text, new_result, write_json
+    from finlora_utils.results import atomic_write_text, write_bench
 
     rows = []
     hdr = f"{'model':<18}{'bits':>5}{'rank':>5}{'seq':>6}{'bs':>4}{'ckpt':>6}{'lbl':>5}{'pred MiB':>10}{'meas MiB':>10}{'err %':>8}{'static':>8}"
@@ -263,13 +263,12 @@ def main() -> int:
                       f"{m['seq_len']:>5}{m['predicted_bytes'] / 2**20:>10.1f}{m['measured_bytes'] / 2**20:>10.1f}"
                       f"{err:>+8.1f}  {', '.join(f'{b / 2**20:.0f}' for b in m['rank_bytes'])}", flush=True)
     worst = max(abs(r["error_pct"]) for r in rows + study_rows)
-    doc = new_result("planner_accuracy", {"grid": grid(a.quick), "label_tokens": LABEL_TOKENS,
-                                          "study": study_grid(a.quick, a.study_steps) if not a.no_study else []},
-                     seed=0)
-    doc.update(rows=rows, study_rows=study_rows, max_abs_error_pct=worst, method=rows[0]["method"],
-               note="grid: measured = VmHWM during the 2nd training step minus RSS before loading; study: "
-                    "train_info.peak_mem_bytes (memory.PEAK_DEFINITION) vs train_info.memory_plan")
-    write_json(a.out, doc)   # run_id / run_info / meta_info like every results file
+    write_bench(a.out, "planner_accuracy",
+                {"grid": grid(a.quick), "label_tokens": LABEL_TOKENS,
+                 "study": study_grid(a.quick, a.study_steps) if not a.no_study else []},
+                dict(rows=rows, study_rows=study_rows, max_abs_error_pct=worst, method=rows[0]["method"],
+                     note="grid: measured = VmHWM during the 2nd training step minus RSS before loading; study: "
+                          "train_info.peak_mem_bytes (memory.PEAK_DEFINITION) vs train_info.memory_plan"))
     print("\nFinLoRA's reported GPU memory (Llama-3.1-8B, NER) vs the planner:")
     for sc in memory.PAPER_SCENARIOS:
         for r in memory.paper_comparison(sc):

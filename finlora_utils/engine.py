@@ -212,14 +212,13 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
         info["adapter_path"] = results.portable_path(adapter_dir)
         from .models import base_provenance
 
-        res = results.new_result(config.run_id(), as_stored(config), config.seed, preset, data.source,
-                                 base_model=base_provenance(config.model))
         from .data.hashes import file_hashes
 
         # own data: the task files (path, sha256, rows, labels); built-in tasks: every file read, by sha256
-        res["run_info"]["data_files"] = data.files or file_hashes(config.tasks, config.train_split, data_dir)
-        res["train_info"] = info
-        results.write_json(results_path, res)
+        res = results.write_trained_run(
+            results_path, config.run_id(), as_stored(config), config.seed, info, preset=preset,
+            data_source=data.source, base_model=base_provenance(config.model),
+            data_files=data.files or file_hashes(config.tasks, config.train_split, data_dir))
     recipe.discard(root)   # the adapter and results supersede the checkpoints
     if res is None:
         return {}

@@ -243,10 +243,10 @@ def evaluate_base(model_name: str, tasks: Sequence[str], results_dir: str | Path
             run_id = results.base_run_id(task, model_name, precision)
             cfg = {"model": model_name, "tasks": [task], "precision": precision, "modes": list(modes),
                    "batch_size": kw.get("batch_size", 8), "max_samples": kw.get("max_samples")}
-            obj = results.new_result(run_id, cfg, seed, preset, entry.get("data_source"),
-                                     base_model=base_provenance(model_name))
-            obj["eval_info"] = {task: entry}
-            paths.append(results.write_json(Path(results_dir) / f"{run_id}.json", obj))
+            path = Path(results_dir) / f"{run_id}.json"
+            results.write_base_eval(path, run_id, cfg, seed, task, entry, preset=preset,
+                                    data_source=entry.get("data_source"), base_model=base_provenance(model_name))
+            paths.append(path)
     return paths
 
 

@@ -344,3 +344,45 @@ def trainable_params_meta(model_config_or_name: Any, settings: LoraSettings) -> 
     peft_model = get_peft_model(model, build_lora_config(settings, cfg | {"model_type": mt}))
     trainable, _ = peft_model.get_nb_trainable_parameters()
     return int(trainable)
+
+
+# ---------------------------------------------------------------- tables (counts from configs, as frames)
+# Plain arithmetic over the functions above, kept here so a notebook shows a count without computing it.
+
+def paper_settings_table(model: Any = "llama-3.1-8b") -> "pd.DataFrame":
+    """One row per PAPER_SETTINGS entry on `model`: the LoraConfig peft gets (r, alpha, dropout, targets),
+    its output scale alpha / r, the trainable parameters and the fp32 adapter file size in MB."""
+    import pandas as pd
+
+    rows = []
+    for p in PAPER_SETTINGS:
+        s = LoraSettings(rank=p["rank"], alpha=p["alpha"], dropout=p["dropout"])
+        c = build_lora_config(s, model)
+        rows.append(dict(setting=p["name"], r=c.r, alpha=c.lora_alpha, dropout=c.lora_dropout, scale=c.lora_alpha / c.r,
+                         targets=",".join(sorted(c.target_modules)), trainable=trainable_params(model, s),
+                         adapter_MB=adapter_bytes(model, s) / 1e6))
+    return pd.DataFrame(rows)
+
+
+def shipped_models_table(targets=("q_proj", "k_proj", "v_proj"), rank: int = 8) -> "pd.DataFrame":
+    """Every shipped config: architecture type, layers, the modules `targets` resolves to there and the
+    trainable parameters at `rank` (column trainable_r<rank>)."""
+    import pandas as pd
+
+    s = LoraSettings(rank=rank, targets=targets)
+    rows = []
+    for m in shipped_models():
+        cfg = model_config(m)
+        rows.append({"model": m, "type": cfg["model_type"], "layers": n_layers(cfg),
+                     "targets": ",".join(target_modules(cfg, s.targets)), f"trainable_r{rank}": trainable_params(cfg, s)})
+    return pd.DataFrame(rows)
+
+
+def settings_table(model: Any, settings: list[LoraSettings]) -> "pd.DataFrame":
+    """Per setting on `model`: the config arithmetic's trainable count beside peft's own count on the meta
+    device (the two must agree), and the fp32 adapter size in kB."""
+    import pandas as pd
+
+    return pd.DataFrame([dict(rank=s.rank, variant=s.variant, trainable=trainable_params(model, s),
+                              peft_on_meta=trainable_params_meta(model, s), adapter_kB=adapter_bytes(model, s) / 1e3)
+                         for s in settings])

@@ -30,7 +30,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import PRECISION, ConfigError, LoraSettings
+from .config import PRECISION, ConfigError, LoraSettings, paper_settings
 from . import arch as _arch
 from .errors import cli_entry
 from . import lora as _lora
@@ -511,6 +511,50 @@ def paper_comparison(scenario: str = "documented") -> list[dict]:
         rows.append(dict(r, scenario=scenario, seq_len=p.seq_len, predicted=round(pred, 2),
                          error_pct=round(100 * (pred - r["paper_gb"]) / r["paper_gb"], 1)))
     return rows
+
+
+# ------------------------------------------------------------------ planner tables (frames for notebook 02)
+
+# FinLoRA's three configurations as (label, bits, rank), from config.paper_settings so the ranks live in one place
+PAPER_CONFIGS = tuple((f"{b}-bit r{paper_settings(b)[1].rank}", b, paper_settings(b)[1].rank) for b in (16, 8, 4))
+
+
+def breakdown_table(model="llama-3.1-8b", configs=PAPER_CONFIGS, targets=("q_proj", "k_proj", "v_proj"),
+                    seq_len: int = 2048, batch: int = 4) -> "pd.DataFrame":
+    """Per configuration, without and with gradient checkpointing (' ckpt'): each planner component in GiB
+    and total_GiB, for one GPU. 0 where a component does not apply (a 16-bit model has no quant_constants)."""
+    import pandas as pd
+
+    rows = []
+    for name, bits, rank in configs:
+        for ckpt in (False, True):
+            p = plan(model, bits=bits, rank=rank, targets=targets, seq_len=seq_len, batch=batch,
+                     grad_checkpointing=ckpt, double_quant=bits == 4)
+            rows.append(dict(config=f"{name}{' ckpt' if ckpt else ''}", **{k: v / GIB for k, v in p.breakdown.items()},
+                             total_GiB=p.total_gib))
+    return pd.DataFrame(rows).fillna(0)
+
+
+def fits_table(gpu_sizes, model="llama-3.1-8b", configs=PAPER_CONFIGS, batch: int = 4) -> "pd.DataFrame":
+    """The longest padded sequence that fits at `batch` on one GPU of each size (column '<size> GiB'; 0: the
+    weights alone do not fit), per configuration with the two memory savers switched on one after the other."""
+    import pandas as pd
+
+    rows = []
+    for name, bits, rank in configs:
+        for ckpt, lo in ((False, False), (True, False), (True, True)):
+            kw = dict(bits=bits, rank=rank, batch=batch, grad_checkpointing=ckpt, label_only_logits=lo,
+                      double_quant=bits == 4)
+            rows.append(dict(config=name, ckpt=ckpt, label_only_logits=lo,
+                             **{f"{g:g} GiB": max_seq_len_that_fits(g, model, **kw) for g in gpu_sizes}))
+    return pd.DataFrame(rows)
+
+
+def paper_comparison_table() -> "pd.DataFrame":
+    """paper_comparison for every PAPER_SCENARIOS entry, in their order, as one frame."""
+    import pandas as pd
+
+    return pd.DataFrame([r for sc in PAPER_SCENARIOS for r in paper_comparison(sc)])
 
 
 # ------------------------------------------------------------------ measurement

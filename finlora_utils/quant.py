@@ -138,6 +138,19 @@ def error_sample(w: torch.Tensor, scheme: str, n: int = 20_000, seed: int = 0) -
     return err[idx].numpy()
 
 
+def error_histogram(model, name: str, schemes=SCHEMES, seed: int = 0, bins: int = 120) -> "pd.DataFrame":
+    """Density of error_sample over [-1, 1] rms for projection `name`, one column per scheme beside bin_center.
+    Errors beyond one rms land in the edge bins (clipped), so the tails stay visible rather than dropped."""
+    import pandas as pd
+
+    w = dict(projection_weights(model))[name]
+    edges = np.linspace(-1.0, 1.0, bins + 1)
+    hist = pd.DataFrame({"bin_center": (edges[1:] + edges[:-1]) / 2})
+    for s in schemes:
+        hist[s], _ = np.histogram(np.clip(error_sample(w, s, seed=seed), -1, 1), bins=edges, density=True)
+    return hist
+
+
 def storage_table(model, schemes=("bf16",) + SCHEMES, unquantized_bytes: int = 2) -> "pd.DataFrame":
     """Whole-model storage per scheme: quantized projections + constants + unquantized rest.
 

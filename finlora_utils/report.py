@@ -5,7 +5,7 @@
     report.efficiency_table(runs)             # peak memory, train time, adapter size, s/example, paper-scale cost
     report.header(runs)                       # what ran: model, data, preset, hardware, versions, commit
 
-Every table is a pandas DataFrame; figure builders take those frames and return matplotlib figures
+Every table is a pandas DataFrame; plots' fig_* builders take those frames and return matplotlib figures
 (notebooks save them with plots.save_figure, PNG + CSV). A results file that lacks a field a table
 needs raises ResultsError naming the file and the field.
 """
@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .config import PRECISION
@@ -155,6 +156,29 @@ def sanity_table(runs: Sequence[dict]) -> pd.DataFrame:
     cols = ["task", "config", "mode", "n", "accuracy", "f1_weighted", "majority_baseline", "top_pred",
             "top_pred_share", "unparseable", "pred_distribution"]
     return df[cols].sort_values(["task", "config", "mode"]).reset_index(drop=True)
+
+
+ZERO_SHOT_FIELDS = ("n", "accuracy")   # the stderr needs both; the other columns are None where a file lacks them
+
+
+def zero_shot_table(runs: Sequence[dict]) -> pd.DataFrame:
+    """One row per (zero-shot base result, task), in the order given: the precision it was loaded at, n,
+    accuracy, f1_weighted, majority (baseline), s (wall seconds) and stderr = sqrt(acc (1 - acc) / n), the
+    binomial standard error that says which precision differences are sampling noise. Trained runs are skipped."""
+    rows = []
+    for r in runs:
+        if is_trained(r):
+            continue
+        path = r.get("_path", r["run_id"])
+        for task, e in (r.get("eval_info") or {}).items():
+            for f in ZERO_SHOT_FIELDS:
+                get_field(r, f"eval_info.{task}.{f}", path)
+            rows.append(dict(precision=e.get("precision") or get_field(r, "run_info.config.precision", path),
+                             task=task, n=e["n"], accuracy=e["accuracy"], f1_weighted=e.get("f1_weighted"),
+                             majority=e.get("majority_baseline"), s=e.get("wall_s")))
+    zero = pd.DataFrame(rows, columns=["precision", "task", "n", "accuracy", "f1_weighted", "majority", "s"])
+    zero["stderr"] = np.sqrt(zero["accuracy"] * (1 - zero["accuracy"]) / zero["n"])
+    return zero
 
 
 # ------------------------------------------------------------------ efficiency
@@ -405,107 +429,10 @@ def header_markdown(runs: Sequence[dict]) -> str:
     return "| what ran | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in h.items())
 
 
-# ------------------------------------------------------------------ figures (frames in, figures out)
-
-def fig_accuracy_vs_memory(df: pd.DataFrame):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for task, g in df.groupby("task"):
-        ax.scatter(g["peak_mem_mib"], g["accuracy"], label=task)
-        # neighbours in memory alternate above / below their point, so close configurations stay legible
-        for i, (_, row) in enumerate(g.sort_values("peak_mem_mib").iterrows()):
-            ax.annotate(row["config"], (row["peak_mem_mib"], row["accuracy"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 4 if i % 2 == 0 else -10))
-    ax.set_xlabel("measured peak training memory (MiB)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("accuracy vs memory per configuration")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def fig_loss_curves(df: pd.DataFrame):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (run, cfg), g in df.groupby(["run_id", "config"]):
-        ax.plot(g["step"], g["loss"], label=f"{cfg} ({run})" if df["run_id"].nunique() > 4 else cfg)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (answer tokens)")
-    ax.set_title("loss curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def fig_memory_breakdown(df: pd.DataFrame):
-    """Per run: the planner's training-phase components stacked, the measured peak training memory (same
-    definition, memory.PEAK_DEFINITION) as a black marker, the planner's error above each bar."""
-    import matplotlib.pyplot as plt
-
-    planned = df[df["kind"] == "planned"].pivot_table(index="run_id", columns="component", values="mib", aggfunc="sum")
-    config_of = df.drop_duplicates("run_id").set_index("run_id")["config"]
-    rank = {c: i for i, c in enumerate(config_order(config_of))}
-    runs = sorted(config_of.index, key=lambda r: (rank[config_of[r]], r))
-    meas = df[df["kind"] == "measured"].set_index("run_id")
-    measured = meas["mib"].reindex(runs)
-    older = meas.get("measures", pd.Series(dtype=object)).reindex(runs).eq("whole process")
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * len(runs) + 2), 4.4))
-    if not planned.empty:
-        planned.reindex(runs).fillna(0).plot.bar(stacked=True, ax=ax, rot=0, width=0.6)
-    ax.scatter(range(len(runs)), measured.values, color="black", marker="_", s=600, zorder=3,
-               label="measured peak (training phase)")
-    total = planned.reindex(runs).fillna(0).sum(axis=1) if not planned.empty else pd.Series(0.0, index=runs)
-    for i, run in enumerate(runs):
-        m, t = measured[run], total[run]
-        if older[run]:
-            ax.annotate("whole process\n(older result)", (i, m), fontsize=6, ha="center", textcoords="offset points",
-                        xytext=(0, 5))
-        elif m and t:
-            ax.annotate(f"{100 * (t - m) / m:+.0f}%", (i, max(m, t)), fontsize=7, ha="center",
-                        textcoords="offset points", xytext=(0, 4))
-    # '4-bit r4 pipeline2_1f1b': the configuration on one line, the run's tag on a second
-    labels = [lbl.replace(" ", "\n", 2).replace("\n", " ", 1) for lbl in config_of.reindex(runs).values]
-    ax.set_xticks(range(len(runs)), labels, rotation=0, fontsize=7)
-    ax.set_xlabel("")
-    ax.set_ylabel("MiB above the loaded process")
-    ax.set_title("peak training memory (training phase): planner components vs measured", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.margins(y=0.12)
-    fig.tight_layout()
-    return fig
-
-
 def confusion_frame(entry: dict) -> pd.DataFrame:
     """An eval_info entry's confusion matrix as a frame (rows gold, columns predicted)."""
     labels = entry["confusion_labels"]
     return pd.DataFrame(entry["confusion"], index=pd.Index(labels, name="gold"), columns=labels)
-
-
-def fig_confusions(frames: dict[str, pd.DataFrame], title: str = ""):
-    """One heat-map per (name -> confusion frame), side by side."""
-    import matplotlib.pyplot as plt
-
-    frames = {k: frames[k] for k in config_order(frames)}  # base, 16-bit r8, 8-bit r8, 4-bit r4, others
-    n = len(frames)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2), squeeze=False)
-    for ax, (name, cm) in zip(axes[0], frames.items()):
-        ax.imshow(cm.values, cmap="Blues")
-        ax.set_xticks(range(cm.shape[1]), [c[:10] for c in cm.columns], rotation=60, fontsize=7)
-        ax.set_yticks(range(cm.shape[0]), [c[:10] for c in cm.index], fontsize=7)
-        for i in range(cm.shape[0]):
-            for j in range(cm.shape[1]):
-                ax.text(j, i, int(cm.values[i, j]), ha="center", va="center", fontsize=7)
-        ax.set_title(name, fontsize=8)
-        ax.set_xlabel("predicted", fontsize=7)
-    axes[0][0].set_ylabel("gold", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
 
 
 def confusion_long(runs: Sequence[dict]) -> pd.DataFrame:
@@ -1029,28 +956,3 @@ def memory_at_scale_ratio(table: pd.DataFrame, model: str, column: str = "measur
     return float(d["4-bit"] / d["16-bit"]) if {"4-bit", "16-bit"} <= set(d.index) else None
 
 
-def fig_memory_at_scale(table: pd.DataFrame, paper_gb: dict | None = None):
-    """Measured vs planner per model and configuration (grouped bars, GiB), titled with each model's measured
-    4-bit / 16-bit ratio beside the paper's (FinLoRA's Llama-3.1-8B GPU numbers)."""
-    import matplotlib.pyplot as plt
-
-    models_ = list(dict.fromkeys(table["model"]))
-    fig, axes = plt.subplots(1, len(models_), figsize=(5 * len(models_), 3.8), squeeze=False)
-    paper = ""
-    if paper_gb and {"4-bit", "16-bit"} <= set(paper_gb):
-        paper = (f"; paper (Llama-3.1-8B, GPU): {paper_gb['4-bit']:.2f} / {paper_gb['16-bit']:.2f} GB = "
-                 f"{paper_gb['4-bit'] / paper_gb['16-bit']:.2f}")
-    for ax, m in zip(axes[0], models_):
-        d = table[table["model"] == m]
-        x = range(len(d))
-        ax.bar([i - 0.2 for i in x], d["measured_gib"], 0.4, label="measured (peak above process baseline)")
-        ax.bar([i + 0.2 for i in x], d["planner_gib"], 0.4, label="planner")
-        ax.scatter(list(x), d["weights_gib"], color="k", marker="_", s=300, zorder=3, label="weights (measured)")
-        ax.set_xticks(list(x), d["config"])
-        r = memory_at_scale_ratio(table, m)
-        ax.set_title(f"{m}: 4-bit / 16-bit = {r:.2f}" if r is not None else m, fontsize=10)
-        ax.set_ylabel("GiB")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"Training memory at scale, measured vs planner (random weights, CPU){paper}", fontsize=10)
-    fig.tight_layout()
-    return fig

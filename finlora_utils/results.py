@@ -193,6 +193,56 @@ def new_result(run_id: str, config: dict, seed: int, preset: str | None = None,
     }
 
 
+# ------------------------------------------------------------------ named writers, one per kind of results file
+# Every results file the package writes goes through one of these, so the schema lives here and nowhere else.
+
+RESERVED = ("schema_version", "run_id", "run_info", "train_info", "eval_info", "meta_info")
+
+
+def write_trained_run(path: str | Path, run_id: str, config: dict, seed: int, train_info: dict, *,
+                      preset: str | None = None, data_source: str | None = None, base_model: dict | None = None,
+                      data_files: dict | list | None = None) -> dict:
+    """A finetuned run's file: train_info filled, eval_info empty until evaluate adds to it. data_files: what the
+    run read (by sha256), kept in run_info so a later reader can tell whether the data changed."""
+    doc = new_result(run_id, config, seed, preset, data_source, base_model)
+    if data_files is not None:
+        doc["run_info"]["data_files"] = data_files
+    doc["train_info"] = train_info
+    write_json(path, doc)
+    return doc
+
+
+def write_base_eval(path: str | Path, run_id: str, config: dict, seed: int, task: str, entry: dict, *,
+                    preset: str | None = None, data_source: str | None = None,
+                    base_model: dict | None = None) -> dict:
+    """A base model's zero-shot file: one task's eval_info entry, train_info null (what report.is_trained reads).
+    run_id: base_run_id(task, model, precision), so every writer of a base result names it the same."""
+    doc = new_result(run_id, config, seed, preset, data_source, base_model)
+    doc["eval_info"] = {task: entry}
+    write_json(path, doc)
+    return doc
+
+
+def write_bench(path: str | Path, name: str, config: dict, sections: dict[str, Any] | None = None, *,
+                seed: int = 0, data_source: str | None = None, base_model: dict | None = None,
+                eval_info: dict | None = None, portable: bool = False) -> dict:
+    """A bench's file: the common run_info / meta_info, then the bench's own top-level sections (rows, checks,
+    ...) after them. portable: every path under the checkout made relative, for files that get committed."""
+    clash = sorted(set(sections or {}) & set(RESERVED))
+    if clash:
+        raise ValueError(f"sections: {', '.join(clash)} belong to the results schema; pass eval_info= or rename")
+    doc = new_result(name, config, seed, data_source=data_source, base_model=base_model)
+    if eval_info is not None:
+        doc["eval_info"] = eval_info
+    doc.update(sections or {})
+    if portable:
+        from .paths import project_root
+
+        doc = relativize(doc, project_root())
+    write_json(path, doc)
+    return doc
+
+
 def read_result(path: str | Path, require: Iterable[str] = TOP_FIELDS) -> dict:
     """Load one results JSON; `require` lists dotted fields that must be present (e.g. 'train_info.wall_s')."""
     path = Path(path)

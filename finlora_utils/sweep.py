@@ -321,23 +321,14 @@ def accuracy_figure(agg: pd.DataFrame, figures_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import save_figure
-    from .report import config_order
+    from .plots import metric_bars, save_figure
 
     pngs = []
     for metric, title in (("accuracy", "Accuracy"), ("f1_weighted", "Weighted F1")):
         data = agg.dropna(subset=[f"{metric}_mean"])[["task", "config", "n", f"{metric}_mean", f"{metric}_std"]]
         if data.empty:
             continue
-        piv = data.pivot(index="task", columns="config", values=f"{metric}_mean")
-        err = data.pivot(index="task", columns="config", values=f"{metric}_std").fillna(0.0)
-        order = config_order(piv.columns)
-        fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(piv)), 3.8))
-        piv[order].plot.bar(ax=ax, rot=30, yerr=err.reindex(columns=order, fill_value=0.0), capsize=2, width=0.8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel(title)
-        ax.set_title(f"{title} per task (mean over seeds; bars: std)")
-        ax.legend(fontsize=8, ncols=min(len(order), 4))
+        fig = metric_bars(data, metric, title)
         png, _ = save_figure(fig, data, f"sweep_{metric}", figures_dir)
         plt.close(fig)
         pngs.append(png)

@@ -92,3 +92,24 @@ def test_live_model_count_and_adapter_bytes_on_disk(tmp_path):
     assert abs(lora.adapter_bytes("tiny-random-llama", s) - on_disk) / on_disk < 0.03
     with pytest.raises(ConfigError, match=r"^targets='gate_proj'"):
         lora.target_modules(peft_model.get_base_model().model.layers[0].self_attn, ["gate_proj"])
+
+
+def test_paper_settings_table_counts_the_paper_numbers():
+    t = lora.paper_settings_table("llama-3.1-8b")
+    assert len(t) == len(lora.PAPER_SETTINGS) and list(t.setting) == [p["name"] for p in lora.PAPER_SETTINGS]
+    r8, r4 = t.iloc[0], t.iloc[2]   # 2025 configs: 16-bit r8, 4-bit r4
+    assert (r8.trainable, r4.trainable) == (4_718_592, 2_359_296)
+    assert r8.scale == 2.0 and t.iloc[3].scale == 4.0 and r8.targets == "k_proj,q_proj,v_proj"
+    assert r8.adapter_MB == pytest.approx(4 * 4_718_592 / 1e6, rel=5e-3)   # fp32 tensors plus the header
+
+
+def test_shipped_models_and_settings_tables():
+    with pytest.warns(UserWarning, match="fuses"):   # gpt2's fused c_attn
+        t = lora.shipped_models_table("q_proj,k_proj,v_proj", rank=4)
+    assert list(t.model) == lora.shipped_models() and "trainable_r4" in t
+    llama = t[t.model == "llama-3.1-8b"].iloc[0]
+    assert llama.layers == 32 and llama.trainable_r4 == 2_359_296
+    settings = [LoraSettings(rank=4), LoraSettings(rank=8, variant="dora")]
+    s = lora.settings_table("tiny-random-llama", settings)
+    assert list(s["rank"]) == [4, 8] and list(s.variant) == ["lora", "dora"]
+    assert list(s.trainable) == list(s.peft_on_meta) == [lora.trainable_params("tiny-random-llama", x) for x in settings]

@@ -273,3 +273,21 @@ def test_planner_predicts_the_smoke_studys_training_peaks(tmp_path):
     for r in rows:
         diff = r["planned"] - r["measured"]
         assert abs(diff) <= max(SMOKE_TOLERANCE * r["measured"], SMOKE_TOLERANCE_MIB * 2 ** 20), seen
+
+
+def test_breakdown_fits_and_paper_tables():
+    assert [c[0] for c in memory.PAPER_CONFIGS] == ["16-bit r8", "8-bit r8", "4-bit r4"]
+    b = memory.breakdown_table("llama-3.1-8b", seq_len=1024, batch=2)
+    assert list(b.config) == ["16-bit r8", "16-bit r8 ckpt", "8-bit r8", "8-bit r8 ckpt", "4-bit r4", "4-bit r4 ckpt"]
+    parts = [c for c in b.columns if c not in ("config", "total_GiB")]
+    assert b[parts].sum(axis=1).tolist() == pytest.approx(b.total_GiB.tolist())   # the stack adds up to the plan
+    p = memory.plan("llama-3.1-8b", bits=4, rank=4, seq_len=1024, batch=2, grad_checkpointing=True, double_quant=True)
+    assert b.total_GiB[5] == pytest.approx(p.total_gib) and not b.isna().any().any()
+    f = memory.fits_table([24, 80], "llama-3.1-8b", configs=memory.PAPER_CONFIGS[2:], batch=2)
+    assert list(f.columns) == ["config", "ckpt", "label_only_logits", "24 GiB", "80 GiB"] and len(f) == 3
+    assert (f["24 GiB"] <= f["80 GiB"]).all() and f["24 GiB"].is_monotonic_increasing   # each saver adds length
+    assert f["24 GiB"][0] == memory.max_seq_len_that_fits(24, "llama-3.1-8b", bits=4, rank=4, batch=2,
+                                                          double_quant=True, label_only_logits=False)
+    paper = memory.paper_comparison_table()
+    assert list(dict.fromkeys(paper.scenario)) == list(memory.PAPER_SCENARIOS)
+    assert len(paper) == len(memory.PAPER_SCENARIOS) * len(memory.PAPER_MEMORY)

@@ -128,3 +128,17 @@ def test_continuous_reference_removes_the_q4_1_grid_and_stays_within_its_step():
     assert summ.ratio.tolist() == pytest.approx((summ.rel_fro_source / summ.rel_fro_continuous).tolist())
     text = quant.source_effect_sentence(summ, float(df.levels_source.mean()))
     assert "a 4-bit grid" in text and f"{summ.rel_fro_source[1]:.4f}" in text
+
+
+def test_error_histogram_is_a_density_per_scheme_of_the_named_projection():
+    from finlora_utils import models
+
+    model, _ = models.load_model("tiny-random-llama", "fp32")
+    name = quant.projection_weights(model)[0][0]
+    hist = quant.error_histogram(model, name, ["int8", "nf4"], seed=0, bins=40)
+    assert list(hist.columns) == ["bin_center", "int8", "nf4"] and len(hist) == 40
+    width = hist.bin_center[1] - hist.bin_center[0]
+    assert (hist[["int8", "nf4"]].sum() * width).tolist() == pytest.approx([1.0, 1.0])   # densities over [-1, 1]
+    assert hist["nf4"].std() < hist["int8"].std()   # int8's errors are a narrow spike, NF4's spread out
+    with pytest.raises(KeyError):
+        quant.error_histogram(model, "no.such.proj", ["int8"])

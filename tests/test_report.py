@@ -209,9 +209,9 @@ def test_empty_or_missing_folder_says_what_to_run(tmp_path):
 def test_figures_save_png_and_csv(study, tmp_path):
     runs = report.load(study)
     figs = {
-        "acc_mem": (report.fig_accuracy_vs_memory, report.accuracy_vs_memory(runs)),
-        "loss": (report.fig_loss_curves, report.loss_curves(runs)),
-        "mem": (report.fig_memory_breakdown, report.memory_breakdown(runs)),
+        "acc_mem": (plots.fig_accuracy_vs_memory, report.accuracy_vs_memory(runs)),
+        "loss": (plots.fig_loss_curves, report.loss_curves(runs)),
+        "mem": (plots.fig_memory_breakdown, report.memory_breakdown(runs)),
     }
     for stem, (fn, df) in figs.items():
         png, csv = plots.save_figure(fn(df), df, stem, tmp_path / "figures")
@@ -223,7 +223,7 @@ def test_figures_save_png_and_csv(study, tmp_path):
     cm = report.confusion_long(runs)
     assert cm.groupby("run_id")["count"].sum().eq(10).all()
     frames = {r["run_id"]: report.confusion_frame(r["eval_info"]["fpb"]) for r in runs}
-    plots.save_figure(report.fig_confusions(frames), cm, "cm", tmp_path / "figures")
+    plots.save_figure(plots.fig_confusions(frames), cm, "cm", tmp_path / "figures")
 
 
 def test_claims_each_row_has_a_verdict_and_missing_evidence_says_so(study):
@@ -290,8 +290,21 @@ def test_memory_at_scale_table_ratio_and_figure():
                                             pytest.approx(4.17, abs=0.01)]
     assert report.memory_at_scale_ratio(t, "smollm2-1.7b") == pytest.approx(0.40)
     assert report.memory_at_scale_ratio(t, "smollm2-360m") is None
-    fig = report.fig_memory_at_scale(t, {"4-bit": 8.26, "16-bit": 30.91})
+    fig = plots.fig_memory_at_scale(t, {"4-bit": 8.26, "16-bit": 30.91})
     assert "0.27" in fig._suptitle.get_text() and "0.40" in fig.axes[0].get_title()
     del rows[0]["step_s"]
     with pytest.raises(ResultsError, match=r"rows\[0\].*step_s"):
         report.memory_at_scale_table(doc)
+
+
+def test_zero_shot_table_reads_base_results_and_skips_trained_runs(study):
+    runs = report.load(study)
+    zero = report.zero_shot_table(runs)
+    assert list(zero.columns) == ["precision", "task", "n", "accuracy", "f1_weighted", "majority", "s", "stderr"]
+    assert len(zero) == 1 and zero.precision[0] == "bf16" and zero.task[0] == "fpb"   # the 3 trained runs skipped
+    assert zero.accuracy[0] == pytest.approx(0.1) and zero.majority[0] == pytest.approx(0.6) and zero.n[0] == 10
+    assert zero.stderr[0] == pytest.approx((0.1 * 0.9 / 10) ** 0.5)
+    base = next(r for r in runs if not report.is_trained(r))
+    del base["eval_info"]["fpb"]["n"]
+    with pytest.raises(ResultsError, match=r"16bit_base\.json: missing field 'eval_info\.fpb\.n'"):
+        report.zero_shot_table(runs)

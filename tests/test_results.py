@@ -53,8 +53,8 @@ def test_tokens_never_reach_results(monkeypatch):
 
 
 def test_base_run_ids_are_built_in_one_place():
-    """Notebook 01 and evaluate_base name a base model's zero-shot result the same way (06 counts it once);
-    NF4 and FP4 share 4 bits but not an id."""
+    """Notebook 01 writes its base results through evaluate_base, the one writer that names a base model's
+    zero-shot result (06 counts it once); NF4 and FP4 share 4 bits but not an id."""
     from pathlib import Path
 
     from finlora_utils import results
@@ -65,4 +65,47 @@ def test_base_run_ids_are_built_in_one_place():
     with pytest.raises(ValueError, match="precision='auto'"):
         results.base_run_id("fpb", "embedded", "auto")
     nb = (Path(__file__).resolve().parents[1] / "notebooks" / "01_quantization.ipynb").read_text()
-    assert "results.base_run_id(" in nb and "_base\\\"" not in nb
+    assert "evaluate.evaluate_base(" in nb and "_base\\\"" not in nb
+    assert "new_result" not in nb and "write_json" not in nb   # no second, hand-made writer of base files
+
+
+def test_trained_run_writer_writes_what_the_engine_wrote(tmp_path):
+    info = {"wall_s": 1.5, "peak_mem_bytes": 123, "adapter_path": "reports/runs/x/adapter"}
+    files = {"fpb/train.jsonl": "ab" * 32}
+    doc = results.write_trained_run(tmp_path / "r.json", "fpb_x_4bit_r4", {"lr": 1e-4, "results_dir": "/elsewhere"},
+                                    7, info, preset="smoke", data_source="real",
+                                    base_model={"source": "test"}, data_files=files)
+    r = results.read_result(tmp_path / "r.json", require=["train_info.wall_s", "run_info.data_files",
+                                                           "meta_info.base_model.source"])
+    assert r == json.loads(json.dumps(doc))
+    assert list(r) == ["schema_version", "run_id", "run_info", "train_info", "eval_info", "meta_info"]
+    assert r["train_info"] == info and r["eval_info"] == {} and r["run_info"]["data_files"] == files
+    assert (r["run_id"], r["run_info"]["seed"], r["run_info"]["preset"]) == ("fpb_x_4bit_r4", 7, "smoke")
+
+
+def test_base_eval_writer_leaves_train_info_null(tmp_path):
+    from finlora_utils import report
+
+    entry = {"mode": "score", "n": 4, "accuracy": 0.5, "f1_weighted": 0.4, "majority_baseline": 0.75,
+             "pred_distribution": {"positive": 4}, "wall_s": 0.1, "precision": "nf4"}
+    rid = results.base_run_id("fpb", "embedded", "nf4")
+    results.write_base_eval(tmp_path / f"{rid}.json", rid, {"model": "embedded", "tasks": ["fpb"]}, 0, "fpb", entry,
+                            base_model={"source": "gguf"})
+    [r] = results.load_results(tmp_path)
+    assert r["train_info"] is None and r["eval_info"] == {"fpb": entry}
+    assert r["meta_info"]["base_model"] == {"source": "gguf"} and report.config_label(r) == "base"
+
+
+def test_bench_writer_puts_sections_after_the_schema_and_refuses_its_keys(tmp_path):
+    from finlora_utils.paths import project_root
+
+    inside = f"{project_root()}/reports/x.csv"
+    doc = results.write_bench(tmp_path / "b.json", "planner_accuracy", {"grid": [1, 2]},
+                              {"rows": [{"a": 1}], "csv": inside}, portable=True)
+    r = results.read_result(tmp_path / "b.json")
+    assert r == doc and list(r)[-2:] == ["rows", "csv"] and r["csv"] == "reports/x.csv"
+    assert r["train_info"] is None and r["eval_info"] == {} and r["run_info"]["seed"] == 0
+    assert results.write_bench(tmp_path / "k.json", "k", {}, eval_info={"n": 3})["eval_info"] == {"n": 3}
+    with pytest.raises(ValueError, match="run_info"):
+        results.write_bench(tmp_path / "c.json", "c", {}, {"run_info": {}})
+    assert not (tmp_path / "c.json").exists()
