@@ -1,7 +1,7 @@
 """Does 4-bit save memory where it should? Real LoRA training steps on real architectures with random weights.
 
-    nice -n 5 .venv/bin/python bench/memory_at_scale.py            # SmolLM2-360M and -1.7B, 4 precisions (~10 min)
-    .venv/bin/python bench/memory_at_scale.py --models smollm2-360m --seq-len 64   # a quicker look
+    .venv/bin/python bench/memory_at_scale.py        # SmolLM2-360M and -1.7B, 4 precisions (8 min on a quiet 2-core Xeon)
+    .venv/bin/python bench/memory_at_scale.py --models smollm2-360m --seq-len 32   # a quicker look
     ... --jobs 3     # measure 3 configurations at once (own processes: peaks unchanged, step times contended)
 
 At 135M parameters the embedded model's weights are a small part of a CPU process (torch, the tokenizer and
@@ -150,9 +150,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--models", default=",".join(MODELS), help="shipped config names, comma-separated")
-    ap.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    ap.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (default 64)")
     ap.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per measurement (default 1)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per measurement (default 2)")
     ap.add_argument("--jobs", type=int, default=1, help="configurations measured at once (default 1)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per configuration before it is abandoned")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "memory_at_scale.json"))
@@ -163,7 +163,7 @@ def main() -> int:
     from finlora_utils import models
     from finlora_utils.config import resolve_precision
     from finlora_utils.lora import shipped_models
-    from finlora_utils.results import atomic_write_text, new_result, write_json
+    from finlora_utils.results import atomic_write_text, write_bench
 
     names = [m.strip() for m in a.models.split(",") if m.strip()]
     bad = [m for m in names if m not in shipped_models()]
@@ -222,21 +222,20 @@ def main() -> int:
     worst = max(abs(r["error_pct"]) for r in rows)
     big = names[-1]
     r_big = ratio(rows, big)
-    doc = new_result("memory_at_scale", {"models": names, "configs": [c[0] for c in CONFIGS], "seq_len": a.seq_len,
-                                         "batch": a.batch, "threads": a.threads, "jobs": a.jobs,
-                                         "targets": "q_proj,k_proj,v_proj"},
-                     seed=0, base_model={"source": "random init (bf16, seed 0) of the shipped configs "
-                                                   f"{', '.join(names)}: memory and time only, no accuracy"})
-    doc.update(rows=rows, sixteen_bit_precision=resolve_precision("auto"), max_abs_error_pct=worst,
-               ratio_4bit_16bit={n: ratio(rows, n) for n in names},
-               ratio_4bit_16bit_process_peak={n: ratio(rows, n, "process_peak_bytes") for n in names},
-               ratio_4bit_16bit_weights={n: ratio(rows, n, "weight_bytes") for n in names},
-               paper_gb=PAPER_GB, paper_ratio=PAPER_GB["4-bit"] / PAPER_GB["16-bit"], wall_s=round(time.time() - t_start, 1),
-               method=rows[0]["method"],
-               note="above_process = VmHWM during the 2nd training step minus RSS before loading the model; "
-                    "above_loaded = the same minus RSS after loading + LoRA + warm-up step; process_peak = the "
-                    "process's VmHWM over its life (load transients included)")
-    write_json(a.out, doc)
+    write_bench(a.out, "memory_at_scale",
+                {"models": names, "configs": [c[0] for c in CONFIGS], "seq_len": a.seq_len, "batch": a.batch,
+                 "threads": a.threads, "jobs": a.jobs, "targets": "q_proj,k_proj,v_proj"},
+                dict(rows=rows, sixteen_bit_precision=resolve_precision("auto"), max_abs_error_pct=worst,
+                     ratio_4bit_16bit={n: ratio(rows, n) for n in names},
+                     ratio_4bit_16bit_process_peak={n: ratio(rows, n, "process_peak_bytes") for n in names},
+                     ratio_4bit_16bit_weights={n: ratio(rows, n, "weight_bytes") for n in names},
+                     paper_gb=PAPER_GB, paper_ratio=PAPER_GB["4-bit"] / PAPER_GB["16-bit"],
+                     wall_s=round(time.time() - t_start, 1), method=rows[0]["method"],
+                     note="above_process = VmHWM during the 2nd training step minus RSS before loading the model; "
+                          "above_loaded = the same minus RSS after loading + LoRA + warm-up step; process_peak = the "
+                          "process's VmHWM over its life (load transients included)"),
+                base_model={"source": "random init (bf16, seed 0) of the shipped configs "
+                                      f"{', '.join(names)}: memory and time only, no accuracy"}, portable=True)
     import csv, io  # noqa: E401 - the CSV twin for spreadsheets
     flat = [{k: v for k, v in r.items() if k != "predicted_breakdown"} for r in rows]
     buf = io.StringIO()
