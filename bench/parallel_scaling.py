@@ -45,7 +45,9 @@ def run(mode: str, args, out: Path, threads: int, label: str) -> dict:
     ti = res["train_info"]
     ranks = ti["parallel"]["ranks"]
     return dict(mode=label, steps=ti["steps"], step_s=ti["wall_s"] / ti["steps"], tokens_per_s=ti["tokens_per_s"],
-                peaks=[r.get("process_peak_mem_bytes") or r["peak_mem_bytes"] for r in ranks],   # whole process: the weights count, final_loss=ti["loss_curve"][-1][1],
+                # whole process: the weights count
+                peaks=[r.get("process_peak_mem_bytes") or r["peak_mem_bytes"] for r in ranks],
+                final_loss=ti["loss_curve"][-1][1],
                 n=1 if mode == "none" else args.nproc, kind=mode, config=cfg)
 
 
@@ -62,12 +64,14 @@ def config_for(mode: str, args, out: Path, label: str) -> TrainConfig:
 def planned_peaks(cfg: TrainConfig, gpus: int, seq_len: int) -> list[int]:
     """The planner's bytes per rank (above the process baseline) for this run's shape on CPU."""
     from finlora_utils import memory
+    from finlora_utils.config import PRECISION
 
     batch = cfg.batch_size if cfg.parallel != "ddp" else -(-cfg.batch_size // gpus)
-    p = memory.plan(model=cfg.model, bits=cfg.bits if cfg.bits <= 16 else 16, rank=cfg.lora.rank,
+    prec = PRECISION[cfg.precision]
+    p = memory.plan(model=cfg.model, bits=prec.planner_bits, rank=cfg.lora.rank,
                     targets=cfg.lora.targets, seq_len=seq_len, batch=batch, gpus=gpus,
                     parallel=cfg.parallel if gpus > 1 else "none", micro_batches=min(cfg.micro_batches, batch),
-                    schedule=cfg.schedule, device="cpu", label_only_logits=cfg.label_only_logits)
+                    schedule=cfg.schedule, device="cpu", label_only_logits=cfg.label_only_logits, **prec.planner_kwargs)
     return [d["total_bytes"] for d in p.per_device]
 
 
