@@ -1,0 +1,29 @@
+"""bench/parallel_scaling.py end to end on the tiny model: a single process and a 2-stage pipeline through
+torchrun, each row printed, the ratio lines the README quotes last (a merge once pushed final_loss into a
+comment and every run died with a KeyError before printing a row)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_prints_every_row_and_the_pipeline_lines():
+    cmd = [sys.executable, str(ROOT / "bench" / "parallel_scaling.py"), "--model", "tiny-random-llama",
+           "--modes", "none,pipeline", "--steps", "2", "--batch-size", "4", "--micro-batches", "2",
+           "--max-seq-len", "64", "--timeout", "300"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    out = run.stdout
+    rows = [ln for ln in out.splitlines() if re.match(r"(single/\d+t|pipe x2)\s+\d", ln)]
+    assert [r.split()[0].split("/")[0] for r in rows] == ["single", "pipe"], out
+    assert len(re.findall(r"\d+\.\d\d \((-?\d+\.\d\d) \| (\d+\.\d\d)\)", rows[1])) == 2   # one peak per stage
+    last = out.strip().splitlines()[-2:]
+    assert re.fullmatch(r"pipeline efficiency: \d+\.\d\d", last[0]), last
+    assert re.fullmatch(r"pipeline x2 per-rank peak / single peak: \d+\.\d\d", last[1]), last
