@@ -85,3 +85,37 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def private_imports(path: Path, modules: set[str]) -> list[str]:
+    """`from .x import _name` (a private name of another package module) and `alias._name` where alias is a
+    package module this file imported: both tie this file to another module's insides."""
+    tree = ast.parse(path.read_text(), str(path))
+    found, aliases = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("finlora_utils")):
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    found.append(f"{path.name}:{node.lineno}: from {'.' * node.level}{node.module or ''} import {a.name}")
+                else:
+                    aliases.add(a.asname or a.name)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.value.id.lstrip("_") in {m.rpartition(".")[2] for m in modules}
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(f) for f in files}
+    found = [hit for f in files for hit in private_imports(f, modules)]
+    assert not found, "private names used across modules:\n" + "\n".join(found)
+
+
+def test_the_private_name_finder_finds_one(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from .memory import _validate\nfrom . import lora as _lora\nx = _lora._cache\ny = _lora.model_config\n")
+    assert private_imports(f, {"finlora_utils.memory", "finlora_utils.lora"}) == [
+        "m.py:1: from .memory import _validate", "m.py:3: _lora._cache"]
