@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .config import PRECISION, ConfigError, TrainConfig
 from .engine import Built, longest, run
-from .tokenization import IGNORE, collate
+from .tokenization import IGNORE, collate, padded_length
 from .train import (MAX_GRAD_NORM, amp_dtype, decide_grad_checkpointing, memory_plan, set_grad_checkpointing,
                     with_adapter)
 
@@ -165,7 +165,7 @@ def pad_to(batch: dict, length: int, pad_id: int) -> dict:
 
 def bucket(length: int, max_len: int) -> int:
     """`length` rounded up to PAD_MULTIPLE, never past max_len (or past length itself if that is longer)."""
-    return max(length, min(max_len, -(-length // PAD_MULTIPLE) * PAD_MULTIPLE))
+    return padded_length(length, max_len, PAD_MULTIPLE)
 
 
 # ---------------------------------------------------------------- reassembly

@@ -34,7 +34,7 @@ from .artifacts import exclusive_run
 from .config import PRECISION, ConfigError, TrainConfig, config_args, config_from_args
 from .engine import Built, TrainData, drop_checkpoints, longest, results_default_dir, run
 from .errors import cli_entry
-from .tokenization import IGNORE, collate, shard
+from .tokenization import IGNORE, collate, padded_length, shard
 
 MAX_GRAD_NORM = 1.0          # FinLoRA's (and transformers') default clipping
 SHORT_ATTENTION = 128        # CPU: sequences up to this length use the math attention kernel
@@ -315,14 +315,14 @@ class Replica:
         ckpt_on, why = decide_grad_checkpointing(config, model, seq_len, -(-config.batch_size // self.world_size),
                                                  label_tokens, dev)
         set_grad_checkpointing(model, ckpt_on)
-        mem_plan = memory_plan(config, model, [max(len(data.examples[i]["input_ids"]) for i in mb)
-                                               for st in data.plan for mb in st],
+        mem_plan = memory_plan(config, model, [padded_length(max(len(data.examples[i]["input_ids"]) for i in mb),
+                                                             config.max_seq_len) for st in data.plan for mb in st],
                                -(-config.batch_size // self.world_size), label_tokens, dev, ckpt_on, self.world_size)
         module = TrainModule(model, config.label_only_logits)
         self.module = self.wrap_model(module) if self.wrap_model is not None else module
         model.train()
         amp = amp_dtype(config.precision, dev)
-        self.examples, self.model = data.examples, model
+        self.examples, self.model, self.max_len = data.examples, model, config.max_seq_len
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.built = Built(model, self.params, dev, amp, torch.amp.GradScaler(dev.type) if amp == torch.float16 else None,
                            ckpt_on, why, mem_plan)
@@ -338,7 +338,8 @@ class Replica:
         return ""
 
     def step(self, step: list[list[int]], counts: dict, optimizer, scheduler) -> float:
-        micro, weights = shard_step(self.examples, step, self.rank, self.world_size, self.tok.pad_token_id)
+        micro, weights = shard_step(self.examples, step, self.rank, self.world_size, self.tok.pad_token_id,
+                                    self.max_len)
         b = self.built
         loss_sum = train_step(self.module, optimizer, scheduler, micro, counts["target_tokens"], self.world_size,
                               b.amp, b.scaler, weights)
@@ -354,13 +355,14 @@ class Replica:
         return {}
 
 
-def shard_step(ex: list[dict], step: list[list[int]], rank: int, world_size: int, pad_id: int):
-    """Collated micro-batches of this rank and their weights (0 for an empty shard, which still runs so that
-    DDP's all-reduce sees every rank)."""
+def shard_step(ex: list[dict], step: list[list[int]], rank: int, world_size: int, pad_id: int, max_len: int):
+    """Collated micro-batches of this rank, each padded to padded_length of its longest example, and their
+    weights (0 for an empty shard, which still runs so that DDP's all-reduce sees every rank)."""
     micro, weights = [], []
     for mb in step:
         mine = shard(mb, rank, world_size)
-        micro.append(collate([ex[i] for i in (mine or mb[:1])], pad_id))
+        rows = [ex[i] for i in (mine or mb[:1])]
+        micro.append(collate(rows, pad_id, padded_length(max(len(e["input_ids"]) for e in rows), max_len)))
         weights.append(1.0 if mine else 0.0)
     return micro, weights
 
