@@ -198,6 +198,17 @@ def planner_accuracy(acc: pd.DataFrame, title: str):
 
 # ------------------------------------------------------------------ report figures (report's frames in)
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int):
+    """The report figures' common frame: axis labels, title, a light grid, the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    return fig
+
+
 def fig_accuracy_vs_memory(df: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for task, g in df.groupby("task"):
@@ -206,26 +217,14 @@ def fig_accuracy_vs_memory(df: pd.DataFrame):
         for i, (_, row) in enumerate(g.sort_values("peak_mem_mib").iterrows()):
             ax.annotate(row["config"], (row["peak_mem_mib"], row["accuracy"]), fontsize=7,
                         textcoords="offset points", xytext=(3, 4 if i % 2 == 0 else -10))
-    ax.set_xlabel("measured peak training memory (MiB)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("accuracy vs memory per configuration")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "measured peak training memory (MiB)", "accuracy", "accuracy vs memory per configuration", 8)
 
 
 def fig_loss_curves(df: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for (run, cfg), g in df.groupby(["run_id", "config"]):
         ax.plot(g["step"], g["loss"], label=f"{cfg} ({run})" if df["run_id"].nunique() > 4 else cfg)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (answer tokens)")
-    ax.set_title("loss curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "optimizer step", "training loss (answer tokens)", "loss curves", 7)
 
 
 def fig_memory_breakdown(df: pd.DataFrame):
