@@ -58,11 +58,9 @@ TRAINING_PHASE = ("gradients", "optimizer", "ddp_buckets", "activations", "logit
 # At the embedded model's size that spread is ~1-2 % of a run; at the tiny model's it is most of it.
 CPU_TRAIN_RUNTIME = 52 * 2 ** 20
 CPU_TRAIN_RUNTIME_WARM = 18 * 2 ** 20
-# CPU DDP (gloo): what each rank adds above the single-process terms and its own gradient buckets,
-# measured on notebook 04's DDP x2 run (embedded 135M, nf4 r4, batch 2 per rank, one thread per rank):
-# +35 / +34 MiB over the plan on 2026-12-01 and +33 / +32 on 2026-12-02 (Xeon with AMX). gloo's pair
-# buffers and the reducer's first iteration; not itemised further, so it is carried as one measured term.
-CPU_DDP_RUNTIME = 32 * 2 ** 20
+# CPU DDP carries no term of its own: the ~33 MiB per rank once measured above the plan (notebook 04's DDP x2,
+# 2026-12-01/02) went away when training began padding to tokenization.PAD_MULTIPLE (each rank pads its own
+# shard, so it met even more distinct shapes than a single process): 261 / 257 MiB measured, 284 planned.
 PEAK_DEFINITION = ("training phase: high-water mark during the training loop minus the live memory of the "
                    "loaded process (model + adapter built, data prepared) just before the first step")
 PROCESS_PEAK_DEFINITION = "whole process: high-water mark from process start to the end of the training loop"
@@ -396,8 +394,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
         b["activations"] = saved + live
         b["logits"] = max(0, logits - live)      # only what the logits add above the layer transient
         b["framework"] = framework
-        b["runtime"] = runtime + (CPU_DDP_RUNTIME if parallel == "ddp" and runtime_bytes is None
-                                    and device == "cpu" else 0)
+        b["runtime"] = runtime
         return b
 
     tokens = batch * seq_len
