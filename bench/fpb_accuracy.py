@@ -46,6 +46,8 @@ def _args(argv=None):
     ap.add_argument("--eval-precision", default=None, help="base precision for scoring (default: the training one)")
     ap.add_argument("--eval-batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpu-memory", default="fast",
+                    help="fast (full speed; this bench is about accuracy) or exact (the planner's peak, slower)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "fpb_accuracy"))
     ap.add_argument("--force", action="store_true", help="retrain candidates that finished earlier")
     return ap.parse_args(argv)
@@ -65,7 +67,7 @@ def _configs(a, epoch_steps: int):
                                    max_train_samples=a.max_train_samples, seed=a.seed, warmup_ratio=0.03,
                                    log_every=50, output_dir=str(Path(a.out) / "runs"),
                                    save_every=epoch_steps,   # a checkpoint (and a validation score) per epoch
-                                   variant_tag=f"lr{lr:g}"))
+                                   variant_tag=f"lr{lr:g}", cpu_memory=a.cpu_memory))
     return out
 
 

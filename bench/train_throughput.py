@@ -45,7 +45,8 @@ def _config(a, out: Path):
     return TrainConfig(model=a.model, tasks=(a.task,), precision="nf4", double_quant=True,
                        lora=LoraSettings(**LORA), batch_size=a.batch, max_steps=a.steps,
                        max_train_samples=a.steps * a.batch, max_seq_len=a.max_seq_len, seed=a.seed,
-                       log_every=max(1, a.steps // 4), output_dir=str(out / "runs"), **OPT)
+                       log_every=max(1, a.steps // 4), output_dir=str(out / "runs"),
+                       cpu_memory="fast", **OPT)   # both recipes on glibc's own heap: no mmap per activation
 
 
 def _examples(cfg):
@@ -187,7 +188,8 @@ def _child(a) -> int:
 
 def _spawn(recipe: str, a, out: Path, extra: list[str]) -> dict:
     # No MALLOC_MMAP_THRESHOLD_ here: it makes every large allocation a fresh mmap and halves the speed
-    # of a CPU training step. The peak is still this process's own (fresh process, VmHWM).
+    # of a CPU training step; ours runs with cpu_memory='fast' for the same reason. Each peak is still its
+    # process's own (fresh process, VmHWM), heap included.
     cmd = [sys.executable, __file__, "--recipe", recipe, "--out", str(out)] + extra
     subprocess.run(cmd, check=True)
     return json.loads((out / f"{recipe}.json").read_text())

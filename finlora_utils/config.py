@@ -47,6 +47,7 @@ BITS_TO_PRECISION = {32: "fp32", 16: "bf16", 8: "int8", 4: "nf4"}
 PRECISION_BITS = {n: p.bits for n, p in PRECISION.items()}
 VARIANTS = ("lora", "rslora", "dora")
 PARALLEL = ("none", "ddp", "pipeline")
+CPU_MEMORY_MODES = ("exact", "fast")   # how a CPU run measures its peak: memory.set_heap_mode
 EVAL_MODES = ("score", "generate", "calibrated")
 PRESETS = ("smoke", "cpu", "gpu", "paper")
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -162,6 +163,9 @@ class TrainConfig:
     micro_batches: int = 2
     schedule: str = "gpipe"            # gpipe | 1f1b (pipeline only)
     variant_tag: str = ""              # extra run-id suffix
+    # CPU: exact = the planner's live-tensor peak, training 1.5-2.3x slower; fast = full speed, the peak
+    # includes the freed memory glibc's heap keeps (memory.set_heap_mode). No effect on the adapter.
+    cpu_memory: str = "exact"
     # Own data: a task read from files (data.register_files). Its name replaces `tasks` unless tasks lists it
     # (list it beside built-in tasks for a multi-task mix).
     train_file: str = ""               # JSONL in FinLoRA format, or CSV with text and label columns
@@ -207,6 +211,9 @@ class TrainConfig:
         _check(self.nproc >= 1, "nproc", self.nproc, ">= 1")
         _check(self.micro_batches >= 1, "micro_batches", self.micro_batches, ">= 1")
         _check(self.schedule in ("gpipe", "1f1b"), "schedule", self.schedule, "gpipe or 1f1b")
+        _check(self.cpu_memory in CPU_MEMORY_MODES, "cpu_memory", self.cpu_memory,
+               "exact (peak memory as the planner predicts it; slower on CPU) or fast (full speed; the peak "
+               "includes freed memory the heap keeps)")
         _check(isinstance(self.max_labels, int) and self.max_labels >= 0, "max_labels", self.max_labels,
                "an integer >= 0 (0: never a label set)")
         for f in ("test_file", "task_name", "instruction"):

@@ -143,6 +143,7 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
         say(f"{tag} finished earlier: {results_path} (force=True retrains)")
         return dict(done, _path=str(results_path)) if rank == 0 else {}
     data = build_data(config, load_tokenizer(config.model), data_dir)   # data errors before the model loads
+    memory.set_heap_mode(config.cpu_memory)   # before the load: a heap the load leaves behind is grown into
     root = recipe.checkpoint_root(run_dir)
     if force:
         recipe.discard(root)
@@ -194,7 +195,8 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
             if on_step is not None:
                 on_step(step + 1, loss)
 
-    _, peaks = memory.measure_training_peak(loop)   # the training phase's peak, the run's one measurement
+    # the training phase's peak, the run's one measurement
+    _, peaks = memory.measure_training_peak(loop, exact=config.cpu_memory == "exact")
     adapter = recipe.adapter()
     res = None
     if rank == 0:

@@ -30,7 +30,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import PRECISION, ConfigError, LoraSettings, paper_settings
+from .config import CPU_MEMORY_MODES, PRECISION, ConfigError, LoraSettings, paper_settings
 from . import arch as _arch
 from .errors import cli_entry
 from . import lora as _lora
@@ -621,28 +621,61 @@ def measure_peak(fn, *args, **kwargs):
     return result, vm_hwm(), method
 
 
-M_MMAP_THRESHOLD = -3   # glibc mallopt parameter
+M_MMAP_THRESHOLD = -3   # glibc mallopt parameters
+M_TRIM_THRESHOLD = -1
 MMAP_THRESHOLD = 65536
+TRIM_THRESHOLD = 128 * 1024          # glibc's default; its dynamic threshold may have raised it to 64 MiB
+FAST_MMAP_THRESHOLD = 32 * 2 ** 20   # glibc's own ceiling for its dynamic mmap threshold (64-bit)
 _LAST_TRAINING_PEAK: dict = {}
 
 
-def pin_mmap_threshold() -> bool:
-    """Make glibc serve every allocation >= 64 KiB with its own mmap from now on, as
-    MALLOC_MMAP_THRESHOLD_=65536 does at process start: freed tensors leave the resident set, so VmHWM
-    is the live-tensor peak and not the heap's. True when pinned (Linux glibc)."""
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return True
+def _mallopt(param: int, value: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
         import ctypes
 
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))
     except (OSError, AttributeError):
         return False
 
 
-def measure_training_peak(fn, *args, **kwargs):
+def pin_mmap_threshold() -> bool:
+    """Make glibc serve every allocation >= 64 KiB with its own mmap from now on, as
+    MALLOC_MMAP_THRESHOLD_=65536 does at process start: freed tensors leave the resident set, so VmHWM
+    is the live-tensor peak and not the heap's. True when pinned (Linux glibc).
+
+    Pin before the model loads (set_heap_mode does, in train.train): pinned only before the first step, a
+    process whose load freed large blocks keeps a heap that the steps then grow into. Measured (embedded
+    nf4 r4, FPB, first training of its process, Xeon with AMX): 476 MiB above the loaded process pinned
+    before the load, 636 pinned after it (585 with the trim threshold reset), 476 with the environment
+    variable."""
+    pinned = _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return pinned or os.environ.get("MALLOC_MMAP_THRESHOLD_") == str(MMAP_THRESHOLD)
+
+
+def set_heap_mode(mode: str) -> bool:
+    """How this process's glibc heap treats freed memory from now on (CPU; a CUDA run's tensors are not
+    on it). True when the recorded peak will be the live-tensor peak the planner predicts.
+
+    exact  every allocation >= 64 KiB is its own mmap, returned on free (pin_mmap_threshold): VmHWM is the
+           live-tensor peak, at a price, because every step maps and zeroes its activations afresh:
+           training runs 1.5-2.3x slower on CPU (embedded nf4 r4 on FPB, Xeon with AMX, 2 threads: 186
+           tok/s pinned at process start, 280 pinned before the first step, 422 unpinned).
+    fast   blocks up to 32 MiB are kept by the heap for reuse (glibc's own upper bound for its dynamic
+           threshold): full speed, and the recorded peak is the process's true resident high-water mark,
+           which includes what the heap keeps (same run: 803 MiB above the loaded process vs 476 exact).
+    """
+    if mode not in CPU_MEMORY_MODES:
+        raise ConfigError(f"cpu_memory={mode!r}: expected one of {', '.join(CPU_MEMORY_MODES)}")
+    if mode == "exact":
+        return pin_mmap_threshold()
+    _mallopt(M_MMAP_THRESHOLD, FAST_MMAP_THRESHOLD)
+    return False
+
+
+def measure_training_peak(fn, *args, exact: bool = True, **kwargs):
     """Run a training loop fn(*args, **kwargs); return (result, peaks) where peaks holds the train_info
     fields of the kit's one definition of peak training memory:
 
@@ -654,7 +687,9 @@ def measure_training_peak(fn, *args, **kwargs):
       baseline_mem_bytes      the loaded process, measured just before fn
       peak_mem_method         cuda_max_allocated (torch allocator; excludes the CUDA context) or vmhwm
                               (CPU: VmHWM with large allocations mmap'ed, MALLOC_MMAP_THRESHOLD_ at start
-                              or mallopt here; vmhwm_heap_retained if neither could be set)
+                              or mallopt: set_heap_mode("exact")); vmhwm_heap_retained when exact=False
+                              (set_heap_mode("fast")) or the threshold could not be set: the true resident
+                              peak, including freed memory the heap keeps, which the planner does not predict
       peak_mem_definition / process_peak_mem_definition   the two definitions in words
     The same dict stays available to later code in this process via last_training_peak().
     """
@@ -670,7 +705,7 @@ def measure_training_peak(fn, *args, **kwargs):
         torch.cuda.synchronize()
         peak, method = int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
     else:
-        method = "vmhwm" if pin_mmap_threshold() else "vmhwm_heap_retained"
+        method = "vmhwm" if exact and pin_mmap_threshold() else "vmhwm_heap_retained"
         before_peak = vm_hwm()   # read before the reset below: the whole process's high-water mark so far
         base = baseline_bytes()
         try:
@@ -689,6 +724,12 @@ def last_training_peak() -> dict:
     """The peaks of this process's latest measure_training_peak (empty before any): DDP and pipeline
     ranks other than 0 report theirs through this."""
     return dict(_LAST_TRAINING_PEAK)
+
+
+def is_live_peak(train_info: dict) -> bool:
+    """Whether train_info's peak is the quantity the planner predicts: the training phase's live tensors
+    (PEAK_DEFINITION, measured on CUDA or with the exact heap), not a peak that includes a kept heap."""
+    return is_training_phase(train_info) and train_info.get("peak_mem_method") in ("vmhwm", "cuda_max_allocated")
 
 
 def is_training_phase(train_info: dict) -> bool:

@@ -110,9 +110,12 @@ def launch(config: TrainConfig, nproc: int | None = None, timeout_s: float = 180
             args += ["--results-dir", str(Path(results_dir).resolve())]
         if force:
             args.append("--force")
-        # MALLOC_MMAP_THRESHOLD_: glibc returns freed large blocks, so each rank's VmHWM is a true peak
-        run_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536"),
-                       TOKENIZERS_PARALLELISM="false", **(env or {}))
+        run_env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        if config.cpu_memory == "exact":   # glibc returns freed large blocks from the start: each rank's VmHWM is a true peak
+            run_env["MALLOC_MMAP_THRESHOLD_"] = os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")
+        else:
+            run_env.pop("MALLOC_MMAP_THRESHOLD_", None)
+        run_env.update(env or {})
         run_env.update({RESULT_POINTER: str(pointer), "OMP_NUM_THREADS": str(threads_per_rank), DEVICE_ENV: device,
                         DIST_TIMEOUT_ENV: str(int(min(timeout_s, 1800))), "PYTHONUNBUFFERED": "1",
                         # the ranks import this package even when it is not installed (a notebook's cwd)

@@ -236,7 +236,7 @@ def fig_memory_breakdown(df: pd.DataFrame):
     runs = sorted(config_of.index, key=lambda r: (rank[config_of[r]], r))
     meas = df[df["kind"] == "measured"].set_index("run_id")
     measured = meas["mib"].reindex(runs)
-    older = meas.get("measures", pd.Series(dtype=object)).reindex(runs).eq("whole process")
+    measures = meas.get("measures", pd.Series(dtype=object)).reindex(runs)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * len(runs) + 2), 4.4))
     if not planned.empty:
         planned.reindex(runs).fillna(0).plot.bar(stacked=True, ax=ax, rot=0, width=0.6)
@@ -245,9 +245,9 @@ def fig_memory_breakdown(df: pd.DataFrame):
     total = planned.reindex(runs).fillna(0).sum(axis=1) if not planned.empty else pd.Series(0.0, index=runs)
     for i, run in enumerate(runs):
         m, t = measured[run], total[run]
-        if older[run]:
-            ax.annotate("whole process\n(older result)", (i, m), fontsize=6, ha="center", textcoords="offset points",
-                        xytext=(0, 5))
+        if measures[run] in ("whole process", "training phase, heap kept"):   # not what the planner predicts
+            note = "whole process\n(older result)" if measures[run] == "whole process" else "heap kept\n(fast run)"
+            ax.annotate(note, (i, m), fontsize=6, ha="center", textcoords="offset points", xytext=(0, 5))
         elif m and t:
             ax.annotate(f"{100 * (t - m) / m:+.0f}%", (i, max(m, t)), fontsize=7, ha="center",
                         textcoords="offset points", xytext=(0, 4))

@@ -225,15 +225,23 @@ def measured_peak_bytes(run: dict) -> int:
     ti = run["train_info"]
     ranks = [r.get("peak_mem_bytes") for r in (ti.get("parallel") or {}).get("ranks") or []]
     ranks = [r for r in ranks if r is not None]
-    return max(ranks) if ranks and peak_measures(run) == "training phase" else ti["peak_mem_bytes"]
+    return max(ranks) if ranks and peak_measures(run) != WHOLE_PROCESS else ti["peak_mem_bytes"]
+
+
+LIVE_PEAK, HEAP_KEPT, WHOLE_PROCESS = "training phase", "training phase, heap kept", "whole process"
 
 
 def peak_measures(run: dict) -> str:
-    """What train_info.peak_mem_bytes measures: 'training phase' (above the loaded process, what the planner
-    predicts) or 'whole process' (results written before that definition: the loop's VmHWM incl. the process)."""
-    from .memory import is_training_phase
+    """What train_info.peak_mem_bytes measures: 'training phase' (above the loaded process, live tensors:
+    what the planner predicts), 'training phase, heap kept' (a cpu_memory='fast' run: also the freed memory
+    glibc keeps, which the planner does not predict) or 'whole process' (results written before the
+    training-phase definition: the loop's VmHWM incl. the process)."""
+    from .memory import is_live_peak, is_training_phase
 
-    return "training phase" if is_training_phase(run["train_info"]) else "whole process"
+    ti = run["train_info"]
+    if not is_training_phase(ti):
+        return WHOLE_PROCESS
+    return LIVE_PEAK if is_live_peak(ti) else HEAP_KEPT
 
 
 def _run_plan(run: dict):
@@ -261,7 +269,7 @@ def planner_check(runs: Sequence[dict]) -> pd.DataFrame:
             continue
         p = _run_plan(r)
         measured = measured_peak_bytes(r) / 2 ** 20
-        like = peak_measures(r) == "training phase"
+        like = peak_measures(r) == LIVE_PEAK
         planned = p.training_bytes / 2 ** 20 if p is not None else None
         rows.append(dict(run_id=r["run_id"], config=config_label(r), measures=peak_measures(r),
                          method=r["train_info"].get("peak_mem_method"), measured_mib=measured, planned_mib=planned,
@@ -338,7 +346,7 @@ def memory_breakdown(runs: Sequence[dict]) -> pd.DataFrame:
         for k, v in worst.items():
             if k in memory.TRAINING_PHASE:
                 rows.append(dict(run_id=r["run_id"], config=config_label(r), component=k, mib=v / 2 ** 20,
-                                 kind="planned", measures="training phase"))
+                                 kind="planned", measures=LIVE_PEAK))
         rows.append(dict(run_id=r["run_id"], config=config_label(r), component="measured peak",
                          mib=measured_peak_bytes(r) / 2 ** 20, kind="measured", measures=peak_measures(r)))
     return pd.DataFrame(rows, columns=["run_id", "config", "component", "mib", "kind", "measures"])

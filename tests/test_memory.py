@@ -187,6 +187,32 @@ print(method, (peak - base) / 2 ** 20)
 """
 
 
+_HEAP_MODE = """
+import sys, torch
+from finlora_utils import memory
+memory.set_heap_mode(sys.argv[1])
+blocks = [torch.ones(8 * 2 ** 20 // 4) for _ in range(12)]   # 96 MiB in 8 MiB blocks
+pin = torch.ones(2 ** 20 // 4)   # a live 1 MiB block above them: the heap cannot give them back from its top
+before = memory.current_bytes()
+del blocks
+print((before - memory.current_bytes()) / 2 ** 20)
+"""
+
+
+def test_heap_mode_exact_returns_freed_blocks_and_fast_keeps_them():
+    """exact: freed tensors leave the resident set (VmHWM is the live-tensor peak the planner predicts);
+    fast: glibc keeps them for reuse (full speed; the peak includes them)."""
+    freed = {}
+    for mode in ("exact", "fast"):
+        out = subprocess.run([sys.executable, "-c", _HEAP_MODE, mode], capture_output=True, text=True, cwd=ROOT,
+                             timeout=120, env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"})
+        assert out.returncode == 0, out.stderr[-2000:]
+        freed[mode] = float(out.stdout)
+    assert freed["exact"] >= 90 and freed["fast"] <= 10, freed
+    with pytest.raises(ConfigError, match="^cpu_memory="):
+        memory.set_heap_mode("quick")
+
+
 def test_measure_peak_sees_a_transient_allocation():
     import torch
 

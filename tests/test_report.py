@@ -308,3 +308,25 @@ def test_zero_shot_table_reads_base_results_and_skips_trained_runs(study):
     del base["eval_info"]["fpb"]["n"]
     with pytest.raises(ResultsError, match=r"16bit_base\.json: missing field 'eval_info\.fpb\.n'"):
         report.zero_shot_table(runs)
+
+
+def test_planner_check_compares_like_with_like(tmp_path):
+    """A cpu_memory='fast' run's peak includes the freed memory glibc's heap keeps, which the planner does
+    not predict: it is shown as such and gets no planner error; an exact run's peak gets one."""
+    from finlora_utils import memory
+
+    d = tmp_path / "results"
+    good = ["neutral"] * 6 + ["positive"] * 3 + ["negative"]
+    for bits in (16, 4):
+        write_trained(d, bits, good, 300.0)
+    for p in d.glob("*.json"):
+        r = json.loads(p.read_text())
+        bits = 16 if "16bit" in p.name else 4
+        r["train_info"].update(peak_mem_definition=memory.PEAK_DEFINITION,
+                               peak_mem_method="vmhwm" if bits == 16 else "vmhwm_heap_retained")
+        results.write_json(p, r)
+    chk = report.planner_check(report.load(d)).set_index("config")
+    assert chk.loc["16-bit r8", "measures"] == "training phase"
+    assert chk.loc["4-bit r4", "measures"] == "training phase, heap kept"
+    assert pd.isna(chk.loc["4-bit r4", "error_pct"]) and not pd.isna(chk.loc["16-bit r8", "error_pct"])
+    assert chk.loc["4-bit r4", "measured_mib"] == 300.0   # still shown

@@ -158,6 +158,20 @@ def test_4bit_lora_gradients_after_generate(tmp_path):
         assert any(not torch.allclose(broken[k], reference[k], rtol=1e-2, atol=1e-5) for k in reference)
 
 
+def test_cpu_memory_fast_trains_the_same_adapter_and_says_its_peak_keeps_the_heap(tmp_path):
+    """cpu_memory only changes how glibc's heap treats freed memory: same seed, same losses and weights; the
+    fast run's peak is labelled as including the kept heap (not what the planner predicts)."""
+    seen = {}
+    for mode in ("fast", "exact"):
+        ti = run(tiny_config(tmp_path / mode, max_steps=3, max_train_samples=12, cpu_memory=mode),
+                 tmp_path / mode)["train_info"]
+        seen[mode] = (ti["loss_curve"], ti["peak_mem_method"], adapter_weights(ti["adapter_path"]))
+    assert seen["fast"][0] == seen["exact"][0]
+    assert (seen["fast"][1], seen["exact"][1]) == ("vmhwm_heap_retained", "vmhwm")
+    for k, w in seen["exact"][2].items():
+        assert torch.equal(seen["fast"][2][k], w), k
+
+
 def test_qlora_on_tiny_model_lowers_target_loss(tmp_path):
     cfg = tiny_config(tmp_path, max_steps=12, lr=5e-2, max_train_samples=16)
     res = run(cfg, tmp_path)
