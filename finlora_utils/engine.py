@@ -197,6 +197,7 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
 
     # the training phase's peak, the run's one measurement
     _, peaks = memory.measure_training_peak(loop, exact=config.cpu_memory == "exact")
+    memory.set_heap_mode("fast")   # the exact heap is for the measured loop: what follows here runs at full speed
     adapter = recipe.adapter()
     res = None
     if rank == 0:
