@@ -142,8 +142,8 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
     if done is not None:
         say(f"{tag} finished earlier: {results_path} (force=True retrains)")
         return dict(done, _path=str(results_path)) if rank == 0 else {}
+    memory.set_heap_mode(config.cpu_memory)   # before data and model: see memory.pin_mmap_threshold
     data = build_data(config, load_tokenizer(config.model), data_dir)   # data errors before the model loads
-    memory.set_heap_mode(config.cpu_memory)   # before the load: a heap the load leaves behind is grown into
     root = recipe.checkpoint_root(run_dir)
     if force:
         recipe.discard(root)

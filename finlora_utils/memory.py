@@ -645,7 +645,7 @@ def pin_mmap_threshold() -> bool:
     MALLOC_MMAP_THRESHOLD_=65536 does at process start: freed tensors leave the resident set, so VmHWM
     is the live-tensor peak and not the heap's. True when pinned (Linux glibc).
 
-    Pin before the model loads (set_heap_mode does, in train.train): pinned only before the first step, a
+    Pin before the model loads (engine.run does, via set_heap_mode): pinned only before the first step, a
     process whose load freed large blocks keeps a heap that the steps then grow into. Measured (embedded
     nf4 r4, FPB, first training of its process, Xeon with AMX): 476 MiB above the loaded process pinned
     before the load, 636 pinned after it (585 with the trim threshold reset), 476 with the environment
