@@ -17,20 +17,8 @@ TEXT = (".json", ".ipynb", ".csv", ".html", ".md")
 # fails on any other dirty file, and on a file listed here that is clean now (then delete its line).
 DIRTY_NEEDS_RERUN = {
     # bench/fpb_accuracy.py --epochs 2 (16-bit r8 and 4-bit r4 on the full FPB train split): 42 + 53 min of
-    # training as it ran (README), about 1.7 h with scoring
+    # training as it ran (README), about 1.7 h with scoring (less with its --cpu-memory fast default now)
     "bench/fpb_accuracy.json": "4175a49a9d3b81f954b0e7def2444114dafe9aa2-dirty",
-    # cpu-table point {TASKS: "fpb,fiqa,tfns", SEED: 0, CONFIGS: "nf4:4"} (multi-task adapter): 19.4 min as it ran
-    "cpu-table/points/configs-nf4_4_seed-0_tasks-fpb_fiqa_tfns/results/fiqa_smollm2-135m_32bit_base.json": "411119b8ce6e581e55eac5b43acd1afe334f4729-dirty",
-    "cpu-table/points/configs-nf4_4_seed-0_tasks-fpb_fiqa_tfns/results/fpb+fiqa+tfns_smollm2-135m_4bit_r4.json": "411119b8ce6e581e55eac5b43acd1afe334f4729-dirty",
-    "cpu-table/points/configs-nf4_4_seed-0_tasks-fpb_fiqa_tfns/results/fpb_smollm2-135m_32bit_base.json": "411119b8ce6e581e55eac5b43acd1afe334f4729-dirty",
-    "cpu-table/points/configs-nf4_4_seed-0_tasks-fpb_fiqa_tfns/results/tfns_smollm2-135m_32bit_base.json": "411119b8ce6e581e55eac5b43acd1afe334f4729-dirty",
-    # cpu-table points {TASKS: fpb, SEED: 1} and {TASKS: fpb, SEED: 2}: 8.5 and 8.7 min as they ran
-    "cpu-table/points/seed-1_tasks-fpb/results/fpb_smollm2-135m_32bit_base.json": "4175a49a9d3b81f954b0e7def2444114dafe9aa2-dirty",
-    "cpu-table/points/seed-1_tasks-fpb/results/fpb_smollm2-135m_4bit_r4.json": "4175a49a9d3b81f954b0e7def2444114dafe9aa2-dirty",
-    "cpu-table/points/seed-1_tasks-fpb/results/fpb_smollm2-135m_8bit_r8.json": "4175a49a9d3b81f954b0e7def2444114dafe9aa2-dirty",
-    "cpu-table/points/seed-2_tasks-fpb/results/fpb_smollm2-135m_32bit_base.json": "4175a49a9d3b81f954b0e7def2444114dafe9aa2-dirty",
-    "cpu-table/points/seed-2_tasks-fpb/results/fpb_smollm2-135m_4bit_r4.json": "4175a49a9d3b81f954b0e7def2444114dafe9aa2-dirty",
-    "cpu-table/points/seed-2_tasks-fpb/results/fpb_smollm2-135m_8bit_r8.json": "4175a49a9d3b81f954b0e7def2444114dafe9aa2-dirty",
 }
 
 
