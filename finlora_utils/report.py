@@ -578,13 +578,16 @@ def _claim_4bit_close_to_8bit(sc: pd.DataFrame, paper: dict, link) -> dict:
 
 
 def _peaks(runs: Sequence[dict], labels: Sequence[str]) -> dict[tuple, list[int]]:
-    """{(model, tasks): [peak_mem_bytes, ...]} of single-process finetuned runs with one of the labels."""
+    """{(model, tasks, what the peak measures, machine): [peak_mem_bytes, ...]} of single-process finetuned runs
+    with one of the labels: a ratio is only taken between peaks of one definition measured on one machine."""
     out: dict[tuple, list[int]] = {}
     for r in runs:
         cfg = r["run_info"]["config"]
         if is_trained(r) and config_label(r) in labels and cfg.get("parallel", "none") == "none" \
                 and r["train_info"].get("peak_mem_bytes"):
-            out.setdefault((cfg.get("model"), tuple(cfg.get("tasks") or ())), []).append(r["train_info"]["peak_mem_bytes"])
+            hw = (r.get("meta_info") or {}).get("hardware") or {}
+            key = (cfg.get("model"), tuple(cfg.get("tasks") or ()), peak_measures(r), str(hw.get("gpus") or hw.get("cpu")))
+            out.setdefault(key, []).append(r["train_info"]["peak_mem_bytes"])
     return out
 
 
@@ -597,6 +600,11 @@ def _claim_4bit_memory(runs: Sequence[dict], link) -> dict:
     paper_fig = f"{p4} / {p16} GB = {p4 / p16:.2f}x (Llama-3.1-8B, 4 GPUs, batch 4)"
     four, sixteen, eight = _peaks(runs, ["4-bit r4"]), _peaks(runs, SIXTEEN_BIT), _peaks(runs, ["8-bit r8"])
     ratios = [sum(four[k]) / len(four[k]) / (sum(sixteen[k]) / len(sixteen[k])) for k in four if k in sixteen]
+    if not ratios and four and sixteen:
+        return _claim(claim, paper_fig, "no like-for-like pair", "not measurable here",
+                      "the 4-bit and 16-bit peaks in these results were measured on different machines or under "
+                      "different definitions (whole process vs training phase, heap kept or not); rerun both "
+                      "configurations in one grid", link)
     if not ratios:
         r8 = [sum(four[k]) / len(four[k]) / (sum(eight[k]) / len(eight[k])) for k in four if k in eight]
         partial = (f"; 4-bit r4 / 8-bit r8 measured here: ratio {_mean_std(r8)} over {len(r8)} task(s)") if r8 else ""

@@ -254,6 +254,15 @@ def test_claims_each_row_has_a_verdict_and_missing_evidence_says_so(study):
     assert c2.loc["ddp_speed", "verdict"] == "holds" and "1.50x tokens/s" in c2.loc["ddp_speed", "ours"]
     assert c2.loc["4bit_memory", "verdict"] == "not measurable here"
     assert "no 16-bit run" in c2.loc["4bit_memory", "ours"] and "evidence missing" in c2.loc["4bit_memory", "why"]
+    # a 16-bit peak of the training phase is not divided by a 4-bit whole-process one (older result)
+    from finlora_utils import memory
+
+    sixteen = next(r for r in runs if report.config_label(r) == "16-bit r8")
+    newer = json.loads(json.dumps(sixteen, default=str))
+    newer["train_info"].update(peak_mem_definition=memory.PEAK_DEFINITION)
+    c3 = report.claims([r for r in runs if r is not sixteen] + [newer])
+    assert c3.loc["4bit_memory", "verdict"] == "not measurable here"
+    assert c3.loc["4bit_memory", "ours"] == "no like-for-like pair" and "definitions" in c3.loc["4bit_memory", "why"]
 
 
 def test_paper_side_by_side_has_both_f1s_the_baseline_and_the_setting_differences(study):
