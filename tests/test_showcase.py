@@ -15,11 +15,7 @@ TEXT = (".json", ".ipynb", ".csv", ".html", ".md")
 # Results made from a working tree with uncommitted changes (git_commit '<sha>-dirty'). They cannot be made
 # clean without rerunning them (see the report of issue 13 for the cost); the coordinator decides. The test
 # fails on any other dirty file, and on a file listed here that is clean now (then delete its line).
-DIRTY_NEEDS_RERUN = {
-    # bench/fpb_accuracy.py --epochs 2 (16-bit r8 and 4-bit r4 on the full FPB train split): 42 + 53 min of
-    # training as it ran (README), about 1.7 h with scoring (less with its --cpu-memory fast default now)
-    "bench/fpb_accuracy.json": "4175a49a9d3b81f954b0e7def2444114dafe9aa2-dirty",
-}
+DIRTY_NEEDS_RERUN: dict[str, str] = {}
 
 
 def _files():
