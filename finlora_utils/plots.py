@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .report import config_order, memory_at_scale_ratio
+from .report import HEAP_KEPT, WHOLE_PROCESS, config_order, memory_at_scale_ratio
 from .results import atomic_write_text
 
 
@@ -245,8 +245,8 @@ def fig_memory_breakdown(df: pd.DataFrame):
     total = planned.reindex(runs).fillna(0).sum(axis=1) if not planned.empty else pd.Series(0.0, index=runs)
     for i, run in enumerate(runs):
         m, t = measured[run], total[run]
-        if measures[run] in ("whole process", "training phase, heap kept"):   # not what the planner predicts
-            note = "whole process\n(older result)" if measures[run] == "whole process" else "heap kept\n(fast run)"
+        if measures[run] in (WHOLE_PROCESS, HEAP_KEPT):   # not what the planner predicts
+            note = "whole process\n(older result)" if measures[run] == WHOLE_PROCESS else "heap kept\n(fast run)"
             ax.annotate(note, (i, m), fontsize=6, ha="center", textcoords="offset points", xytext=(0, 5))
         elif m and t:
             ax.annotate(f"{100 * (t - m) / m:+.0f}%", (i, max(m, t)), fontsize=7, ha="center",
