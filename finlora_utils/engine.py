@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from . import memory, results
+from . import dropout, memory, results
 from .artifacts import (CKPT_DIR, as_stored, differences, finished_result, load_checkpoint, model_card,
                         save_adapter, save_checkpoint)
 from .config import ConfigError, TrainConfig
@@ -207,6 +207,7 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
                     loss_curve=curve, truncated=data.truncated, examples_per_task=count_tasks(ex),
                     grad_checkpointing=built.grad_checkpointing, grad_checkpointing_reason=built.why,
                     label_only_logits=config.label_only_logits, amp_dtype=amp_name, device=str(built.device),
+                    lora_dropout_kernel=dropout.kernel(built.model),
                     world_size=recipe.world_size, trainable_params=recipe.trainable(),
                     resumed_from_step=start or None)
         info.update(recipe.info())

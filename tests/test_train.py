@@ -188,6 +188,7 @@ def test_qlora_on_tiny_model_lowers_target_loss(tmp_path):
     assert mp["batch"] == cfg.batch_size and 0 < mp["seq_len"] <= cfg.max_seq_len and mp["device"] == "cpu"
     assert mp["predicted_peak_mem_bytes"] > 0 and mp["warm_process"] in (True, False)
     assert ti["tokens"] >= ti["nonpad_tokens"] > ti["target_tokens"]
+    assert ti["lora_dropout_kernel"] == "packed 32-bit mask"   # CPU: finlora_utils.dropout's mask
     saved = json.loads(Path(res["_path"]).read_text())
     assert saved["run_id"] == "fpb_tiny-random-llama_4bit_r4" and saved["train_info"]["loss_curve"] == ti["loss_curve"]
     assert saved["run_info"]["config"]["precision"] == "nf4" and saved["meta_info"]["packages"]["torch"]
