@@ -48,16 +48,27 @@ CPU_FRAMEWORK = 20 * 2 ** 20   # python-side model objects, allocator arenas (be
 # (python, torch, the model with its adapter, the tokenizer, the prepared data) is measured just before
 # the first step; everything training adds on top of it is the training phase.
 TRAINING_PHASE = ("gradients", "optimizer", "ddp_buckets", "activations", "logits", "runtime")
-# CPU: what a process's first training steps add once, whatever the model: kernel code pages paged in,
-# oneDNN/MKL primitive caches and scratch for each new shape, autograd's worker. Measured on the smoke
-# study's runs (tiny model, whose own tensors are ~9 MiB): 59.5 / 61.1 / 61.2 MiB (16-bit, three fresh
-# processes), 66.7 / 65.3 (int8), 57.8 / 57.2 (nf4). A process that has trained before (notebook 03's
-# second and third runs) has most of it resident: 13 MiB (int8 after 16-bit), 21.5 (nf4 after both).
-# Both are per machine, not per model: the same first run costs 36.5 MiB on that Xeon when it trains in fp32
-# and 74.8 on CI's machine (2026-12-02); a run after an fp32 one pays the bf16 caches again (~52 MiB).
-# At the embedded model's size that spread is ~1-2 % of a run; at the tiny model's it is most of it.
+# CPU: what training adds besides tensors. Once per process: kernel code paged in, autograd's worker,
+# MKL / oneDNN scratch (CPU_RUNTIME_FRESH). Then, for every micro-batch shape the process meets for the first
+# time, the kernels built for it and kept (oneDNN's primitive cache and JIT'd code): ~10 MiB per new
+# (rows, padded length) when the matmuls run in bf16, whatever the model, and next to nothing in fp32
+# (MKL keeps no per-shape kernels). Measured on the Xeon with AMX (2026-12-02, exact heap, batch 4, lengths
+# 96, 88, ...), runtime = measured peak minus the planner's tensors: tiny model, bf16, first training of the
+# process: 28.5 MiB with 1 shape, 76.1 with 6; int8 26.9 / 68.6; fp32 27.1 / 27.1; a second training in
+# the process on the same shapes 0.4-1.3, on 1 / 6 new ones 11.1 / 61.8 (bf16). Embedded model, bf16:
+# 422.5 / 453.6 / 497.8 MiB with 1 / 4 / 8 shapes (10-11 MiB a shape). With ONEDNN_PRIMITIVE_CACHE_CAPACITY=0
+# a shape still costs 4.4 MiB (and training runs at half speed), so the cache is not all of it.
+CPU_RUNTIME_FRESH = {2: 19 * 2 ** 20, 4: 27 * 2 ** 20}     # by compute bytes: bf16, fp32
+CPU_RUNTIME_WARM = 1 * 2 ** 20
+CPU_SHAPE_BYTES = {2: 10 * 2 ** 20, 4: 0}
+# About half of a shape's kernels are the adapter's, shaped by its rank: the smoke study's nf4 r4 run, third in
+# its process after r8 runs on the same lengths, measured ~21 MiB runtime for 4 such shapes (~5 MiB each).
+CPU_ADAPTER_SHARE = 0.5
+# Without a shape count (a plan made before any data exists): the constants the planner carried before it
+# counted shapes, fitted on the smoke study's runs (a few shapes each): 52 MiB a first training, 18 after.
 CPU_TRAIN_RUNTIME = 52 * 2 ** 20
 CPU_TRAIN_RUNTIME_WARM = 18 * 2 ** 20
+_TRAINED_SHAPES: set = set()   # the kernels this process has built: see unseen_shapes
 # CPU DDP carries no term of its own: the ~33 MiB per rank once measured above the plan (notebook 04's DDP x2,
 # 2026-12-01/02) went away when training began padding to tokenization.PAD_MULTIPLE (each rank pads its own
 # shard, so it met even more distinct shapes than a single process): 261 / 257 MiB measured, 284 planned.
@@ -330,7 +341,8 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
          micro_batches: int = 1, schedule: str = "gpipe", device: str = "cuda",
          compute_bytes: int | None = None, base_bytes: int | None = None, autocast: bool = True,
          reentrant: bool = False, math_attention: bool = False,
-         overhead_bytes: int | None = None, warm_process: bool = False, runtime_bytes: int | None = None) -> Plan:
+         overhead_bytes: int | None = None, warm_process: bool = False, runtime_bytes: int | None = None,
+         new_shapes: float | None = None) -> Plan:
     """Predict peak training memory. `batch` is per device (per pipeline for parallel='pipeline',
     split into `micro_batches`); `seq_len` is the padded length. rank=None uses the paper's
     (8 for 16/8-bit, 4 for 4-bit).
@@ -340,7 +352,9 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     on CPU up to train.SHORT_ATTENTION tokens; fused SDPA kernels never store them); `base_bytes=4`
     models fp32 unquantized weights (peft's prepare_model_for_kbit_training); `autocast=False` keeps
     LoRA inputs in fp32; `warm_process`: this process has trained before, so the CPU runtime's one-off
-    caches (breakdown 'runtime') are mostly resident already; `runtime_bytes` overrides that term.
+    caches (breakdown 'runtime') are mostly resident already; `new_shapes`: how many micro-batch shapes
+    the run meets that this process has not trained on (CPU: each costs CPU_SHAPE_BYTES of kernels; None:
+    a typical run, the older constants); `runtime_bytes` overrides that term.
     """
     if rank is None:
         rank = 4 if bits == 4 else 8
@@ -356,8 +370,13 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     framework = overhead_bytes if overhead_bytes is not None else (CUDA_CONTEXT if device == "cuda" else CPU_FRAMEWORK)
     if runtime_bytes is not None:
         runtime = runtime_bytes
-    else:   # CUDA: cuBLAS workspaces and kernels live outside torch.cuda.max_memory_allocated's count
-        runtime = 0 if device == "cuda" else (CPU_TRAIN_RUNTIME_WARM if warm_process else CPU_TRAIN_RUNTIME)
+    elif device == "cuda":   # cuBLAS workspaces and kernels live outside torch.cuda.max_memory_allocated's count
+        runtime = 0
+    elif new_shapes is None:
+        runtime = CPU_TRAIN_RUNTIME_WARM if warm_process else CPU_TRAIN_RUNTIME
+    else:
+        wide = 4 if dt["act"] == 4 else 2
+        runtime = (CPU_RUNTIME_WARM if warm_process else CPU_RUNTIME_FRESH[wide]) + int(CPU_SHAPE_BYTES[wide] * new_shapes)
     L = _lora.n_layers(cfg)
     trainable = _lora.trainable_params(cfg, settings)
     per_layer_trainable = trainable // L
@@ -444,7 +463,8 @@ def run_plan(config: dict, shape: dict, model=None) -> Plan:
                 math_attention=bool(shape.get("math_attention")), gpus=gpus, parallel=parallel,
                 micro_batches=int(config.get("micro_batches", 1)) if parallel == "pipeline" else 1,
                 schedule=config.get("schedule", "gpipe") if parallel == "pipeline" else "gpipe",
-                warm_process=bool(shape.get("warm_process")), **kw)
+                warm_process=bool(shape.get("warm_process")),
+                new_shapes=None if shape.get("new_shapes") is None else float(shape["new_shapes"]), **kw)
 
 
 def _largest(fn, lo: int, hi: int) -> int:
@@ -718,6 +738,17 @@ def measure_training_peak(fn, *args, exact: bool = True, **kwargs):
                                baseline_mem_bytes=base, peak_mem_method=method, peak_mem_definition=PEAK_DEFINITION,
                                process_peak_mem_definition=PROCESS_PEAK_DEFINITION)
     return result, dict(_LAST_TRAINING_PEAK)
+
+
+def unseen_shapes(lengths, compute_bytes: int, rank: int, remember: bool = False) -> float:
+    """memory.plan's new_shapes: the distinct padded lengths in `lengths` whose kernels this process has not
+    built yet, the frozen model's (by compute width) and the adapter's (also by rank) each counting
+    CPU_ADAPTER_SHARE of a shape. remember=True records them as built (the run is about to train)."""
+    frozen = {("frozen", compute_bytes, int(n)) for n in lengths} - _TRAINED_SHAPES
+    adapter = {("adapter", compute_bytes, rank, int(n)) for n in lengths} - _TRAINED_SHAPES
+    if remember:
+        _TRAINED_SHAPES.update(frozen | adapter)
+    return (1 - CPU_ADAPTER_SHARE) * len(frozen) + CPU_ADAPTER_SHARE * len(adapter)
 
 
 def last_training_peak() -> dict:

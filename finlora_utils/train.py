@@ -174,13 +174,18 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
     from .lora import model_config
 
     best = None
+    prec = PRECISION[config.precision]
+    wide = memory.dtype_bytes(prec.planner_bits, device.type, **prec.planner_kwargs)["act"]
+    # the kernels a CPU process builds per new batch shape (memory.CPU_SHAPE_BYTES); this run is about to meet them
+    new_shapes = memory.unseen_shapes(lengths, wide, config.lora.rank, remember=True) if device.type == "cpu" else 0
     try:
         cfg = model_config(causal_lm(model))
         for seq in sorted(set(lengths)):
             shape = dict(seq_len=seq, batch=batch, label_tokens=label_tokens, grad_checkpointing=grad_checkpointing,
                          math_attention=(short_attention and device.type == "cpu" and seq <= SHORT_ATTENTION
                                          and not grad_checkpointing),
-                         device=device.type, gpus=gpus, warm_process=bool(memory.last_training_peak()))
+                         device=device.type, gpus=gpus, warm_process=bool(memory.last_training_peak()),
+                         new_shapes=new_shapes)
             p = memory.run_plan(config.to_dict(), shape, model=cfg)
             if best is None or p.training_bytes > best["predicted_peak_mem_bytes"]:
                 best = dict(shape, predicted_peak_mem_bytes=p.training_bytes, predicted_total_bytes=p.total_bytes,
