@@ -50,17 +50,18 @@ CPU_FRAMEWORK = 20 * 2 ** 20   # python-side model objects, allocator arenas (be
 TRAINING_PHASE = ("gradients", "optimizer", "ddp_buckets", "activations", "logits", "runtime")
 # CPU: what training adds besides tensors. Once per process: kernel code paged in, autograd's worker,
 # MKL / oneDNN scratch (CPU_RUNTIME_FRESH). Then, for every micro-batch shape the process meets for the first
-# time, the kernels built for it and kept (oneDNN's primitive cache and JIT'd code): ~10 MiB per new
-# (rows, padded length) when the matmuls run in bf16, whatever the model, and next to nothing in fp32
-# (MKL keeps no per-shape kernels). Measured on the Xeon with AMX (2026-12-02, exact heap, batch 4, lengths
-# 96, 88, ...), runtime = measured peak minus the planner's tensors: tiny model, bf16, first training of the
-# process: 28.5 MiB with 1 shape, 76.1 with 6; int8 26.9 / 68.6; fp32 27.1 / 27.1; a second training in
-# the process on the same shapes 0.4-1.3, on 1 / 6 new ones 11.1 / 61.8 (bf16). Embedded model, bf16:
-# 422.5 / 453.6 / 497.8 MiB with 1 / 4 / 8 shapes (10-11 MiB a shape). With ONEDNN_PRIMITIVE_CACHE_CAPACITY=0
-# a shape still costs 4.4 MiB (and training runs at half speed), so the cache is not all of it.
+# time, the kernels built for it and kept for the life of the process (oneDNN's primitive cache and JIT'd
+# code): ~9 MiB per new (rows, padded length) when the matmuls run in bf16, whatever the model and the
+# threads, and next to nothing in fp32 (MKL keeps no per-shape kernels). Measured on the Xeon with AMX
+# (2026-12-02, exact heap, batch 4, lengths 96, 88, ...; runtime = measured peak minus the planner's
+# tensors): tiny model, bf16, first training of the process: 28.5 MiB with 1 shape, 76.1 with 6 (the same
+# with 1 thread); int8 26.9 / 68.6; fp32 27.1 / 27.1; a second training in the process on the same shapes
+# 0.4-1.3, on 1 / 6 new ones 11.1 / 61.8 (bf16). Embedded model, bf16: 422.5 / 453.6 / 497.8 MiB with
+# 1 / 4 / 8 shapes. Real FPB batches (tiny model, 25 steps, 8 lengths from 48 to 112): ~8.8 MiB a shape.
+# With ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 a shape still costs 4.4 MiB (and training runs at half speed).
 CPU_RUNTIME_FRESH = {2: 19 * 2 ** 20, 4: 27 * 2 ** 20}     # by compute bytes: bf16, fp32
 CPU_RUNTIME_WARM = 1 * 2 ** 20
-CPU_SHAPE_BYTES = {2: 10 * 2 ** 20, 4: 0}
+CPU_SHAPE_BYTES = {2: 9 * 2 ** 20, 4: 0}
 # About half of a shape's kernels are the adapter's, shaped by its rank: the smoke study's nf4 r4 run, third in
 # its process after r8 runs on the same lengths, measured ~21 MiB runtime for 4 such shapes (~5 MiB each).
 CPU_ADAPTER_SHARE = 0.5

@@ -174,10 +174,18 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
     from .lora import model_config
 
     best = None
-    prec = PRECISION[config.precision]
+    prec = PRECISION.get(config.precision, PRECISION["bf16"])
     wide = memory.dtype_bytes(prec.planner_bits, device.type, **prec.planner_kwargs)["act"]
-    # the kernels a CPU process builds per new batch shape (memory.CPU_SHAPE_BYTES); this run is about to meet them
-    new_shapes = memory.unseen_shapes(lengths, wide, config.lora.rank, remember=True) if device.type == "cpu" else 0
+    lengths = list(lengths)
+    last = {n: i for i, n in enumerate(lengths)}
+
+    def built_by(seq: int) -> float:
+        # CPU kernels stay built for the life of the process (memory.CPU_SHAPE_BYTES), so a batch of this length
+        # peaks highest the last time it runs, with the kernels of every shape met up to then
+        if device.type != "cpu":
+            return 0
+        return memory.unseen_shapes(lengths[:last[seq] + 1], wide, config.lora.rank)
+
     try:
         cfg = model_config(causal_lm(model))
         for seq in sorted(set(lengths)):
@@ -185,13 +193,16 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
                          math_attention=(short_attention and device.type == "cpu" and seq <= SHORT_ATTENTION
                                          and not grad_checkpointing),
                          device=device.type, gpus=gpus, warm_process=bool(memory.last_training_peak()),
-                         new_shapes=new_shapes)
+                         new_shapes=built_by(seq))
             p = memory.run_plan(config.to_dict(), shape, model=cfg)
             if best is None or p.training_bytes > best["predicted_peak_mem_bytes"]:
                 best = dict(shape, predicted_peak_mem_bytes=p.training_bytes, predicted_total_bytes=p.total_bytes,
                             predicted_per_device=[d["training_bytes"] for d in p.per_device])
     except (ConfigError, KeyError, ValueError):
         return None
+    finally:
+        if device.type == "cpu":
+            memory.unseen_shapes(lengths, wide, config.lora.rank, remember=True)   # this run is about to build them
     return best
 
 

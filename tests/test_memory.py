@@ -262,7 +262,7 @@ for precision, rank in (("auto", 8), ("int8", 8), ("nf4", 4)):
     ti = train.train(c, results_dir=OUT + "/results", force=True, log=lambda *a, **k: None)["train_info"]
     print(json.dumps(dict(precision=precision, measured=ti["peak_mem_bytes"], method=ti["peak_mem_method"],
                           planned=ti["memory_plan"]["predicted_peak_mem_bytes"],
-                          warm=ti["memory_plan"]["warm_process"])))
+                          warm=ti["memory_plan"]["warm_process"], new_shapes=ti["memory_plan"]["new_shapes"])))
 """
 SMOKE_TOLERANCE, SMOKE_TOLERANCE_MIB = 0.10, 32.0
 
@@ -274,15 +274,14 @@ def test_planner_predicts_the_smoke_studys_training_peaks(tmp_path):
     train_info.memory_plan records.
 
     At this size the floor is what decides, and why it is 32 MiB: the tiny model's own tensors are ~9 MiB,
-    under the CPU runtime's one-off caches (oneDNN/MKL primitives and scratch, kernel pages), which the
-    planner can only carry as a constant (memory.CPU_TRAIN_RUNTIME) and which depend on the CPU and on which
-    compute dtype a process trains first. Measured, same runs, fresh processes: repeats on one machine agree
-    within 1.7 MiB (Intel Xeon AMX: 16-bit 59.5 / 61.1 / 61.2 / 65.4 / 65.4 MiB with 60-63 planned), but the
-    first run costs 36.5 MiB when it trains in fp32 on that Xeon, 37.0 with oneDNN held to AVX2, and 74.8 on
-    CI's machine (2026-12-02, 60.2 planned); a warm run after an fp32 one pays the bf16 caches again (int8:
-    51.5 / 52.9 MiB against 28.1 planned). So ~30 MiB is the runtime's spread between machines, and this test
-    catches planner errors above that (a wrong term in the tensors); the planner's 10 % is checked at sizes
-    where tensors dominate (bench/planner_accuracy.py, test_planner_matches_a_live_measurement_on_the_tiny_model).
+    under the CPU runtime (kernel pages, MKL / oneDNN scratch, and ~10 MiB of kernels per new batch shape in
+    bf16: memory.CPU_SHAPE_BYTES), which differs between machines. Measured, same runs, fresh processes, with
+    the planner counting shapes (Intel Xeon AMX, 2026-12-02): 16-bit 58.4 / 58.2 MiB vs 66.2 planned, int8
+    17.8-20.6 vs 14.7, nf4 28.9-30.3 vs 28.2 (it builds only its rank's adapter kernels: half a shape each).
+    Before shapes were counted the same first run cost 36.5 MiB on that Xeon in fp32 and 74.8 on CI's
+    machine (60.2 planned). So ~30 MiB is the runtime's spread between machines, and this test catches
+    planner errors above that (a wrong term in the tensors); the planner's 10 % is checked at sizes where
+    tensors dominate (bench/planner_accuracy.py, test_planner_matches_a_live_measurement_on_the_tiny_model).
     Slow: ~1 min quiet, ~4 min on a busy 2-core machine (three tiny trainings in one fresh process).
     """
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")   # fast on a shared machine
@@ -293,12 +292,45 @@ def test_planner_predicts_the_smoke_studys_training_peaks(tmp_path):
     rows = [json.loads(ln) for ln in run.stdout.splitlines() if ln.startswith("{")]
     assert [r["precision"] for r in rows] == ["auto", "int8", "nf4"]
     assert [r["warm"] for r in rows] == [False, True, True]   # the first run pays the runtime's one-off caches
+    # the first run builds every shape's kernels; int8 r8 meets the same lengths with the same rank (none new);
+    # nf4 r4 builds only its own adapter's kernels for them: half a shape each (memory.CPU_ADAPTER_SHARE)
+    first = rows[0]["new_shapes"]
+    assert first >= 1 and rows[1]["new_shapes"] == 0 and rows[2]["new_shapes"] == first * memory.CPU_ADAPTER_SHARE
     assert all(r["method"] == "vmhwm" for r in rows)
     seen = "; ".join(f"{r['precision']}: planner {r['planned'] / 2**20:.1f} MiB vs measured "
                      f"{r['measured'] / 2**20:.1f} MiB" for r in rows)   # all three, for the next look at CI
     for r in rows:
         diff = r["planned"] - r["measured"]
         assert abs(diff) <= max(SMOKE_TOLERANCE * r["measured"], SMOKE_TOLERANCE_MIB * 2 ** 20), seen
+
+
+def test_runtime_term_counts_new_batch_shapes_per_compute_width_and_rank():
+    """A CPU plan's runtime: the fresh-process constant plus CPU_SHAPE_BYTES per batch shape the process has
+    not trained on; fp32 keeps no per-shape kernels; without a count, the older constants."""
+    kw = dict(model="tiny-random-llama", bits=16, rank=8, seq_len=64, batch=4, device="cpu")
+    one, six = (memory.plan(**kw, new_shapes=n).breakdown["runtime"] for n in (1, 6))
+    assert six - one == 5 * memory.CPU_SHAPE_BYTES[2] and one == memory.CPU_RUNTIME_FRESH[2] + memory.CPU_SHAPE_BYTES[2]
+    warm = memory.plan(**kw, new_shapes=0, warm_process=True).breakdown["runtime"]
+    assert warm == memory.CPU_RUNTIME_WARM
+    fp32 = dict(kw, compute_bytes=4, base_bytes=4)
+    assert memory.plan(**fp32, new_shapes=1).breakdown["runtime"] == memory.plan(**fp32, new_shapes=6).breakdown["runtime"]
+    assert memory.plan(**kw).breakdown["runtime"] == memory.CPU_TRAIN_RUNTIME   # no count: a typical run
+    assert memory.plan(**dict(kw, device="cuda"), new_shapes=6).breakdown["runtime"] == 0
+    # the stored shape carries the count, so a report re-asks the planner the same question
+    cfg = dict(model="tiny-random-llama", precision="bf16", lora=dict(rank=8))
+    shape = dict(seq_len=64, batch=4, device="cpu", new_shapes=2.5)
+    assert memory.run_plan(cfg, shape).breakdown["runtime"] == memory.plan(**kw, new_shapes=2.5).breakdown["runtime"]
+
+
+def test_unseen_shapes_remembers_what_this_process_built():
+    rank = 9973   # a rank no other test trains with: the record is this process's
+    assert memory.unseen_shapes([40, 48, 48], 2, rank) == 2.0       # not remembered without remember=True
+    assert memory.unseen_shapes([40, 48, 48], 2, rank, remember=True) == 2.0
+    assert memory.unseen_shapes([48, 40], 2, rank) == 0.0           # built: free the second time
+    share = memory.CPU_ADAPTER_SHARE                                 # another rank: only the adapter's kernels
+    assert memory.unseen_shapes([40, 48], 2, rank + 1) == 2 * share
+    assert memory.unseen_shapes([40, 56], 4, rank) == 2.0           # fp32 kernels are others
+    assert memory.unseen_shapes([56], 2, rank) == 1.0
 
 
 def test_breakdown_fits_and_paper_tables():
