@@ -274,7 +274,7 @@ def test_planner_predicts_the_smoke_studys_training_peaks(tmp_path):
     train_info.memory_plan records.
 
     At this size the floor is what decides, and why it is 32 MiB: the tiny model's own tensors are ~9 MiB,
-    under the CPU runtime (kernel pages, MKL / oneDNN scratch, and ~10 MiB of kernels per new batch shape in
+    under the CPU runtime (kernel pages, MKL / oneDNN scratch, and ~9 MiB of kernels per new batch shape in
     bf16: memory.CPU_SHAPE_BYTES), which differs between machines. Measured, same runs, fresh processes, with
     the planner counting shapes (Intel Xeon AMX, 2026-12-02): 16-bit 58.4 / 58.2 MiB vs 66.2 planned, int8
     17.8-20.6 vs 14.7, nf4 28.9-30.3 vs 28.2 (it builds only its rank's adapter kernels: half a shape each).
