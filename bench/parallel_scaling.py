@@ -67,7 +67,7 @@ def config_for(mode: str, args, out: Path, label: str) -> TrainConfig:
                        max_train_samples=args.batch_size * args.steps, seed=0, parallel=mode,
                        nproc=1 if mode == "none" else args.nproc, micro_batches=args.micro_batches,
                        schedule=args.schedule, output_dir=str(out / "runs"), variant_tag=f"bench-{label}",
-                       log_every=max(1, args.steps // 2))
+                       log_every=max(1, args.steps // 2), cpu_memory=args.cpu_memory)
 
 
 def planned_peaks(cfg: TrainConfig, gpus: int, seq_len: int) -> list[int]:
@@ -157,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
     ap.add_argument("--verbose", action="store_true", help="stream the ranks' output")
     ap.add_argument("--modes", default="none,ddp,pipeline", help="which of none, ddp, pipeline to run")
+    ap.add_argument("--cpu-memory", default="exact", choices=("exact", "fast"),
+                    help="the ranks' heap (TrainConfig.cpu_memory): exact peaks, or full speed with the heap kept")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if "none" not in modes or not set(modes) <= {"none", "ddp", "pipeline"}:
@@ -174,7 +176,8 @@ def main(argv=None) -> int:
     print(f"{args.model} {args.precision} r{args.rank}, global batch {args.batch_size}, max_seq_len "
           f"{args.max_seq_len}, {args.steps} steps, pipeline {args.schedule} x{args.micro_batches} micro-batches, "
           f"{cores} cores, {share} thread(s) per process unless noted, load average {os.getloadavg()[0]:.1f}, "
-          f"process baseline {baseline / 2**30:.2f} GiB")
+          f"process baseline {baseline / 2**30:.2f} GiB, cpu_memory {args.cpu_memory}"
+          + (" (peaks include what the heap keeps)" if args.cpu_memory == "fast" else ""))
     print(f"{'mode':<14}{'step s':>9}{'tokens/s':>11}{'speedup':>9}{'efficiency':>12}{'loss':>9}   "
           "peak GiB per rank (above baseline | planner)")
     for r in rows:

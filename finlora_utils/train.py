@@ -169,7 +169,9 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
     this run that it prices highest, with that shape, so a report can re-ask the planner the same
     question. `lengths`: the padded lengths the run's micro-batches take. On CPU the attention kernel
     depends on the length (_attention_kernel), so the longest batch is not always the costliest;
-    short_attention=False for loops that never switch kernels (pipeline stages).
+    short_attention=False for loops that never switch kernels (pipeline stages). On CPU each length is
+    priced with the kernels built for every shape met up to its last batch (new_shapes, memory.unseen_shapes),
+    and the run's shapes are remembered as built for the next run in this process.
     None when the planner cannot size this model."""
     from .lora import model_config
 
