@@ -323,14 +323,16 @@ def test_runtime_term_counts_new_batch_shapes_per_compute_width_and_rank():
 
 
 def test_unseen_shapes_remembers_what_this_process_built():
-    rank = 9973   # a rank no other test trains with: the record is this process's
-    assert memory.unseen_shapes([40, 48, 48], 2, rank) == 2.0       # not remembered without remember=True
-    assert memory.unseen_shapes([40, 48, 48], 2, rank, remember=True) == 2.0
-    assert memory.unseen_shapes([48, 40], 2, rank) == 0.0           # built: free the second time
-    share = memory.CPU_ADAPTER_SHARE                                 # another rank: only the adapter's kernels
-    assert memory.unseen_shapes([40, 48], 2, rank + 1) == 2 * share
-    assert memory.unseen_shapes([40, 56], 4, rank) == 2.0           # fp32 kernels are others
-    assert memory.unseen_shapes([56], 2, rank) == 1.0
+    # lengths and a rank no other test trains with: the record is this process's, shared with the suite's runs
+    a, b, c = 100_003, 100_011, 100_019
+    rank = 9973
+    assert memory.unseen_shapes([a, b, b], 2, rank) == 2.0           # not remembered without remember=True
+    assert memory.unseen_shapes([a, b, b], 2, rank, remember=True) == 2.0
+    assert memory.unseen_shapes([b, a], 2, rank) == 0.0              # built: free the second time
+    share = memory.CPU_ADAPTER_SHARE                                  # another rank: only the adapter's kernels
+    assert memory.unseen_shapes([a, b], 2, rank + 1) == 2 * share
+    assert memory.unseen_shapes([a, c], 4, rank) == 2.0              # fp32 kernels are others
+    assert memory.unseen_shapes([c], 2, rank) == 1.0
 
 
 def test_breakdown_fits_and_paper_tables():
