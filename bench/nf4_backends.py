@@ -1,0 +1,127 @@
+"""4-bit base layers on this machine: bitsandbytes (what the kit uses) vs torchao's NF4 tensor (torchtune's QLoRA)
+vs optimum-quanto's qint4, against the unquantized bf16 layer, at the embedded model's projection shapes.
+
+    .venv/bin/python bench/nf4_backends.py                 # 488 rows (a batch of 8 FPB prompts), 2 threads
+    .venv/bin/python bench/nf4_backends.py --rows 128
+    # the other backends are not in requirements.txt; to measure them (any folder, not the project's venv):
+    .venv/bin/pip install --no-deps --target /tmp/nf4-backends torchao==0.18.0 optimum-quanto==0.2.7
+    .venv/bin/python bench/nf4_backends.py --extra-path /tmp/nf4-backends
+
+What a LoRA step asks of a frozen 4-bit layer: its forward and its input gradient (no weight gradient), so each
+row times y = layer(x); y.backward(g) with x of `rows` x in_features in bf16, the best of 3 blocks of calls.
+Each backend quantizes the same random weight (normal, std 0.02): bitsandbytes NF4 with blocks of 64 and double
+quantization (the kit's QLoRA setting), torchao NF4 with blocks of 64 (scaler blocks of 64: 576 x 576 / 64 scalers
+do not divide into torchao's default 256), quanto int4 with its default groups. The relative error of each
+output against the bf16 layer's is printed beside the time, so a fast backend cannot hide a worse grid.
+A backend that is not installed is listed as such, with the command above; never timed as zero.
+Last line: `4-bit layer time / bf16: bitsandbytes X.XXx` (and the others measured).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHAPES = {"q_proj": (576, 576), "k_proj": (576, 192), "gate_proj": (576, 1536), "down_proj": (1536, 576)}
+INSTALL = ".venv/bin/pip install --no-deps --target DIR torchao==0.18.0 optimum-quanto==0.2.7; then --extra-path DIR"
+
+
+def best_ms(fn, calls: int = 10, blocks: int = 3) -> float:
+    fn()   # warm-up: kernel selection, first dequantization buffers
+    best = float("inf")
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / calls * 1e3)
+    return best
+
+
+def backends():
+    """name -> build(weight) returning a callable x -> y, or a string saying why it is unavailable."""
+    import torch
+
+    out = {"bf16": lambda w: (lambda x: torch.nn.functional.linear(x, w))}
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bf
+
+        def bnb_nf4(w):
+            q, state = bf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+            return lambda x: bnb.matmul_4bit(x, q.t(), quant_state=state)
+        out["bitsandbytes"] = bnb_nf4
+    except ImportError as e:
+        out["bitsandbytes"] = f"not installed ({e})"
+    try:
+        from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import linear_nf4, to_nf4
+
+        out["torchao"] = lambda w: (lambda x, nf=to_nf4(w, 64, 64): linear_nf4(x, nf))
+    except ImportError:
+        out["torchao"] = f"not installed: {INSTALL}"
+    try:
+        from optimum.quanto import freeze, qint4, quantize
+
+        def quanto(w):
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
+            lin.weight.data.copy_(w)
+            lin.weight.requires_grad_(False)
+            m = torch.nn.Sequential(lin)
+            quantize(m, weights=qint4)
+            freeze(m)
+            return m
+        out["quanto"] = quanto
+    except ImportError:
+        out["quanto"] = f"not installed: {INSTALL}"
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=488, help="rows of x: batch x padded length")
+    ap.add_argument("--calls", type=int, default=10, help="calls per timed block (best of 3 blocks)")
+    ap.add_argument("--extra-path", help="a folder holding torchao / optimum-quanto (pip install --target)")
+    a = ap.parse_args(argv)
+    if a.rows < 1 or a.calls < 1:
+        ap.error(f"--rows={a.rows}, --calls={a.calls}: expected integers >= 1")
+    if a.extra_path:
+        sys.path.append(a.extra_path)   # after the venv's own packages: it cannot shadow torch or the kit's pins
+    import torch
+
+    from finlora_utils.results import environment
+
+    torch.manual_seed(0)
+    built = backends()
+    names = [n for n, b in built.items() if callable(b)]
+    for n, b in built.items():
+        if not callable(b):
+            print(f"{n}: {b}")
+    hw = environment()["hardware"]
+    print(f"{hw['cpu']} ({hw['cpu_count']} CPUs), {torch.get_num_threads()} threads; {a.rows} rows; forward + input "
+          f"gradient, ms per call (relative output error vs bf16)")
+    total = dict.fromkeys(names, 0.0)
+    for shape, (i, o) in SHAPES.items():
+        w = (torch.randn(o, i) * 0.02).to(torch.bfloat16)
+        x = torch.randn(a.rows, i, dtype=torch.bfloat16, requires_grad=True)
+        g = torch.randn(a.rows, o, dtype=torch.bfloat16)
+        with torch.no_grad():
+            ref = torch.nn.functional.linear(x, w).float()
+        cells = []
+        for n in names:
+            layer = built[n](w)
+            with torch.no_grad():
+                err = ((layer(x).float() - ref).norm() / ref.norm()).item()
+            ms = best_ms(lambda: layer(x).backward(g), a.calls)
+            total[n] += ms
+            cells.append(f"{n} {ms:.3f} ({err:.4f})")
+        print(f"{shape:<10} {i}x{o}: " + ", ".join(cells))
+    print("all four shapes: " + ", ".join(f"{n} {v:.2f} ms" for n, v in total.items()))
+    ratios = ", ".join(f"{n} {total[n] / total['bf16']:.2f}x" for n in names if n != "bf16")
+    print(f"4-bit layer time / bf16: {ratios}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
