@@ -67,7 +67,8 @@ def config_for(mode: str, args, out: Path, label: str) -> TrainConfig:
                        max_train_samples=args.batch_size * args.steps, seed=0, parallel=mode,
                        nproc=1 if mode == "none" else args.nproc, micro_batches=args.micro_batches,
                        schedule=args.schedule, output_dir=str(out / "runs"), variant_tag=f"bench-{label}",
-                       log_every=max(1, args.steps // 2), cpu_memory=args.cpu_memory)
+                       log_every=max(1, args.steps // 2), cpu_memory=args.cpu_memory,
+                       pipeline_split=args.pipeline_split)
 
 
 def planned_peaks(cfg: TrainConfig, gpus: int, seq_len: int) -> list[int]:
@@ -80,7 +81,8 @@ def planned_peaks(cfg: TrainConfig, gpus: int, seq_len: int) -> list[int]:
     p = memory.plan(model=cfg.model, bits=prec.planner_bits, rank=cfg.lora.rank,
                     targets=cfg.lora.targets, seq_len=seq_len, batch=batch, gpus=gpus,
                     parallel=cfg.parallel if gpus > 1 else "none", micro_batches=min(cfg.micro_batches, batch),
-                    schedule=cfg.schedule, device="cpu", label_only_logits=cfg.label_only_logits, **prec.planner_kwargs)
+                    schedule=cfg.schedule, device="cpu", label_only_logits=cfg.label_only_logits,
+                    balance=cfg.pipeline_split if cfg.parallel == "pipeline" else "memory", **prec.planner_kwargs)
     return [d["total_bytes"] for d in p.per_device]
 
 
@@ -157,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
     ap.add_argument("--verbose", action="store_true", help="stream the ranks' output")
     ap.add_argument("--modes", default="none,ddp,pipeline", help="which of none, ddp, pipeline to run")
+    ap.add_argument("--pipeline-split", default="memory", choices=("memory", "even"),
+                    help="layers per stage: balanced by the planner's memory, or the same number per stage")
     ap.add_argument("--cpu-memory", default="exact", choices=("exact", "fast"),
                     help="the ranks' heap (TrainConfig.cpu_memory): exact peaks, or full speed with the heap kept")
     args = ap.parse_args(argv)
@@ -176,7 +180,7 @@ def main(argv=None) -> int:
     print(f"{args.model} {args.precision} r{args.rank}, global batch {args.batch_size}, max_seq_len "
           f"{args.max_seq_len}, {args.steps} steps, pipeline {args.schedule} x{args.micro_batches} micro-batches, "
           f"{cores} cores, {share} thread(s) per process unless noted, load average {os.getloadavg()[0]:.1f}, "
-          f"process baseline {baseline / 2**30:.2f} GiB, cpu_memory {args.cpu_memory}"
+          f"process baseline {baseline / 2**30:.2f} GiB, pipeline split {args.pipeline_split}, cpu_memory {args.cpu_memory}"
           + (" (peaks include what the heap keeps)" if args.cpu_memory == "fast" else ""))
     print(f"{'mode':<14}{'step s':>9}{'tokens/s':>11}{'speedup':>9}{'efficiency':>12}{'loss':>9}   "
           "peak GiB per rank (above baseline | planner)")

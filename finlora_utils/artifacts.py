@@ -23,7 +23,7 @@ from .config import ConfigError, TrainConfig
 CKPT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2   # the newest and the one before: a damaged newest one falls back to its predecessor
 # Config fields that change nothing in the trained adapter: a resume or a finished run may differ in them.
-COSMETIC = ("save_every", "log_every", "output_dir", "nproc", "parallel", "cpu_memory")
+COSMETIC = ("save_every", "log_every", "output_dir", "nproc", "parallel", "cpu_memory", "pipeline_split")
 
 
 class CheckpointError(RuntimeError):

@@ -38,6 +38,7 @@ class Precision:
         return f"{self.planner_bits}-bit"
 
 
+PIPELINE_SPLITS = ("memory", "even")
 PRECISION = {p.name: p for p in (Precision("fp32", 32, False), Precision("bf16", 16, False),
                                   Precision("int8", 8, True), Precision("nf4", 4, True), Precision("fp4", 4, True))}
 PRECISIONS = tuple(PRECISION)
@@ -162,6 +163,9 @@ class TrainConfig:
     nproc: int = 1
     micro_batches: int = 2
     schedule: str = "gpipe"            # gpipe | 1f1b (pipeline only)
+    # pipeline only: layers per stage balanced by the planner's memory (the most loaded stage as light as it
+    # can be) or even (the same layers per stage: faster where memory is not the limit). No effect on the adapter.
+    pipeline_split: str = "memory"
     variant_tag: str = ""              # extra run-id suffix
     # CPU: exact = the planner's live-tensor peak, training 1.5-2.3x slower; fast = full speed, the peak
     # includes the freed memory glibc's heap keeps (memory.set_heap_mode). No effect on the adapter.
@@ -211,6 +215,8 @@ class TrainConfig:
         _check(self.nproc >= 1, "nproc", self.nproc, ">= 1")
         _check(self.micro_batches >= 1, "micro_batches", self.micro_batches, ">= 1")
         _check(self.schedule in ("gpipe", "1f1b"), "schedule", self.schedule, "gpipe or 1f1b")
+        _check(self.pipeline_split in PIPELINE_SPLITS, "pipeline_split", self.pipeline_split,
+               f"one of {', '.join(PIPELINE_SPLITS)}")
         _check(self.cpu_memory in CPU_MEMORY_MODES, "cpu_memory", self.cpu_memory,
                "exact (peak memory as the planner predicts it; slower on CPU) or fast (full speed; the peak "
                "includes freed memory the heap keeps)")

@@ -30,7 +30,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import CPU_MEMORY_MODES, PRECISION, ConfigError, LoraSettings, paper_settings
+from .config import CPU_MEMORY_MODES, PIPELINE_SPLITS, PRECISION, ConfigError, LoraSettings, paper_settings
 from . import arch as _arch
 from .errors import cli_entry
 from . import lora as _lora
@@ -343,7 +343,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
          compute_bytes: int | None = None, base_bytes: int | None = None, autocast: bool = True,
          reentrant: bool = False, math_attention: bool = False,
          overhead_bytes: int | None = None, warm_process: bool = False, runtime_bytes: int | None = None,
-         new_shapes: float | None = None) -> Plan:
+         new_shapes: float | None = None, balance: str = "memory") -> Plan:
     """Predict peak training memory. `batch` is per device (per pipeline for parallel='pipeline',
     split into `micro_batches`); `seq_len` is the padded length. rank=None uses the paper's
     (8 for 16/8-bit, 4 for 4-bit).
@@ -355,11 +355,15 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     LoRA inputs in fp32; `warm_process`: this process has trained before, so the CPU runtime's one-off
     caches (breakdown 'runtime') are mostly resident already; `new_shapes`: how many micro-batch shapes
     the run meets that this process has not trained on (CPU: each costs CPU_SHAPE_BYTES of kernels; None:
-    a typical run, the older constants); `runtime_bytes` overrides that term.
+    a typical run, the older constants); `runtime_bytes` overrides that term. `balance` (pipeline):
+    'memory' splits the layers so the most loaded stage is as light as it can be, 'even' gives every stage
+    the same number of layers (TrainConfig.pipeline_split).
     """
     if rank is None:
         rank = 4 if bits == 4 else 8
     _validate(bits, rank, seq_len, batch, gpus, parallel, optimizer, device, micro_batches, schedule)
+    if balance not in PIPELINE_SPLITS:
+        raise ConfigError(f"balance={balance!r}: expected one of {', '.join(PIPELINE_SPLITS)}")
     if gpus == 1:
         parallel = "none"
     elif parallel == "none":
@@ -425,9 +429,10 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
         layer_cost = sum(wb.values()) + unit
         emb = cfg["vocab_size"] * _lora.hidden_size(cfg) * base
         in_flight = [micro_batches if schedule == "gpipe" else min(micro_batches, gpus - s) for s in range(gpus)]
-        split = pipeline_split(L, gpus, first_extra=emb / layer_cost,
-                               last_extra=(emb + logits_bytes(cfg, logit_positions(mb_tokens))) / layer_cost,
-                               layer_costs=[(sum(wb.values()) + unit * f) / layer_cost for f in in_flight])
+        split = pipeline_split(L, gpus) if balance == "even" else pipeline_split(
+            L, gpus, first_extra=emb / layer_cost,
+            last_extra=(emb + logits_bytes(cfg, logit_positions(mb_tokens))) / layer_cost,
+            layer_costs=[(sum(wb.values()) + unit * f) / layer_cost for f in in_flight])
         per = [device_plan(n, s == 0, s == gpus - 1, mb_tokens, in_flight[s]) for s, n in enumerate(split)]
     else:
         split = [L] * gpus
@@ -465,7 +470,8 @@ def run_plan(config: dict, shape: dict, model=None) -> Plan:
                 micro_batches=int(config.get("micro_batches", 1)) if parallel == "pipeline" else 1,
                 schedule=config.get("schedule", "gpipe") if parallel == "pipeline" else "gpipe",
                 warm_process=bool(shape.get("warm_process")),
-                new_shapes=None if shape.get("new_shapes") is None else float(shape["new_shapes"]), **kw)
+                new_shapes=None if shape.get("new_shapes") is None else float(shape["new_shapes"]),
+                balance=config.get("pipeline_split", "memory") if parallel == "pipeline" else "memory", **kw)
 
 
 def _largest(fn, lo: int, hi: int) -> int:

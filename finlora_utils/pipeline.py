@@ -34,8 +34,9 @@ PAD_MULTIPLE = 16   # pad sequence length up to a multiple of this: few distinct
 # ---------------------------------------------------------------- the split
 
 def stage_split(config: TrainConfig, n_stages: int, n_layers: int | None = None, device: str = "cpu") -> list[int]:
-    """Decoder layers per stage, balanced by the memory planner (embeddings count on the first stage,
-    norm + head + logits on the last); an even split when the planner does not know the model."""
+    """Decoder layers per stage: balanced by the memory planner (embeddings count on the first stage,
+    norm + head + logits on the last), or the same number per stage with config.pipeline_split='even'
+    (and when the planner does not know the model)."""
     from . import memory
 
     if n_layers is None:
@@ -51,7 +52,7 @@ def stage_split(config: TrainConfig, n_stages: int, n_layers: int | None = None,
                             targets=config.lora.targets, seq_len=config.max_seq_len,
                             batch=max(config.batch_size, config.micro_batches), gpus=n_stages,
                             parallel="pipeline", micro_batches=min(config.micro_batches, config.batch_size),
-                            schedule=config.schedule, device=device,
+                            schedule=config.schedule, device=device, balance=config.pipeline_split,
                             label_only_logits=config.label_only_logits, **prec.planner_kwargs).layers_per_device
     except (ConfigError, KeyError, ValueError):
         split = memory.pipeline_split(n_layers, n_stages)

@@ -10,6 +10,7 @@ from finlora_utils.config import (ConfigError, EvalConfig, LoraSettings, TrainCo
     (dict(parallel="zero3"), "parallel"), (dict(grad_accum=0), "grad_accum"),
     (dict(grad_checkpointing="maybe"), "grad_checkpointing"), (dict(epochs=0, max_steps=0), "epochs"),
     (dict(train_split="test"), "train_split"), (dict(cpu_memory="quick"), "cpu_memory"),
+    (dict(pipeline_split="compute"), "pipeline_split"),
 ])
 def test_train_config_rejects_bad_values_naming_the_parameter(kwargs, param):
     with pytest.raises(ConfigError, match=rf"^{param}="):

@@ -313,6 +313,24 @@ def test_stage_split_comes_from_the_memory_planner():
         pipeline.stage_split(TrainConfig(model="tiny-random-llama"), 3)
 
 
+def test_even_pipeline_split_gives_every_stage_the_same_layers_and_the_planner_prices_it():
+    """pipeline_split='even' (faster on CPU where memory is not the limit: bench/parallel_scaling.py) splits the
+    layers evenly, and the planner prices that split per stage, so memory_plan and the report agree with it."""
+    from finlora_utils import memory
+
+    kw = dict(model="embedded", precision="nf4", parallel="pipeline", nproc=2, micro_batches=4, schedule="1f1b",
+              batch_size=16, max_seq_len=128)
+    mem, even = TrainConfig(**kw), TrainConfig(**kw, pipeline_split="even")
+    assert pipeline.stage_split(even, 2) == [15, 15] and pipeline.stage_split(mem, 2) == [11, 19]
+    shape = dict(seq_len=112, batch=16, gpus=2, device="cpu")
+    p_mem, p_even = memory.run_plan(mem.to_dict(), shape), memory.run_plan(even.to_dict(), shape)
+    assert p_even.layers_per_device == [15, 15] and p_mem.layers_per_device == [11, 19]
+    # the memory split's most loaded stage is lighter: that is what it is for
+    assert max(d["training_bytes"] for d in p_mem.per_device) < max(d["training_bytes"] for d in p_even.per_device)
+    with pytest.raises(ConfigError, match=r"^balance='compute': expected one of memory, even"):
+        memory.plan(model="embedded", bits=4, gpus=2, parallel="pipeline", balance="compute")
+
+
 def test_pipeline_helpers():
     assert [pipeline.chunks_for(n, 4) for n in (8, 6, 5, 1)] == [4, 3, 1, 1]
     assert pipeline.bucket(17, 512) == 32 and pipeline.bucket(30, 20) == 30 and pipeline.bucket(17, 24) == 24
