@@ -25,8 +25,8 @@ import torch.nn as nn
 from .config import PRECISION, ConfigError, TrainConfig
 from .engine import Built, longest, run
 from .tokenization import IGNORE, collate, padded_length
-from .train import (MAX_GRAD_NORM, amp_dtype, decide_grad_checkpointing, memory_plan, set_grad_checkpointing,
-                    with_adapter)
+from .train import (MAX_GRAD_NORM, amp_dtype, attention_kernel, decide_grad_checkpointing, memory_plan,
+                    set_grad_checkpointing, with_adapter)
 
 PAD_MULTIPLE = 16   # pad sequence length up to a multiple of this: few distinct shapes, few stage objects
 
@@ -216,9 +216,10 @@ def save_adapter(peft_model, state_dict: dict, path) -> None:
 class StageRunner:
     """This rank's stage under GPipe / 1F1B: one PipelineStage + schedule per (chunks, batch, length) shape."""
 
-    def __init__(self, module: StageModule, rank: int, world: int, device, schedule: str, amp=None):
+    def __init__(self, module: StageModule, rank: int, world: int, device, schedule: str, amp=None,
+                 checkpointing: bool = False):
         self.module, self.rank, self.world, self.device = module, rank, world, device
-        self.schedule, self.amp = schedule, amp
+        self.schedule, self.amp, self.checkpointing = schedule, amp, checkpointing
         self.cache: dict = {}
         self.n_targets = 1      # target tokens of the whole optimizer step: the loss normaliser
         self.losses: list = []  # last stage: per-chunk losses of the current step
@@ -246,7 +247,9 @@ class StageRunner:
         """Forward + backward of one (accumulation) batch through the pipeline, split into `chunks`."""
         ids = batch["input_ids"].to(self.device)
         sched = self._schedule(chunks, tuple(ids.shape))
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+        # the single process's attention kernel per length (train.attention_kernel): step runs forward and backward
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None), \
+                attention_kernel(ids.shape[1], self.device, self.checkpointing):
             if self.rank == 0:
                 sched.step(ids)
             elif self.rank == self.world - 1:
@@ -331,14 +334,13 @@ class Stage:
         set_grad_checkpointing(peft_model, ckpt_on)
         mem_plan = memory_plan(config, peft_model, [bucket(max(len(data.examples[i]["input_ids"]) for i in mb),
                                                            config.max_seq_len) for st in data.plan for mb in st],
-                               config.batch_size, label_tokens, self.device, ckpt_on, self.world_size,
-                               short_attention=False)
+                               config.batch_size, label_tokens, self.device, ckpt_on, self.world_size)
         module, self.names = build_stage(peft_model, self.rank, self.split)
         peft_model.train()
         amp = amp_dtype(config.precision, self.device)
         amp = None if amp == torch.float16 else amp   # fp16 needs a GradScaler across stages: not supported, run fp32
         self.model, self.params = peft_model, list(self.names)
-        self.runner = StageRunner(module, self.rank, self.world_size, self.device, config.schedule, amp)
+        self.runner = StageRunner(module, self.rank, self.world_size, self.device, config.schedule, amp, ckpt_on)
         return Built(peft_model, self.params, self.device, amp, None, ckpt_on, why, mem_plan)
 
     def agree(self, state, root: Path):

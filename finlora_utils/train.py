@@ -163,15 +163,14 @@ def decide_grad_checkpointing(config: TrainConfig, model, seq_len: int, batch: i
 
 
 def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, label_tokens: int,
-                device: torch.device, grad_checkpointing: bool, gpus: int = 1,
-                short_attention: bool = True) -> dict | None:
+                device: torch.device, grad_checkpointing: bool, gpus: int = 1) -> dict | None:
     """train_info.memory_plan: the planner's training-phase peak (memory.run_plan) at the batch shape of
     this run that it prices highest, with that shape, so a report can re-ask the planner the same
     question. `lengths`: the padded lengths the run's micro-batches take. On CPU the attention kernel
-    depends on the length (_attention_kernel), so the longest batch is not always the costliest;
-    short_attention=False for loops that never switch kernels (pipeline stages). On CPU each length is
-    priced with the kernels built for every shape met up to its last batch (new_shapes, memory.unseen_shapes),
-    and the run's shapes are remembered as built for the next run in this process.
+    depends on the length (attention_kernel, pipeline stages too), so the longest batch is not always the
+    costliest. On CPU each length is priced with the kernels built for every shape met up to its last batch
+    (new_shapes, memory.unseen_shapes), and the run's shapes are remembered as built for the next run in
+    this process.
     None when the planner cannot size this model."""
     from .lora import model_config
 
@@ -192,7 +191,7 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
         cfg = model_config(causal_lm(model))
         for seq in sorted(set(lengths)):
             shape = dict(seq_len=seq, batch=batch, label_tokens=label_tokens, grad_checkpointing=grad_checkpointing,
-                         math_attention=(short_attention and device.type == "cpu" and seq <= SHORT_ATTENTION
+                         math_attention=(device.type == "cpu" and seq <= SHORT_ATTENTION
                                          and not grad_checkpointing),
                          device=device.type, gpus=gpus, warm_process=bool(memory.last_training_peak()),
                          new_shapes=built_by(seq))
@@ -214,11 +213,12 @@ def _right_padded(mask: torch.Tensor) -> bool:
     return bool((mask[:, :-1] >= mask[:, 1:]).all())
 
 
-def _attention_kernel(lm, seq_len: int, device: torch.device):
+def attention_kernel(seq_len: int, device: torch.device, checkpointing: bool):
     """On CPU, plain-matmul attention for short sequences: the fused flash kernel's bf16 backward costs
     ~2x the matmul path below ~128 tokens (FPB prompts are ~60-90), and wins above it. Not with gradient
-    checkpointing: its recomputation in backward runs outside this context and must match the forward."""
-    if device.type != "cpu" or seq_len > SHORT_ATTENTION or _checkpointing(lm):
+    checkpointing: its recomputation in backward runs outside this context and must match the forward.
+    The context must hold over forward and backward (a pipeline schedule's step runs both)."""
+    if device.type != "cpu" or seq_len > SHORT_ATTENTION or checkpointing:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -241,7 +241,7 @@ def loss_fn(model, batch: dict, label_only: bool = True) -> tuple[torch.Tensor, 
     lm = causal_lm(model)
     targets = labels[:, 1:]
     where = targets != IGNORE
-    with _attention_kernel(lm, input_ids.shape[1], input_ids.device):
+    with attention_kernel(input_ids.shape[1], input_ids.device, _checkpointing(lm)):
         if label_only:
             decoder = getattr(lm, lm.base_model_prefix)
             hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state

@@ -79,6 +79,25 @@ def test_label_only_logits_match_full_logits(tmp_path, precision):
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-7)
 
 
+def test_attention_kernel_is_the_matmul_path_for_short_cpu_batches_only():
+    """train.loss_fn and the pipeline stages share this choice: the fused flash kernel for long sequences or
+    under checkpointing, plain matmul attention (which the planner prices apart) for short CPU batches."""
+    from torch.profiler import profile
+
+    q = torch.randn(2, 3, 16, 8, requires_grad=True)
+    cpu = torch.device("cpu")
+
+    def ops(ctx) -> set[str]:
+        with profile() as prof, ctx:
+            torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+        return {e.key for e in prof.key_averages()}
+
+    flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert flash not in ops(train.attention_kernel(16, cpu, checkpointing=False))
+    assert flash in ops(train.attention_kernel(16, cpu, checkpointing=True))
+    assert flash in ops(train.attention_kernel(train.SHORT_ATTENTION + 1, cpu, checkpointing=False))
+
+
 def test_loss_counts_only_target_tokens(tmp_path):
     cfg = tiny_config(tmp_path, precision="fp32")
     model, tok = train.build_model(cfg)
