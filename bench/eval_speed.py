@@ -24,6 +24,7 @@ import torch
 
 from finlora_utils import data, evaluate as ev, flops, models
 from finlora_utils.config import resolve_precision
+from finlora_utils.tokenization import common_prefix_len
 
 
 def timed(fn):
@@ -40,7 +41,7 @@ def needed_flops(model_name, tok, prompts, labels, outputs, max_new_tokens) -> t
     score = flops.score_flops(model_name, ctxs, conts)
     new = [min(max_new_tokens, len(tok(o, add_special_tokens=False)["input_ids"]) + 1) for o in outputs]
     gen = flops.generate_flops(model_name, [len(ev.prompt_ids(tok, p)[0]) for p in prompts], new)
-    shared = flops.common_prefix_len(ctxs)
+    shared = common_prefix_len(ctxs)
     return score, gen, round(sum(len(c) - shared for c in ctxs) / max(len(ctxs), 1))
 
 

@@ -9,7 +9,8 @@
     upcast to fp32, gradient checkpointing on), full-vocabulary logits, transformers Trainer with
     fp16 on CUDA / fp32 on CPU, random sampler.
 (b) ours: finlora_utils.train at its best settings for the hardware (bf16 autocast where native,
-    label-only logits, no checkpointing when memory allows, length-grouped batches).
+    label-only logits, each batch's shared instruction prefix computed once, no checkpointing when memory
+    allows, length-grouped batches).
 Both: nf4 + double quant (FinLoRA's BitsAndBytesConfig), LoRA r4 alpha 32 dropout 0.1 on q/k/v
 (FinLoRA 2024), AdamW lr 5e-4, weight decay 0.005, warmup 0.05, clip 1.0, the same examples, each
 seen once. Each recipe runs in its own fresh subprocess, back to back, so each peak (VmHWM on CPU)
@@ -130,7 +131,7 @@ def run_ours(cfg, out: Path) -> dict:
                 target_tokens=ti["target_tokens"], nonpad_tokens=ti["nonpad_tokens"],
                 peak_mem_bytes=ti["peak_mem_bytes"], peak_mem_method=ti["peak_mem_method"],
                 final_train_loss=ti["loss_curve"][-1][1], adapter=ti["adapter_path"],
-                amp=ti["amp_dtype"], grad_checkpointing=ti["grad_checkpointing"])
+                amp=ti["amp_dtype"], grad_checkpointing=ti["grad_checkpointing"], share_prefix=ti["share_prefix"])
 
 
 # ---------------------------------------------------------------- held-out target loss
@@ -166,15 +167,16 @@ def heldout_loss(cfg, adapters: dict, n: int) -> dict:
 
 def needed_flops_and_peak(cfg) -> tuple[dict, dict]:
     """FLOPs the run's examples need (finlora_utils.flops: forward + input gradients of the frozen model, LoRA
-    with its weight gradients, LM head at label positions, no padding or recomputation) and this machine's
+    with its weight gradients, LM head at label positions, each micro-batch's shared prompt prefix once, no
+    padding or recomputation) and this machine's
     matmul peak in the dtype training computes in, at the threads a fresh process gets."""
     from finlora_utils import engine, flops, train
     from finlora_utils.models import load_tokenizer
 
     data = engine.build_data(cfg, load_tokenizer(cfg.model))
-    ex = flops.planned_examples(data.examples, data.plan)
+    ex = flops.planned_examples(data.examples, data.plan, share_prefix=True)
     need = flops.train_flops(cfg.model, ex, cfg.lora)
-    tokens = cfg.batch_size * round(sum(n for n, _ in ex) / max(len(ex), 1))   # one batch's projection rows
+    tokens = round(sum(e[0] for e in ex) / max(sum(map(len, data.plan)), 1))   # one micro-batch's projection rows
     return need, flops.measure_peak(cfg.model, tokens=tokens, dtype=flops.compute_dtype(cfg.precision))
 
 
@@ -241,7 +243,8 @@ def main(argv=None) -> int:
     assert fin["examples"] == ours["examples"] and fin["target_tokens"] == ours["target_tokens"], (fin, ours)
     speedup = (ours["target_tokens"] / ours["wall_s"]) / (fin["target_tokens"] / fin["wall_s"])
     print(f"same {ours['examples']} examples and {ours['target_tokens']} target tokens; ours: amp {ours['amp']}, "
-          f"grad checkpointing {ours['grad_checkpointing']}; peak memory by {ours['peak_mem_method']}")
+          f"grad checkpointing {ours['grad_checkpointing']}, shared prefix once per batch {ours['share_prefix']}; "
+          f"peak memory by {ours['peak_mem_method']}")
     print(f"CPU-time speedup (less sensitive to other load on the machine): {fin['cpu_s'] / ours['cpu_s']:.2f}x")
     if a.repeats > 1:
         print("seconds per repeat: " + "; ".join(f"{r} " + ", ".join(f"{t:.1f}" for t in ts) for r, ts in walls.items())

@@ -163,9 +163,13 @@ def exclusive_run(train_fn):
 
 # ---------------------------------------------------------------- finished runs, adapter, model card
 
+# fields added to TrainConfig after runs were stored, with the value those runs had (where it is not the default)
+BEFORE_FIELD = {"share_prefix": False}
+
+
 def differences(a: dict, b: dict) -> list[str]:
-    # a field added to TrainConfig after a run was stored counts as its default there
-    d = as_stored(TrainConfig())
+    # a field added to TrainConfig after a run was stored counts as what the code of the day did
+    d = {**as_stored(TrainConfig()), **BEFORE_FIELD}
     return sorted(k for k in set(a) | set(b) if k not in COSMETIC and a.get(k, d.get(k)) != b.get(k, d.get(k)))
 
 

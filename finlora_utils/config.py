@@ -153,6 +153,9 @@ class TrainConfig:
     seed: int = 0
     grad_checkpointing: str = "auto"   # auto (planner decides) | on | off
     label_only_logits: bool = True
+    # the batch's common prompt prefix (FinLoRA's instruction) runs once per micro-batch, not once per example
+    # (shared_prefix.py): same loss, fewer tokens; the prefix shares one LoRA dropout mask across the batch
+    share_prefix: bool = True
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     optimizer: str = "adamw"           # adamw | adamw_8bit | paged_adamw_8bit (CUDA)
@@ -207,6 +210,7 @@ class TrainConfig:
         _check(self.train_split in ("train", "fit"), "train_split", self.train_split,
                "train (all of it) or fit (train minus the validation holdout)")
         _check(self.grad_checkpointing in ("auto", "on", "off"), "grad_checkpointing", self.grad_checkpointing, "auto, on or off")
+        _check(isinstance(self.share_prefix, bool), "share_prefix", self.share_prefix, "true or false")
         _check(self.optimizer in ("adamw", "adamw_8bit", "paged_adamw_8bit"), "optimizer", self.optimizer, "adamw, adamw_8bit or paged_adamw_8bit")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "in [0, 1)")
         _check(self.save_every >= 0, "save_every", self.save_every, ">= 0")

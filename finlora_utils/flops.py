@@ -92,11 +92,13 @@ def forward_flops(model: Any, segments: Iterable[tuple[int, int]], head_position
     return out
 
 
-def train_flops(model: Any, examples: Iterable[tuple[int, int]], settings: LoraSettings | None) -> dict:
-    """FLOPs a LoRA training pass over `examples` (non-padding length, label positions) needs, forward and
-    backward: 2x the frozen parts (forward + input gradient), 3x LoRA (+ its weight gradients)."""
-    examples = list(examples)
-    fwd = forward_flops(model, [(n, 0) for n, _ in examples], sum(k for _, k in examples), settings)
+def train_flops(model: Any, examples: Iterable[tuple], settings: LoraSettings | None) -> dict:
+    """FLOPs a LoRA training pass over `examples` needs, forward and backward: 2x the frozen parts (forward +
+    input gradient), 3x LoRA (+ its weight gradients). An example is (non-padding length, label positions),
+    or (new tokens, tokens before them computed once for the batch, label positions) as planned_examples
+    gives them with share_prefix."""
+    examples = [(e[0], 0, e[1]) if len(e) == 2 else tuple(e) for e in examples]
+    fwd = forward_flops(model, [(n, c) for n, c, _ in examples], sum(k for _, _, k in examples), settings)
     out = {k: 2 * v for k, v in fwd.items() if k != "total"}
     out["lora"] = 3 * fwd["lora"]
     out["forward"] = fwd["total"]
@@ -104,23 +106,26 @@ def train_flops(model: Any, examples: Iterable[tuple[int, int]], settings: LoraS
     return out
 
 
-def planned_examples(examples: Sequence[dict], plan: Sequence) -> list[tuple[int, int]]:
+def planned_examples(examples: Sequence[dict], plan: Sequence, share_prefix: bool = False) -> list[tuple]:
     """(length, label positions) of every example a train.TrainData plan feeds (steps -> micro-batches ->
-    indices), once per time it is fed."""
-    from .tokenization import IGNORE
+    indices), once per time it is fed. With share_prefix, as a single process lays micro-batches out
+    (shared_prefix.pack): per micro-batch its examples' common prefix once as (P, 0, 0), then each example as
+    (its tokens after P, P, label positions)."""
+    from .tokenization import IGNORE, common_prefix_len
 
-    return [(len(examples[i]["input_ids"]), sum(1 for t in examples[i]["labels"] if t != IGNORE))
-            for step in plan for mb in step for i in mb]
+    def labelled(i):
+        return sum(1 for t in examples[i]["labels"] if t != IGNORE)
 
-
-def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    if not seqs:
-        return 0
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        if any(s[i] != seqs[0][i] for s in seqs[1:]):
-            return i
-    return n
+    out = []
+    for mb in (mb for step in plan for mb in step):
+        ids = [examples[i]["input_ids"] for i in mb]
+        p = min(common_prefix_len(ids), min(map(len, ids)) - 1) if share_prefix and len(mb) > 1 else 0
+        if p > 0:
+            out.append((p, 0, 0))
+            out += [(len(examples[i]["input_ids"]) - p, p, labelled(i)) for i in mb]
+        else:
+            out += [(len(examples[i]["input_ids"]), labelled(i)) for i in mb]
+    return out
 
 
 def score_segments(contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
@@ -128,6 +133,8 @@ def score_segments(contexts: Sequence[Sequence[int]], continuations: Sequence[Se
     """(segments, head positions) label scoring needs: the prompts' common prefix once (share_prefix), each
     prompt's own tokens after it with one head position (every label's first token), and per label with
     more than one token its tokens but the last, each with a head position."""
+    from .tokenization import common_prefix_len
+
     shared = min(common_prefix_len(contexts), min(len(c) for c in contexts) - 1) if share_prefix and contexts else 0
     segments = [(shared, 0)] if shared else []
     heads = 0

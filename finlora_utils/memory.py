@@ -260,6 +260,13 @@ def math_attention_bytes(cfg: dict, tokens: int, seq_len: int, dt: dict) -> int:
     return tokens * (heads * seq_len * per_score + extra_kv * dt["act"])
 
 
+def kv_width(cfg: dict) -> int:
+    """Width of one token's keys (= its values) in one layer."""
+    if _lora.family(cfg) == "gpt2":
+        return _lora.hidden_size(cfg)
+    return _lora.linear_shapes(cfg)["k_proj"][1]
+
+
 def backward_transient_bytes(cfg: dict, tokens: int, dt: dict) -> int:
     """Largest short-lived set of gradient tensors while one layer runs backward (MLP grads + residual)."""
     shapes = _lora.linear_shapes(cfg)
@@ -343,7 +350,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
          compute_bytes: int | None = None, base_bytes: int | None = None, autocast: bool = True,
          reentrant: bool = False, math_attention: bool = False,
          overhead_bytes: int | None = None, warm_process: bool = False, runtime_bytes: int | None = None,
-         new_shapes: float | None = None, balance: str = "memory") -> Plan:
+         new_shapes: float | None = None, balance: str = "memory", shared_prefix: int = 0) -> Plan:
     """Predict peak training memory. `batch` is per device (per pipeline for parallel='pipeline',
     split into `micro_batches`); `seq_len` is the padded length. rank=None uses the paper's
     (8 for 16/8-bit, 4 for 4-bit).
@@ -357,7 +364,9 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     the run meets that this process has not trained on (CPU: each costs CPU_SHAPE_BYTES of kernels; None:
     a typical run, the older constants); `runtime_bytes` overrides that term. `balance` (pipeline):
     'memory' splits the layers so the most loaded stage is as light as it can be, 'even' gives every stage
-    the same number of layers (TrainConfig.pipeline_split).
+    the same number of layers (TrainConfig.pipeline_split). `shared_prefix` (single process / DDP): each
+    micro-batch's examples share that many prompt tokens, laid out once (shared_prefix.pack): the layers see
+    batch x (seq_len - shared_prefix) + shared_prefix rows, and attention keeps per-example copies of k and v.
     """
     if rank is None:
         rank = 4 if bits == 4 else 8
@@ -386,10 +395,16 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     trainable = _lora.trainable_params(cfg, settings)
     per_layer_trainable = trainable // L
 
-    def logit_positions(tokens: int) -> int:
-        return min(label_tokens, seq_len) * (tokens // seq_len) if label_only_logits else tokens
+    if not 0 <= shared_prefix < seq_len:
+        raise ConfigError(f"shared_prefix={shared_prefix!r}: expected 0 <= shared_prefix < seq_len ({seq_len})")
+    if parallel == "pipeline":
+        shared_prefix = 0   # pipeline stages train on padded micro-batches
 
-    def device_plan(layers: int, first: bool, last: bool, tokens: int, in_flight: int) -> dict:
+    def logit_positions(seqs: int) -> int:
+        return min(label_tokens, seq_len) * seqs if label_only_logits else seqs * seq_len
+
+    def device_plan(layers: int, first: bool, last: bool, seqs: int, in_flight: int) -> dict:
+        tokens = seqs * seq_len - (seqs - 1) * shared_prefix   # rows every projection sees
         w = weight_bytes(cfg, bits, base, double_quant, layers, embeddings=first, head=last)
         n_train = per_layer_trainable * layers
         shards = gpus if (zero1 and parallel == "ddp") else 1
@@ -397,6 +412,8 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
         per_layer = layer_activation_bytes(cfg, settings, bits, tokens, dt)
         if math_attention:
             per_layer += math_attention_bytes(cfg, tokens, seq_len, dt)
+        if shared_prefix:   # each example's keys and values: the prefix's copied beside its own
+            per_layer += seqs * seq_len * 2 * kv_width(cfg) * dt["act"]
         if grad_checkpointing:   # keep only each layer's input; one layer is recomputed at a time
             saved = layers * tokens * h * dt["resid"] * in_flight
             if bits == 8 and not reentrant:   # reentrant checkpointing runs the forward under no_grad
@@ -407,7 +424,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
             live = backward_transient_bytes(cfg, tokens, dt)
         logits = 0
         if last:  # the logits' backward runs before any layer's, so the two transients never overlap
-            logits = (logits_bytes(cfg, logit_positions(tokens)) + tokens * h * 4   # + final norm's fp32 input
+            logits = (logits_bytes(cfg, logit_positions(seqs)) + tokens * h * 4   # + final norm's fp32 input
                       + cfg["vocab_size"] * h * dt["head"])
         b = dict(w)
         b["lora"] = n_train * 4                  # peft keeps adapters in fp32 (autocast_adapter_dtype)
@@ -421,9 +438,9 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
         b["runtime"] = runtime
         return b
 
-    tokens = batch * seq_len
     if parallel == "pipeline":
-        mb_tokens = -(-batch // micro_batches) * seq_len   # the largest micro-batch
+        mb_seqs = -(-batch // micro_batches)   # the largest micro-batch
+        mb_tokens = mb_seqs * seq_len
         unit = layer_activation_bytes(cfg, settings, bits, mb_tokens, dt) or 1
         wb = weight_bytes(cfg, bits, base, double_quant, 1, embeddings=False, head=False)
         layer_cost = sum(wb.values()) + unit
@@ -431,12 +448,12 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
         in_flight = [micro_batches if schedule == "gpipe" else min(micro_batches, gpus - s) for s in range(gpus)]
         split = pipeline_split(L, gpus) if balance == "even" else pipeline_split(
             L, gpus, first_extra=emb / layer_cost,
-            last_extra=(emb + logits_bytes(cfg, logit_positions(mb_tokens))) / layer_cost,
+            last_extra=(emb + logits_bytes(cfg, logit_positions(mb_seqs))) / layer_cost,
             layer_costs=[(sum(wb.values()) + unit * f) / layer_cost for f in in_flight])
-        per = [device_plan(n, s == 0, s == gpus - 1, mb_tokens, in_flight[s]) for s, n in enumerate(split)]
+        per = [device_plan(n, s == 0, s == gpus - 1, mb_seqs, in_flight[s]) for s, n in enumerate(split)]
     else:
         split = [L] * gpus
-        per = [device_plan(L, True, True, tokens, 1) for _ in range(gpus)]
+        per = [device_plan(L, True, True, batch, 1) for _ in range(gpus)]
     per_device = [{"device": i, "layers": split[i], "breakdown": b, "total_bytes": sum(b.values()),
                    "training_bytes": training_bytes(b)} for i, b in enumerate(per)]
     worst = max(per_device, key=lambda d: d["total_bytes"])
@@ -471,7 +488,8 @@ def run_plan(config: dict, shape: dict, model=None) -> Plan:
                 schedule=config.get("schedule", "gpipe") if parallel == "pipeline" else "gpipe",
                 warm_process=bool(shape.get("warm_process")),
                 new_shapes=None if shape.get("new_shapes") is None else float(shape["new_shapes"]),
-                balance=config.get("pipeline_split", "memory") if parallel == "pipeline" else "memory", **kw)
+                balance=config.get("pipeline_split", "memory") if parallel == "pipeline" else "memory",
+                shared_prefix=int(shape.get("shared_prefix", 0)), **kw)
 
 
 def _largest(fn, lo: int, hi: int) -> int:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .metrics import EvalError
+from .tokenization import common_prefix_len
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021's content-free inputs
 CLS_MAX_NEW_TOKENS = 10               # FinLoRA's setting for classification
@@ -21,15 +22,6 @@ MIN_EXTRA_PREFIX = 16                 # a batch prefix this much longer than the
 
 
 BOUNDARIES = ("train", "joint")
-
-
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        t = seqs[0][i]
-        if any(s[i] != t for s in seqs[1:]):
-            return i
-    return n
 
 
 def _head_tail(ids: list[int], max_len: int | None) -> list[int]:
@@ -65,7 +57,7 @@ def split_label_tokens(tokenizer, prompt: str, labels: Sequence[str], max_len: i
         conts = [tokenizer(lab, add_special_tokens=False)["input_ids"] for lab in labels]
     else:
         joint = [tokenizer(prompt + lab)["input_ids"] for lab in labels]
-        k = min(_common_prefix_len(joint), min(len(j) for j in joint) - 1)
+        k = min(common_prefix_len(joint), min(len(j) for j in joint) - 1)
         if k < 1:
             raise EvalError(f"prompt: the tokenizer merges the whole prompt into the label; prompt={prompt[:60]!r}")
         ctx, conts = _head_tail(joint[0][:k], max_len), [j[k:] for j in joint]
@@ -170,12 +162,12 @@ def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str]
     ctxs = [c for c, _ in split]
     # The prefix every prompt shares (the task instruction) is run once; a batch whose prompts share a
     # clearly longer prefix (NER's per-entity templates) gets its own, computed once per batch.
-    shared = tuple(ctxs[0][:_common_prefix_len(ctxs)]) if share_prefix and ctxs else ()
+    shared = tuple(ctxs[0][:common_prefix_len(ctxs)]) if share_prefix and ctxs else ()
     memo = {shared: _prefix_cache(model, list(shared), dev)} if shared else {}
 
     def prefix_kv(ctx: list[list[int]]):
         """(length, KV) of a prefix common to the whole batch, leaving each prompt >= 1 own token."""
-        s = min(_common_prefix_len(ctx), min(len(c) for c in ctx) - 1) if share_prefix else 0
+        s = min(common_prefix_len(ctx), min(len(c) for c in ctx) - 1) if share_prefix else 0
         if shared and len(shared) <= s < len(shared) + MIN_EXTRA_PREFIX:
             return len(shared), memo[shared]
         if s == 0:

@@ -123,6 +123,18 @@ def padded_length(longest: int, max_len: int, multiple: int = PAD_MULTIPLE) -> i
     return max(longest, min(max_len, -(-longest // multiple) * multiple))
 
 
+def common_prefix_len(seqs) -> int:
+    """Length of the longest token prefix every sequence of `seqs` starts with (0 for none)."""
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        t = seqs[0][i]
+        if any(s[i] != t for s in seqs[1:]):
+            return i
+    return n
+
+
 def collate(examples: list[dict], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example of this batch (dynamic padding), or to `length` when given (training
     passes padded_length(...), so a run meets few distinct shapes)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import memory, results
+from . import memory, results, shared_prefix
 from .artifacts import exclusive_run
 from .config import PRECISION, ConfigError, TrainConfig, config_args, config_from_args
 from .engine import Built, TrainData, drop_checkpoints, longest, results_default_dir, run
@@ -163,10 +163,12 @@ def decide_grad_checkpointing(config: TrainConfig, model, seq_len: int, batch: i
 
 
 def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, label_tokens: int,
-                device: torch.device, grad_checkpointing: bool, gpus: int = 1) -> dict | None:
+                device: torch.device, grad_checkpointing: bool, gpus: int = 1,
+                prefixes: list[int] | None = None) -> dict | None:
     """train_info.memory_plan: the planner's training-phase peak (memory.run_plan) at the batch shape of
     this run that it prices highest, with that shape, so a report can re-ask the planner the same
-    question. `lengths`: the padded lengths the run's micro-batches take. On CPU the attention kernel
+    question. `lengths`: the padded lengths the run's micro-batches take; `prefixes`: the tokens each of
+    them shares once (shared_prefix.pack; 0 or None: a padded batch). On CPU the attention kernel
     depends on the length (attention_kernel, pipeline stages too), so the longest batch is not always the
     costliest. On CPU each length is priced with the kernels built for every shape met up to its last batch
     (new_shapes, memory.unseen_shapes), and the run's shapes are remembered as built for the next run in
@@ -179,6 +181,9 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
     wide = memory.dtype_bytes(prec.planner_bits, device.type, **prec.planner_kwargs)["act"]
     lengths = list(lengths)
     last = {n: i for i, n in enumerate(lengths)}
+    shared = {}   # per length the fewest prefix tokens shared once: its costliest layout
+    for n, p in zip(lengths, prefixes or [0] * len(lengths)):
+        shared[n] = min(shared.get(n, p), p)
 
     def built_by(seq: int) -> float:
         # CPU kernels stay built for the life of the process (memory.CPU_SHAPE_BYTES), so a batch of this length
@@ -190,7 +195,8 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
     try:
         cfg = model_config(causal_lm(model))
         for seq in sorted(set(lengths)):
-            shape = dict(seq_len=seq, batch=batch, label_tokens=label_tokens, grad_checkpointing=grad_checkpointing,
+            shape = dict(seq_len=seq, batch=batch, shared_prefix=shared[seq], label_tokens=label_tokens,
+                         grad_checkpointing=grad_checkpointing,
                          math_attention=(device.type == "cpu" and seq <= SHORT_ATTENTION
                                          and not grad_checkpointing),
                          device=device.type, gpus=gpus, warm_process=bool(memory.last_training_peak()),
@@ -234,24 +240,38 @@ def loss_fn(model, batch: dict, label_only: bool = True) -> tuple[torch.Tensor, 
     With right padding the attention mask changes nothing at labelled positions (causal attention never
     looks right), so it is dropped: SDPA then takes its is_causal fast path.
     """
+    lm = causal_lm(model)
+    if shared_prefix.is_packed(batch):
+        p, _, s = shared_prefix.layout(batch)
+        with attention_kernel(p + s, batch["input_ids"].device, False), shared_prefix.attention(lm):
+            decoder = getattr(lm, lm.base_model_prefix)
+            hidden = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                             **shared_prefix.forward_kwargs(batch)).last_hidden_state
+        return _head_loss(lm, hidden[0, batch["gather"]], batch["targets"]), int(batch["targets"].numel())
     input_ids, labels = batch["input_ids"], batch["labels"]
     mask = batch.get("attention_mask")
     if mask is not None and _right_padded(mask):
         mask = None
-    lm = causal_lm(model)
     targets = labels[:, 1:]
     where = targets != IGNORE
     with attention_kernel(input_ids.shape[1], input_ids.device, _checkpointing(lm)):
         if label_only:
             decoder = getattr(lm, lm.base_model_prefix)
             hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-            logits = lm.get_output_embeddings()(hidden[:, :-1][where])
-        else:
-            logits = lm(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1][where]
+            return _head_loss(lm, hidden[:, :-1][where], targets[where]), int(where.sum())
+        logits = lm(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1][where]
+    return _logits_loss(lm, logits, targets[where]), int(where.sum())
+
+
+def _head_loss(lm, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return _logits_loss(lm, lm.get_output_embeddings()(hidden), targets)
+
+
+def _logits_loss(lm, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     cap = getattr(lm.config, "final_logit_softcapping", None)   # Gemma-2 style models
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits.float(), targets[where], reduction="sum"), int(where.sum())
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 class TrainModule(torch.nn.Module):
@@ -335,9 +355,11 @@ class Replica:
         ckpt_on, why = decide_grad_checkpointing(config, model, seq_len, -(-config.batch_size // self.world_size),
                                                  label_tokens, dev)
         set_grad_checkpointing(model, ckpt_on)
-        mem_plan = memory_plan(config, model, [padded_length(max(len(data.examples[i]["input_ids"]) for i in mb),
-                                                             config.max_seq_len) for st in data.plan for mb in st],
-                               -(-config.batch_size // self.world_size), label_tokens, dev, ckpt_on, self.world_size)
+        self.pack, self.pack_why = decide_share_prefix(config, model, ckpt_on, seq_len)
+        shapes = [batch_shape([data.examples[i] for i in mine], config.max_seq_len, self.pack)
+                  for st in data.plan for mb in st if (mine := shard(mb, self.rank, self.world_size) or mb[:1])]
+        mem_plan = memory_plan(config, model, [n for n, _ in shapes], -(-config.batch_size // self.world_size),
+                               label_tokens, dev, ckpt_on, self.world_size, prefixes=[p for _, p in shapes])
         module = TrainModule(model, config.label_only_logits)
         self.module = self.wrap_model(module) if self.wrap_model is not None else module
         model.train()
@@ -359,7 +381,7 @@ class Replica:
 
     def step(self, step: list[list[int]], counts: dict, optimizer, scheduler) -> float:
         micro, weights = shard_step(self.examples, step, self.rank, self.world_size, self.tok.pad_token_id,
-                                    self.max_len)
+                                    self.max_len, self.pack)
         b = self.built
         loss_sum = train_step(self.module, optimizer, scheduler, micro, counts["target_tokens"], self.world_size,
                               b.amp, b.scaler, weights)
@@ -372,17 +394,42 @@ class Replica:
         return sum(p.numel() for p in self.params)
 
     def info(self) -> dict:
-        return {}
+        return dict(share_prefix=self.pack, share_prefix_reason=self.pack_why)
 
 
-def shard_step(ex: list[dict], step: list[list[int]], rank: int, world_size: int, pad_id: int, max_len: int):
-    """Collated micro-batches of this rank, each padded to padded_length of its longest example, and their
-    weights (0 for an empty shard, which still runs so that DDP's all-reduce sees every rank)."""
+def decide_share_prefix(config: TrainConfig, model, checkpointing: bool, longest_tokens: int) -> tuple[bool, str]:
+    """(pack micro-batches with their shared prompt prefix once, why): as configured, where the loss and the
+    model allow it (label-only logits, no gradient checkpointing, a supported attention)."""
+    if not config.share_prefix:
+        return False, "config"
+    if not config.label_only_logits:
+        return False, "full-vocabulary logits (label_only_logits off)"
+    if checkpointing:
+        return False, "gradient checkpointing recomputes attention outside the packed forward"
+    ok, why = shared_prefix.supports(causal_lm(model), longest_tokens)
+    return ok, "config" if ok else why
+
+
+def batch_shape(rows: list[dict], max_len: int, pack: bool) -> tuple[int, int]:
+    """(padded length per example, shared prefix tokens) of a micro-batch as shard_step lays it out."""
+    if pack and (b := shared_prefix.pack(rows, 0, max_len)) is not None:
+        p, _, s = shared_prefix.layout(b)
+        return p + s, p
+    return padded_length(max(len(e["input_ids"]) for e in rows), max_len), 0
+
+
+def shard_step(ex: list[dict], step: list[list[int]], rank: int, world_size: int, pad_id: int, max_len: int,
+               pack: bool = False):
+    """Collated micro-batches of this rank, each padded to padded_length of its longest example (with `pack`,
+    the shared-prefix layout where the rows share a prefix: shared_prefix.pack), and their weights (0 for an
+    empty shard, which still runs so that DDP's all-reduce sees every rank)."""
     micro, weights = [], []
     for mb in step:
         mine = shard(mb, rank, world_size)
         rows = [ex[i] for i in (mine or mb[:1])]
-        micro.append(collate(rows, pad_id, padded_length(max(len(e["input_ids"]) for e in rows), max_len)))
+        packed = shared_prefix.pack(rows, pad_id, max_len) if pack else None
+        micro.append(packed if packed is not None else
+                     collate(rows, pad_id, padded_length(max(len(e["input_ids"]) for e in rows), max_len)))
         weights.append(1.0 if mine else 0.0)
     return micro, weights
 

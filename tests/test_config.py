@@ -10,7 +10,7 @@ from finlora_utils.config import (ConfigError, EvalConfig, LoraSettings, TrainCo
     (dict(parallel="zero3"), "parallel"), (dict(grad_accum=0), "grad_accum"),
     (dict(grad_checkpointing="maybe"), "grad_checkpointing"), (dict(epochs=0, max_steps=0), "epochs"),
     (dict(train_split="test"), "train_split"), (dict(cpu_memory="quick"), "cpu_memory"),
-    (dict(pipeline_split="compute"), "pipeline_split"),
+    (dict(pipeline_split="compute"), "pipeline_split"), (dict(share_prefix="yes"), "share_prefix"),
 ])
 def test_train_config_rejects_bad_values_naming_the_parameter(kwargs, param):
     with pytest.raises(ConfigError, match=rf"^{param}="):
@@ -102,3 +102,15 @@ def test_precision_is_one_value_that_every_consumer_reads():
     assert fp32.bits == bf16.bits == 16 and fp32.breakdown["quantized_weights"] == 2 * bf16.breakdown["quantized_weights"]
     with pytest.raises(ConfigError, match=r"precision='auto'.*resolved first"):
         config.precision_info("auto")
+
+
+def test_a_run_stored_before_a_field_existed_counts_as_the_code_of_its_day():
+    """share_prefix came after runs were stored without it: those ran padded batches, so a stored config
+    without the field differs from today's default (no silent resume into another computation)."""
+    from finlora_utils.artifacts import as_stored, differences
+
+    now = as_stored(TrainConfig())
+    old = {k: v for k, v in now.items() if k != "share_prefix"}
+    assert differences(old, now) == ["share_prefix"]
+    assert differences(old, as_stored(TrainConfig(share_prefix=False))) == []
+    assert differences(now, as_stored(TrainConfig(log_every=3))) == []   # cosmetic fields never differ

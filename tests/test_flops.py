@@ -37,6 +37,20 @@ def test_train_step_counts_backward_without_frozen_weight_gradients():
     assert got["lora"] == 3 * 8 * LORA_PER_TOKEN and got["head"] == 6 * HEAD_PER_POS
 
 
+def test_training_with_a_shared_prefix_counts_it_once_per_micro_batch():
+    ex = [dict(input_ids=[1, 2, 3, 4, 5], labels=[-100, -100, -100, 4, 5]),
+          dict(input_ids=[1, 2, 3, 6], labels=[-100, -100, -100, 6]),
+          dict(input_ids=[9, 2], labels=[-100, 2])]
+    plan = [[[0, 1], [2]]]   # one step: a micro-batch of two sharing [1, 2, 3], one of a single example
+    assert flops.planned_examples(ex, plan) == [(5, 2), (4, 1), (2, 1)]
+    shared = flops.planned_examples(ex, plan, share_prefix=True)
+    assert shared == [(3, 0, 0), (2, 3, 2), (1, 3, 1), (2, 1)]
+    padded, packed = flops.train_flops(TINY, flops.planned_examples(ex, plan), QKV), flops.train_flops(TINY, shared, QKV)
+    # the second example's 3 prefix tokens are not run again: their projections and their 6 (query, key) pairs
+    assert padded["projections"] - packed["projections"] == 2 * 3 * PROJ_PER_TOKEN
+    assert padded["attention"] - packed["attention"] == 2 * 6 * ATTN_PER_PAIR and padded["head"] == packed["head"]
+
+
 def test_score_counts_the_shared_prefix_once_and_extra_label_tokens():
     ctxs = [[1, 2, 3, 4], [1, 2, 5]]
     conts = [[[7], [8, 9]], [[7], [8, 9]]]

@@ -135,6 +135,19 @@ def test_max_seq_len_that_fits_is_tight():
     assert memory.plan("llama-3.1-8b", bits=4, seq_len=512, batch=b).total_gib <= 24
 
 
+def test_a_shared_prefix_plans_fewer_rows_and_the_per_example_keys():
+    kw = dict(model="smollm2-135m", bits=4, rank=4, seq_len=64, batch=8, label_only_logits=True, device="cpu",
+              math_attention=True)
+    padded, packed = memory.plan(**kw), memory.plan(**kw, shared_prefix=24)
+    assert memory.plan(**kw, shared_prefix=0).total_bytes == padded.total_bytes
+    act = padded.breakdown["activations"]
+    # 7 of 8 prefixes are not stored: ~7 * 24 / 512 of the rows, less the per-example copies of k and v
+    assert 0.55 * act < packed.breakdown["activations"] < 0.8 * act
+    assert packed.breakdown["quantized_weights"] == padded.breakdown["quantized_weights"]
+    with pytest.raises(ConfigError, match=r"^shared_prefix=64: expected 0 <= shared_prefix < seq_len \(64\)"):
+        memory.plan(**kw, shared_prefix=64)
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(model="no-such-model"), r"^model='no-such-model': unknown model; expected one of"),
     (dict(rank=0), r"^rank=0: expected an integer > 0"),

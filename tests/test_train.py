@@ -141,6 +141,71 @@ def test_training_pads_to_a_multiple_of_8_and_the_loss_does_not_see_it(tmp_path)
         collate(rows, tok.pad_token_id, 3)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "nf4"])
+def test_shared_prefix_batch_gives_the_padded_batch_loss_and_gradients(tmp_path, precision):
+    """The packed layout (the prompts' common prefix once, then each example) computes the same loss and LoRA
+    gradients as the padded batch: rotary positions restart after the prefix, attention sees the prefix
+    and the example's own earlier tokens only."""
+    from finlora_utils import shared_prefix
+    from finlora_utils.tokenization import common_prefix_len
+
+    cfg = tiny_config(tmp_path, precision=precision, lora=LoraSettings(rank=4, dropout=0.0))
+    model, tok = train.build_model(cfg)
+    _perturb_lora_b(model)
+    model.train()
+    rows = [encode(tok, CONTEXT.replace("12", str(10 + i)), t) for i, t in enumerate(["negative", "neutral"])]
+    rows.append(encode(tok, CONTEXT.replace("Sales fell", "Operating profit of the group rose"), "positive"))
+    (packed,), _ = train.shard_step(rows, [[0, 1, 2]], 0, 1, tok.pad_token_id, 512, pack=True)
+    p, b, s = shared_prefix.layout(packed)
+    assert p == common_prefix_len([r["input_ids"] for r in rows]) > 10 and b == 3 and s % 8 == 0
+    assert packed["input_ids"].shape == (1, p + b * s) and packed["position_ids"][0, p + s].item() == p
+    out = []
+    for batch in (collate(rows, tok.pad_token_id), packed):
+        model.zero_grad()
+        loss, n = train.loss_fn(model, batch)
+        (loss / n).backward()
+        out.append((loss.item(), n, _lora_grads(model)))
+    assert out[0][1] == out[1][1] == sum(len(r["labels"]) - r["labels"].count(-100) for r in rows)
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-5)
+    # the same sums in another order: exact to fp32 rounding, or to bf16's where the quantized model computes in
+    # bf16 (nf4 on CPUs with native bf16: the prefix rows' gradient is summed inside a bf16 matmul)
+    bf16 = train.causal_lm(model).model.layers[0].input_layernorm.weight.dtype == torch.bfloat16
+    for k, g in out[0][2].items():
+        assert g.abs().sum() > 0, k
+        assert float((out[1][2][k] - g).norm() / g.norm()) < (2e-2 if bf16 else 1e-5), k
+
+
+def test_shared_prefix_packs_only_rows_that_share_one(tmp_path):
+    from finlora_utils import shared_prefix
+    from types import SimpleNamespace
+
+    tok = train.build_model(tiny_config(tmp_path))[1]
+    a = encode(tok, CONTEXT, "negative")
+    other = encode(tok, "Tell me: " + CONTEXT, "neutral")
+    assert shared_prefix.pack([a], tok.pad_token_id, 512) is None             # one row: nothing to share
+    if a["input_ids"][0] != other["input_ids"][0]:
+        assert shared_prefix.pack([a, other], tok.pad_token_id, 512) is None  # no common first token
+    (single,), _ = train.shard_step([a], [[0]], 0, 1, tok.pad_token_id, 512, pack=True)
+    assert not shared_prefix.is_packed(single) and single["input_ids"].shape[0] == 1
+    twice = shared_prefix.pack([a, a], tok.pad_token_id, 512)   # identical rows keep one token of their own
+    assert shared_prefix.layout(twice)[0] == len(a["input_ids"]) - 1
+    gpt2 = SimpleNamespace(config=SimpleNamespace(model_type="gpt2"), set_attn_implementation=None)
+    assert shared_prefix.supports(gpt2, 64) == (False, "model_type 'gpt2' is not one of llama, mistral, qwen2, qwen3")
+    windowed = SimpleNamespace(config=SimpleNamespace(model_type="mistral", sliding_window=32),
+                               set_attn_implementation=None)
+    assert shared_prefix.supports(windowed, 64) == (False, "sliding window 32 < 64 tokens")
+
+
+def test_runs_record_whether_they_shared_the_prefix(tmp_path):
+    on = run(tiny_config(tmp_path, precision="fp32", max_steps=2), tmp_path)["train_info"]
+    assert on["share_prefix"] is True and on["share_prefix_reason"] == "config"
+    assert on["memory_plan"]["shared_prefix"] > 10
+    off = run(tiny_config(tmp_path, precision="fp32", max_steps=2, grad_checkpointing="on", variant_tag="ckpt"),
+              tmp_path)["train_info"]
+    assert off["share_prefix"] is False and "checkpointing" in off["share_prefix_reason"]
+    assert off["memory_plan"]["shared_prefix"] == 0
+
+
 def test_4bit_lora_gradients_after_generate(tmp_path):
     """bitsandbytes' AVX-512-BF16 CPU path repacks 4-bit weights on the first no-grad forward; training
     after that gets wrong LoRA gradients unless models.fix_bnb_cpu disabled the path (load_model does)."""
