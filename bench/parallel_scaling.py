@@ -68,7 +68,7 @@ def config_for(mode: str, args, out: Path, label: str) -> TrainConfig:
                        nproc=1 if mode == "none" else args.nproc, micro_batches=args.micro_batches,
                        schedule=args.schedule, output_dir=str(out / "runs"), variant_tag=f"bench-{label}",
                        log_every=max(1, args.steps // 2), cpu_memory=args.cpu_memory,
-                       pipeline_split=args.pipeline_split)
+                       pipeline_split=args.pipeline_split, share_prefix=args.share_prefix)
 
 
 def planned_peaks(cfg: TrainConfig, gpus: int, seq_len: int) -> list[int]:
@@ -161,6 +161,9 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="none,ddp,pipeline", help="which of none, ddp, pipeline to run")
     ap.add_argument("--pipeline-split", default="memory", choices=("memory", "even"),
                     help="layers per stage: balanced by the planner's memory, or the same number per stage")
+    ap.add_argument("--share-prefix", action="store_true",
+                    help="single process and DDP run each micro-batch's shared prompt prefix once (pipeline stages "
+                         "cannot): off by default, so every mode computes the same padded batches")
     ap.add_argument("--cpu-memory", default="exact", choices=("exact", "fast"),
                     help="the ranks' heap (TrainConfig.cpu_memory): exact peaks, or full speed with the heap kept")
     args = ap.parse_args(argv)
@@ -180,7 +183,8 @@ def main(argv=None) -> int:
     print(f"{args.model} {args.precision} r{args.rank}, global batch {args.batch_size}, max_seq_len "
           f"{args.max_seq_len}, {args.steps} steps, pipeline {args.schedule} x{args.micro_batches} micro-batches, "
           f"{cores} cores, {share} thread(s) per process unless noted, load average {os.getloadavg()[0]:.1f}, "
-          f"process baseline {baseline / 2**30:.2f} GiB, pipeline split {args.pipeline_split}, cpu_memory {args.cpu_memory}"
+          f"process baseline {baseline / 2**30:.2f} GiB, pipeline split {args.pipeline_split}, cpu_memory {args.cpu_memory}, "
+          f"shared prefix once {'on (none, ddp)' if args.share_prefix else 'off'}"
           + (" (peaks include what the heap keeps)" if args.cpu_memory == "fast" else ""))
     print(f"{'mode':<14}{'step s':>9}{'tokens/s':>11}{'speedup':>9}{'efficiency':>12}{'loss':>9}   "
           "peak GiB per rank (above baseline | planner)")

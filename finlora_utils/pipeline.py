@@ -388,7 +388,9 @@ class Stage:
         c = self.config
         return dict(label_only_logits=True, parallel=dict(mode="pipeline", world_size=self.world_size,
                                                           schedule=c.schedule, micro_batches=c.micro_batches,
-                                                          split=self.split))
+                                                          split=self.split),
+                    share_prefix=False, share_prefix_reason="pipeline stages train on padded micro-batches "
+                    "(the schedule splits a batch by rows)")
 
 
 class _Gathered:
