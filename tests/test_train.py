@@ -409,8 +409,12 @@ def test_bad_parameters_fail_before_training(tmp_path, monkeypatch):
         run(tiny_config(tmp_path, optimizer="paged_adamw_8bit"), tmp_path)
 
 
-def test_gradient_accumulation_and_sharding_give_the_single_batch_gradient(tmp_path, monkeypatch):
-    """train_step's normalisation: 2 micro-batches (or 2 DDP shards averaged) == one batch of 4."""
+@pytest.mark.parametrize("pack", [False, True])
+def test_gradient_accumulation_and_sharding_give_the_single_batch_gradient(tmp_path, monkeypatch, pack):
+    """train_step's normalisation: 2 micro-batches (or 2 DDP shards averaged) == one batch of 4, padded or
+    packed with the shared prefix once (shared_prefix.pack, as shard_step lays them out)."""
+    from finlora_utils import shared_prefix
+
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: None)   # compare raw gradients
     cfg = tiny_config(tmp_path, precision="fp32", lora=LoraSettings(rank=4, dropout=0.0))
     model, tok = train.build_model(cfg)
@@ -433,8 +437,10 @@ def test_gradient_accumulation_and_sharding_give_the_single_batch_gradient(tmp_p
                 return orig(*a, **k)
 
             opt.step = step
-            train.train_step(module, opt, sched, [collate(g, tok.pad_token_id) for g in rank_groups], n_targets,
-                             world_size=world_size)
+            micro = [(shared_prefix.pack(g, tok.pad_token_id, 512) if pack else None) or collate(g, tok.pad_token_id)
+                     for g in rank_groups]
+            assert all(shared_prefix.is_packed(b) == pack for b in micro)
+            train.train_step(module, opt, sched, micro, n_targets, world_size=world_size)
             acc = captured if acc is None else {k: acc[k] + captured[k] for k in acc}
         return {k: v / world_size for k, v in acc.items()} if world_size > 1 else acc
 
