@@ -377,7 +377,7 @@ class Replica:
         return {}
 
     def describe(self) -> str:
-        return ""
+        return ", shared prefix once per micro-batch" if self.pack else f", padded batches ({self.pack_why})"
 
     def step(self, step: list[list[int]], counts: dict, optimizer, scheduler) -> float:
         micro, weights = shard_step(self.examples, step, self.rank, self.world_size, self.tok.pad_token_id,
@@ -401,7 +401,7 @@ def decide_share_prefix(config: TrainConfig, model, checkpointing: bool, longest
     """(pack micro-batches with their shared prompt prefix once, why): as configured, where the loss and the
     model allow it (label-only logits, no gradient checkpointing, a supported attention)."""
     if not config.share_prefix:
-        return False, "config"
+        return False, "share_prefix off"
     if not config.label_only_logits:
         return False, "full-vocabulary logits (label_only_logits off)"
     if checkpointing:

@@ -204,6 +204,10 @@ def test_runs_record_whether_they_shared_the_prefix(tmp_path):
               tmp_path)["train_info"]
     assert off["share_prefix"] is False and "checkpointing" in off["share_prefix_reason"]
     assert off["memory_plan"]["shared_prefix"] == 0
+    lines = []
+    train.train(tiny_config(tmp_path, precision="fp32", max_steps=1, share_prefix=False, variant_tag="off"),
+                results_dir=tmp_path / "results", log=lines.append)
+    assert "padded batches (share_prefix off)" in lines[0], lines[0]
 
 
 def test_4bit_lora_gradients_after_generate(tmp_path):
