@@ -52,6 +52,17 @@ def _perturb_lora_b(model, seed=1):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
+def _losses_and_grads(model, batches) -> list[tuple[float, int, dict]]:
+    """(summed loss, target tokens, LoRA gradients of the mean loss) of each batch, from a zero gradient."""
+    out = []
+    for batch in batches:
+        model.zero_grad()
+        loss, n = train.loss_fn(model, batch)
+        (loss / n).backward()
+        out.append((loss.item(), n, _lora_grads(model)))
+    return out
+
+
 def _lora_grads(model) -> dict:
     # a None gradient (no path back to the parameter) counts as zero
     return {n: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
@@ -128,12 +139,7 @@ def test_training_pads_to_a_multiple_of_8_and_the_loss_does_not_see_it(tmp_path)
     (padded,), weights = train.shard_step(rows, [[0, 1]], 0, 1, tok.pad_token_id, 512)
     assert weights == [1.0] and padded["input_ids"].shape[1] == padded_length(longest, 512) > longest
     assert padded["input_ids"].shape[1] % 8 == 0
-    out = []
-    for batch in (collate(rows, tok.pad_token_id), padded):
-        model.zero_grad()
-        loss, n = train.loss_fn(model, batch)
-        (loss / n).backward()
-        out.append((loss.item(), n, _lora_grads(model)))
+    out = _losses_and_grads(model, [collate(rows, tok.pad_token_id), padded])
     assert out[0][1] == out[1][1] and out[0][0] == pytest.approx(out[1][0], rel=1e-5)
     for k, g in out[0][2].items():
         torch.testing.assert_close(out[1][2][k], g, rtol=1e-4, atol=1e-6)
@@ -159,12 +165,7 @@ def test_shared_prefix_batch_gives_the_padded_batch_loss_and_gradients(tmp_path,
     p, b, s = shared_prefix.layout(packed)
     assert p == common_prefix_len([r["input_ids"] for r in rows]) > 10 and b == 3 and s % 8 == 0
     assert packed["input_ids"].shape == (1, p + b * s) and packed["position_ids"][0, p + s].item() == p
-    out = []
-    for batch in (collate(rows, tok.pad_token_id), packed):
-        model.zero_grad()
-        loss, n = train.loss_fn(model, batch)
-        (loss / n).backward()
-        out.append((loss.item(), n, _lora_grads(model)))
+    out = _losses_and_grads(model, [collate(rows, tok.pad_token_id), packed])
     assert out[0][1] == out[1][1] == sum(len(r["labels"]) - r["labels"].count(-100) for r in rows)
     assert out[1][0] == pytest.approx(out[0][0], rel=1e-5)
     # the same sums in another order: exact to fp32 rounding, or to bf16's where the quantized model computes in
