@@ -176,6 +176,25 @@ def test_shared_prefix_batch_gives_the_padded_batch_loss_and_gradients(tmp_path,
         assert float((out[1][2][k] - g).norm() / g.norm()) < (2e-2 if bf16 else 1e-5), k
 
 
+def test_shared_prefix_batch_past_the_short_attention_length_takes_the_fused_kernel_and_agrees(tmp_path):
+    """Examples longer than train.SHORT_ATTENTION run the packed layout's masked attention through the fused
+    kernel (the matmul path only below it): the same loss and gradients as the padded batch there too."""
+    from finlora_utils import shared_prefix
+
+    model, tok = train.build_model(tiny_config(tmp_path, precision="fp32", lora=LoraSettings(rank=4, dropout=0.0)))
+    _perturb_lora_b(model)
+    model.train()
+    long = CONTEXT.replace("Sales fell 12 % in the quarter .", "Sales fell 12 % in the quarter . " * 20)
+    rows = [encode(tok, long.replace("12", str(10 + i), 1), t) for i, t in enumerate(["negative", "neutral"])]
+    (packed,), _ = train.shard_step(rows, [[0, 1]], 0, 1, tok.pad_token_id, 512, pack=True)
+    p, _, s = shared_prefix.layout(packed)
+    assert s > train.SHORT_ATTENTION and p > 10
+    (l0, n0, g0), (l1, n1, g1) = _losses_and_grads(model, [collate(rows, tok.pad_token_id), packed])
+    assert n0 == n1 and l1 == pytest.approx(l0, rel=1e-5)
+    for k, g in g0.items():
+        assert float((g1[k] - g).norm() / g.norm()) < 1e-5, k
+
+
 def test_shared_prefix_packs_only_rows_that_share_one(tmp_path):
     from finlora_utils import shared_prefix
     from types import SimpleNamespace
