@@ -47,7 +47,8 @@ def run(mode: str, args, out: Path, threads: int, label: str) -> dict:
     return dict(mode=label, steps=ti["steps"], step_s=ti["wall_s"] / ti["steps"], tokens_per_s=ti["tokens_per_s"],
                 peaks=[loop_peak(r) for r in ranks],
                 final_loss=ti["loss_curve"][-1][1],
-                n=1 if mode == "none" else args.nproc, kind=mode, config=cfg)
+                n=1 if mode == "none" else args.nproc, kind=mode, config=cfg,
+                shared_prefix=(ti.get("memory_plan") or {}).get("shared_prefix", 0) if ti.get("share_prefix") else 0)
 
 
 def loop_peak(rank: dict) -> int:
@@ -71,8 +72,9 @@ def config_for(mode: str, args, out: Path, label: str) -> TrainConfig:
                        pipeline_split=args.pipeline_split, share_prefix=args.share_prefix)
 
 
-def planned_peaks(cfg: TrainConfig, gpus: int, seq_len: int) -> list[int]:
-    """The planner's bytes per rank (above the process baseline) for this run's shape on CPU."""
+def planned_peaks(cfg: TrainConfig, gpus: int, seq_len: int, shared_prefix: int = 0) -> list[int]:
+    """The planner's bytes per rank (above the process baseline) for this run's shape on CPU; `shared_prefix`:
+    the prompt tokens a packed micro-batch holds once (train_info.memory_plan)."""
     from finlora_utils import memory
     from finlora_utils.config import PRECISION
 
@@ -82,7 +84,8 @@ def planned_peaks(cfg: TrainConfig, gpus: int, seq_len: int) -> list[int]:
                     targets=cfg.lora.targets, seq_len=seq_len, batch=batch, gpus=gpus,
                     parallel=cfg.parallel if gpus > 1 else "none", micro_batches=min(cfg.micro_batches, batch),
                     schedule=cfg.schedule, device="cpu", label_only_logits=cfg.label_only_logits,
-                    balance=cfg.pipeline_split if cfg.parallel == "pipeline" else "memory", **prec.planner_kwargs)
+                    balance=cfg.pipeline_split if cfg.parallel == "pipeline" else "memory",
+                    shared_prefix=min(shared_prefix, seq_len - 1), **prec.planner_kwargs)
     return [d["total_bytes"] for d in p.per_device]
 
 
@@ -190,7 +193,7 @@ def main(argv=None) -> int:
           "peak GiB per rank (above baseline | planner)")
     for r in rows:
         speed = r["tokens_per_s"] / base
-        plan = planned_peaks(r["config"], r["n"], args.max_seq_len)
+        plan = planned_peaks(r["config"], r["n"], args.max_seq_len, r["shared_prefix"])
         per = ", ".join(f"{p / 2**30:.2f} ({(p - baseline) / 2**30:.2f} | {q / 2**30:.2f})"
                         for p, q in zip(r["peaks"], plan))
         print(f"{r['mode']:<14}{r['step_s']:>9.3f}{r['tokens_per_s']:>11.1f}{speed:>8.2f}x{speed / r['n']:>12.2f}"
@@ -201,7 +204,7 @@ def main(argv=None) -> int:
         measured = max(pipe["peaks"]) / max(single["peaks"])
         above = (max(pipe["peaks"]) - baseline) / (max(single["peaks"]) - baseline)
         plan_pipe, plan_single = planned_peaks(pipe["config"], args.nproc, args.max_seq_len), \
-            planned_peaks(single["config"], 1, args.max_seq_len)
+            planned_peaks(single["config"], 1, args.max_seq_len, single["shared_prefix"])
         err = max(abs(q - (p - baseline)) / (p - baseline) for p, q in zip(pipe["peaks"], plan_pipe))
         print(f"pipeline x{args.nproc} per-rank peak above baseline / single: {above:.2f} (planner "
               f"{max(plan_pipe) / max(plan_single):.2f}; planner per stage within {err:.0%} of the measured)")
