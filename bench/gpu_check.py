@@ -12,6 +12,9 @@ Checks, each recorded as ok / failed (with the error) / skipped (with the reason
   paged_adamw_8bit               a 4-bit run with bitsandbytes' paged 8-bit AdamW (CUDA only), vs the planner
   autocast                       what train.amp_dtype picks here, and one step each with bf16 autocast and
                                  with fp16 autocast + GradScaler from the same start (fp16: CUDA only)
+  shared_prefix                  one 4-bit micro-batch as the padded batch and packed with its shared prompt
+                                 prefix once (shared_prefix.pack, the layout's attention on this device):
+                                 loss and LoRA gradients agree to the compute dtype's rounding
   label_scoring                  evaluate.score_labels with and without the shared-prefix cache: identical
                                  predictions, time per example, accuracy
   ddp_nccl                       parallel.launch DDP over 2 GPUs under torchrun with a timeout (needs >= 2)
@@ -89,7 +92,7 @@ def _train_check(a, tmp: Path, bits: int, **kw) -> dict:
                amp_dtype=ti["amp_dtype"], grad_checkpointing=ti["grad_checkpointing"], steps=ti["steps"],
                loss_first=losses[0], loss_last=losses[-1], tokens_per_s=round(ti["tokens_per_s"], 1),
                wall_s=round(ti["wall_s"], 2), peak_mem_bytes=measured, peak_mem_method=ti["peak_mem_method"],
-               planner=plan)
+               planner=plan, share_prefix=ti["share_prefix"], share_prefix_reason=ti["share_prefix_reason"])
     if ti["peak_mem_method"] == "cuda_max_allocated":
         out["measured_over_planned"] = round(measured / plan["without_framework_bytes"], 3)
     if not all(math.isfinite(x) for x in losses):
@@ -162,6 +165,44 @@ def check_autocast(a, tmp: Path) -> dict:
     return out
 
 
+def check_shared_prefix(a, tmp: Path) -> dict:
+    import torch
+
+    from finlora_utils import engine, shared_prefix, train
+    from finlora_utils.config import LoraSettings
+    from finlora_utils.tokenization import collate
+
+    cfg = _config(a, tmp, 4, lora=LoraSettings(rank=4, alpha=16.0, dropout=0.0))   # no dropout: comparable grads
+    model, tok = train.build_model(cfg)
+    data = engine.build_data(cfg, tok)
+    dev = next(p.device for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():   # LoRA B starts at zero, which would make every A-gradient zero
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.05, generator=torch.Generator(p.device).manual_seed(0))
+    model.train()
+    rows = [data.examples[i] for i in data.plan[0][0]]
+    packed = shared_prefix.pack(rows, tok.pad_token_id, cfg.max_seq_len)
+    if packed is None:
+        return dict(status="skipped", reason="the first micro-batch shares no prompt prefix")
+    amp = train.amp_dtype(cfg.precision, dev)
+    out = {}
+    for name, batch in (("padded", collate(rows, tok.pad_token_id)), ("packed", packed)):
+        model.zero_grad()
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, n = train.loss_fn(model, {k: v.to(dev) for k, v in batch.items()})
+        (loss / n).backward()
+        out[name] = (float(loss.detach()) / n, {k: p.grad.detach().float().clone() for k, p in model.named_parameters()
+                                                if p.requires_grad and p.grad is not None})
+    (l0, g0), (l1, g1) = out["padded"], out["packed"]
+    worst = max(float((g1[k] - g).norm() / g.norm()) for k, g in g0.items() if g.norm() > 0)
+    res = dict(device=str(dev), amp_dtype=str(amp).replace("torch.", ""), layout=list(shared_prefix.layout(packed)),
+               loss_padded=l0, loss_packed=l1, max_rel_grad_diff=worst)
+    if abs(l1 - l0) > 2e-2 * abs(l0) or worst > 5e-2:
+        raise AssertionError(f"packed vs padded: loss {l1} vs {l0}, worst relative gradient difference {worst}")
+    return res
+
+
 def check_label_scoring(a, tmp: Path) -> dict:
     import numpy as np
 
@@ -209,7 +250,7 @@ def check_ddp_nccl(a, tmp: Path) -> dict:
 
 CHECKS = {"lora_step_16bit": check_lora_step(16), "lora_step_8bit": check_lora_step(8),
           "lora_step_4bit": check_lora_step(4), "paged_adamw_8bit": check_paged_adamw, "autocast": check_autocast,
-          "label_scoring": check_label_scoring, "ddp_nccl": check_ddp_nccl}
+          "shared_prefix": check_shared_prefix, "label_scoring": check_label_scoring, "ddp_nccl": check_ddp_nccl}
 
 
 def run_checks(a, names=None) -> dict:

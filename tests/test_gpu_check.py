@@ -20,13 +20,16 @@ def test_dry_run_runs_every_check_and_skips_only_cuda_items(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=900,
                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1].startswith("gpu check: 5 ok, 0 failed, 2 skipped")
+    assert run.stdout.strip().splitlines()[-1].startswith("gpu check: 6 ok, 0 failed, 2 skipped")
     res = json.loads(out.read_text())
     checks = res["checks"]
     for bits, precision in ((16, "bf16"), (8, "int8"), (4, "nf4")):
         c = checks[f"lora_step_{bits}bit"]
         assert c["status"] == "ok" and c["precision"] == precision and c["steps"] == 2
         assert math.isfinite(c["loss_last"]) and c["peak_mem_bytes"] > 0 and c["planner"]["total_bytes"] > 0
+        assert c["share_prefix"] is True, c["share_prefix_reason"]
+    shared = checks["shared_prefix"]
+    assert shared["status"] == "ok" and shared["layout"][0] > 0 and shared["max_rel_grad_diff"] < 5e-2
     for name in ("paged_adamw_8bit", "ddp_nccl"):
         assert checks[name]["status"] == "skipped" and checks[name]["reason"].startswith("no CUDA")
     auto = checks["autocast"]
