@@ -238,7 +238,9 @@ def loss_fn(model, batch: dict, label_only: bool = True) -> tuple[torch.Tensor, 
     lm_head there only: a 3-token answer after a 60-token prompt needs 3 of 63 vocabulary projections.
     The same numbers as the full-logits path (tests/test_train.py checks loss and gradients).
     With right padding the attention mask changes nothing at labelled positions (causal attention never
-    looks right), so it is dropped: SDPA then takes its is_causal fast path.
+    looks right), so it is dropped: SDPA then takes its is_causal fast path. A packed batch
+    (shared_prefix.pack: the rows' common prefix once) runs as one sequence through the layout's attention,
+    always with label-only logits (the same numbers as full logits).
     """
     lm = causal_lm(model)
     if shared_prefix.is_packed(batch):
