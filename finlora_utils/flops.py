@@ -111,7 +111,7 @@ def planned_examples(examples: Sequence[dict], plan: Sequence, share_prefix: boo
     indices), once per time it is fed. With share_prefix, as a single process lays micro-batches out
     (shared_prefix.pack): per micro-batch its examples' common prefix once as (P, 0, 0), then each example as
     (its tokens after P, P, label positions)."""
-    from .tokenization import IGNORE, common_prefix_len
+    from .tokenization import IGNORE, shared_prefix_len
 
     def labelled(i):
         return sum(1 for t in examples[i]["labels"] if t != IGNORE)
@@ -119,7 +119,7 @@ def planned_examples(examples: Sequence[dict], plan: Sequence, share_prefix: boo
     out = []
     for mb in (mb for step in plan for mb in step):
         ids = [examples[i]["input_ids"] for i in mb]
-        p = min(common_prefix_len(ids), min(map(len, ids)) - 1) if share_prefix and len(mb) > 1 else 0
+        p = shared_prefix_len(ids) if share_prefix else 0
         if p > 0:
             out.append((p, 0, 0))
             out += [(len(examples[i]["input_ids"]) - p, p, labelled(i)) for i in mb]

@@ -32,7 +32,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .tokenization import IGNORE, common_prefix_len, padded_length
+from .tokenization import IGNORE, padded_length, shared_prefix_len
 
 KEY = "finlora_shared_prefix"          # the AttentionInterface / config._attn_implementation name
 LAYOUT = "shared_prefix"               # the batch key holding (P, B, S)
@@ -45,13 +45,11 @@ def pack(rows: list[dict], pad_id: int, max_len: int) -> dict[str, torch.Tensor]
     gather (the flat positions whose next token carries a label) and targets (those labels), shared_prefix
     (P, B, S). Each example keeps at least one token of its own; S is padded like collate's lengths
     (tokenization.padded_length), so a run meets few distinct shapes."""
+    shape = layout_of(rows, max_len)
+    if shape is None:
+        return None
+    p, s = shape
     seqs = [r["input_ids"] for r in rows]
-    if len(rows) < 2:
-        return None
-    p = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
-    if p <= 0:
-        return None
-    s = padded_length(max(len(x) for x in seqs) - p, max(1, max_len - p))
     ids = torch.full((len(rows) * s + p,), pad_id, dtype=torch.long)
     ids[:p] = torch.tensor(seqs[0][:p])
     pos = torch.cat([torch.arange(p), torch.arange(p, p + s).repeat(len(rows))])
@@ -66,6 +64,15 @@ def pack(rows: list[dict], pad_id: int, max_len: int) -> dict[str, torch.Tensor]
     return {"input_ids": ids[None], "position_ids": pos[None], "gather": torch.tensor(gather, dtype=torch.long),
             "targets": torch.tensor(targets, dtype=torch.long),
             LAYOUT: torch.tensor([p, len(rows), s], dtype=torch.long)}
+
+
+def layout_of(rows: list[dict], max_len: int) -> tuple[int, int] | None:
+    """(P, S) that pack lays `rows` out with, without building it; None when it would not pack them."""
+    seqs = [r["input_ids"] for r in rows]
+    p = shared_prefix_len(seqs)
+    if p == 0:
+        return None
+    return p, padded_length(max(len(x) for x in seqs) - p, max(1, max_len - p))
 
 
 def is_packed(batch: dict) -> bool:

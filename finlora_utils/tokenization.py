@@ -135,6 +135,14 @@ def common_prefix_len(seqs) -> int:
     return n
 
 
+def shared_prefix_len(seqs) -> int:
+    """Tokens a batch of `seqs` can compute once for all of them: their common prefix, leaving every row at
+    least one token of its own; 0 for fewer than two rows (nothing to share)."""
+    if len(seqs) < 2:
+        return 0
+    return max(0, min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1))
+
+
 def collate(examples: list[dict], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example of this batch (dynamic padding), or to `length` when given (training
     passes padded_length(...), so a run meets few distinct shapes)."""

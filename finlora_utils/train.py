@@ -414,8 +414,8 @@ def decide_share_prefix(config: TrainConfig, model, checkpointing: bool, longest
 
 def batch_shape(rows: list[dict], max_len: int, pack: bool) -> tuple[int, int]:
     """(padded length per example, shared prefix tokens) of a micro-batch as shard_step lays it out."""
-    if pack and (b := shared_prefix.pack(rows, 0, max_len)) is not None:
-        p, _, s = shared_prefix.layout(b)
+    if pack and (shape := shared_prefix.layout_of(rows, max_len)) is not None:
+        p, s = shape
         return p + s, p
     return padded_length(max(len(e["input_ids"]) for e in rows), max_len), 0
 
