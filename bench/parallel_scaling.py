@@ -165,8 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pipeline-split", default="memory", choices=("memory", "even"),
                     help="layers per stage: balanced by the planner's memory, or the same number per stage")
     ap.add_argument("--share-prefix", action="store_true",
-                    help="single process and DDP run each micro-batch's shared prompt prefix once (pipeline stages "
-                         "cannot): off by default, so every mode computes the same padded batches")
+                    help="every mode runs each micro-batch's (a pipeline chunk's) shared prompt prefix once: off by "
+                         "default, so every mode computes the same padded batches")
     ap.add_argument("--cpu-memory", default="exact", choices=("exact", "fast"),
                     help="the ranks' heap (TrainConfig.cpu_memory): exact peaks, or full speed with the heap kept")
     args = ap.parse_args(argv)
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
           f"{args.max_seq_len}, {args.steps} steps, pipeline {args.schedule} x{args.micro_batches} micro-batches, "
           f"{cores} cores, {share} thread(s) per process unless noted, load average {os.getloadavg()[0]:.1f}, "
           f"process baseline {baseline / 2**30:.2f} GiB, pipeline split {args.pipeline_split}, cpu_memory {args.cpu_memory}, "
-          f"shared prefix once {'on (none, ddp)' if args.share_prefix else 'off'}"
+          f"shared prefix once {'on' if args.share_prefix else 'off'}"
           + (" (peaks include what the heap keeps)" if args.cpu_memory == "fast" else ""))
     print(f"{'mode':<14}{'step s':>9}{'tokens/s':>11}{'speedup':>9}{'efficiency':>12}{'loss':>9}   "
           "peak GiB per rank (above baseline | planner)")

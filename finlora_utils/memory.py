@@ -364,9 +364,9 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     the run meets that this process has not trained on (CPU: each costs CPU_SHAPE_BYTES of kernels; None:
     a typical run, the older constants); `runtime_bytes` overrides that term. `balance` (pipeline):
     'memory' splits the layers so the most loaded stage is as light as it can be, 'even' gives every stage
-    the same number of layers (TrainConfig.pipeline_split). `shared_prefix` (single process / DDP): each
-    micro-batch's examples share that many prompt tokens, laid out once (shared_prefix.pack): the layers see
-    batch x (seq_len - shared_prefix) + shared_prefix rows, and attention keeps per-example copies of k and v.
+    the same number of layers (TrainConfig.pipeline_split). `shared_prefix`: each micro-batch's (a
+    pipeline chunk's) examples share that many prompt tokens, laid out once (shared_prefix.pack): the layers
+    see batch x (seq_len - shared_prefix) + shared_prefix rows, and attention keeps per-example copies of k and v.
     """
     if rank is None:
         rank = 4 if bits == 4 else 8
@@ -397,8 +397,6 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
 
     if not 0 <= shared_prefix < seq_len:
         raise ConfigError(f"shared_prefix={shared_prefix!r}: expected 0 <= shared_prefix < seq_len ({seq_len})")
-    if parallel == "pipeline":
-        shared_prefix = 0   # pipeline stages train on padded micro-batches
 
     def logit_positions(seqs: int) -> int:
         return min(label_tokens, seq_len) * seqs if label_only_logits else seqs * seq_len
@@ -440,7 +438,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
 
     if parallel == "pipeline":
         mb_seqs = -(-batch // micro_batches)   # the largest micro-batch
-        mb_tokens = mb_seqs * seq_len
+        mb_tokens = mb_seqs * seq_len - (mb_seqs - 1) * shared_prefix
         unit = layer_activation_bytes(cfg, settings, bits, mb_tokens, dt) or 1
         wb = weight_bytes(cfg, bits, base, double_quant, 1, embeddings=False, head=False)
         layer_cost = sum(wb.values()) + unit

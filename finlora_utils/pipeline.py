@@ -12,9 +12,13 @@ gathers every stage's LoRA tensors and saves one standard PEFT adapter.
 
 Shapes: a PipelineStage fixes its activation shapes at its first step, so every step pads its
 micro-batches to one length rounded up to PAD_MULTIPLE, and keeps one stage + schedule per shape.
+Where the examples share a prompt prefix (TrainConfig.share_prefix, as in train.py), each pipeline chunk is
+one packed sequence (shared_prefix.pack), every chunk of a batch in the same layout, so the schedule's split
+along dim 0 hands each chunk its own packed row; the layout travels on the stage modules, not between them.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -22,11 +26,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from . import shared_prefix
 from .config import PRECISION, ConfigError, TrainConfig
 from .engine import Built, longest, run
 from .tokenization import IGNORE, collate, padded_length
-from .train import (MAX_GRAD_NORM, amp_dtype, attention_kernel, decide_grad_checkpointing, memory_plan,
-                    set_grad_checkpointing, with_adapter)
+from .train import (MAX_GRAD_NORM, amp_dtype, attention_kernel, decide_grad_checkpointing, decide_share_prefix,
+                    memory_plan, set_grad_checkpointing, with_adapter)
 
 PAD_MULTIPLE = 16   # pad sequence length up to a multiple of this: few distinct shapes, few stage objects
 
@@ -123,6 +128,8 @@ class StageModule(nn.Module):
     runs (causal mask, rotary embeddings), so this works for any Llama-style model. No attention mask
     travels between stages: batches are right-padded (tokenization.collate), and causal attention never
     lets a labelled position see the padding to its right (train.loss_fn drops the mask for the same reason).
+    `layout` (P, B, S), set by StageRunner for a packed step: every chunk is one shared-prefix sequence, so
+    the positions restart after the prefix and attention takes the layout's function.
     """
 
     def __init__(self, causal_lm, lo: int, hi: int, first: bool, last: bool):
@@ -134,12 +141,16 @@ class StageModule(nn.Module):
         if not last:
             inner.norm = nn.Identity()
         self.inner, self.first, self.last = inner, first, last
+        self.layout: tuple[int, int, int] | None = None
         self.lm_head = causal_lm.get_output_embeddings() if last else None
         if not last:
             causal_lm.lm_head = None  # tied or not, the head lives on the last stage only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs = {"input_ids": x} if self.first else {"inputs_embeds": x}
+        if self.layout is not None:
+            inputs.update(position_ids=shared_prefix.positions(*self.layout)[None].to(x.device),
+                          **{shared_prefix.LAYOUT: self.layout})
         return self.inner(use_cache=False, **inputs).last_hidden_state
 
 
@@ -167,6 +178,47 @@ def pad_to(batch: dict, length: int, pad_id: int) -> dict:
 def bucket(length: int, max_len: int) -> int:
     """`length` rounded up to PAD_MULTIPLE, never past max_len (or past length itself if that is longer)."""
     return padded_length(length, max_len, PAD_MULTIPLE)
+
+
+def micro_batch(rows: list[dict], chunks: int, pad_id: int, max_len: int, pack: bool) -> dict:
+    """One (accumulation) micro-batch as the schedule splits it into `chunks`: input_ids (dim 0 split into the
+    chunks), targets [chunks, 2, K] (per chunk the flat hidden positions whose next token carries a label and
+    those labels, IGNORE-padded: one form for both layouts) and layout (P, B, S) or None. With `pack`, where
+    the micro-batch's rows share a prefix and a chunk holds >= 2 of them, each chunk is one packed sequence in
+    the layout of the whole micro-batch; otherwise the rows right-padded to bucket(longest)."""
+    b = len(rows) // chunks
+    shape = shared_prefix.layout_of(rows, max_len, PAD_MULTIPLE) if pack and b >= 2 else None
+    if shape is not None:
+        parts = [shared_prefix.pack(rows[i * b:(i + 1) * b], pad_id, max_len, shape) for i in range(chunks)]
+        return dict(input_ids=torch.cat([x["input_ids"] for x in parts]),
+                    targets=_stack_targets([(x["gather"], x["targets"]) for x in parts]),
+                    layout=(shape[0], b, shape[1]))
+    batch = collate(rows, pad_id)
+    batch = pad_to(batch, bucket(batch["input_ids"].shape[1], max_len), pad_id)
+    nxt = torch.full_like(batch["labels"], IGNORE)
+    nxt[:, :-1] = batch["labels"][:, 1:]   # the hidden state at t predicts token t + 1
+    flat = [c.flatten() for c in nxt.split(b)]
+    where = [(c != IGNORE).nonzero().squeeze(1) for c in flat]
+    return dict(input_ids=batch["input_ids"], targets=_stack_targets([(w, c[w]) for w, c in zip(where, flat)]),
+                layout=None)
+
+
+def _stack_targets(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    k = max(1, max(len(g) for g, _ in parts))
+    out = torch.full((len(parts), 2, k), IGNORE, dtype=torch.long)
+    out[:, 0] = 0
+    for i, (g, t) in enumerate(parts):
+        out[i, 0, :len(g)], out[i, 1, :len(t)] = g, t
+    return out
+
+
+def micro_batch_shape(rows: list[dict], chunks: int, max_len: int, pack: bool) -> tuple[int, int]:
+    """(padded length per example, shared prefix tokens) of micro_batch's layout, without building it."""
+    b = len(rows) // chunks
+    shape = shared_prefix.layout_of(rows, max_len, PAD_MULTIPLE) if pack and b >= 2 else None
+    if shape is not None:
+        return shape[0] + shape[1], shape[0]
+    return bucket(max(len(r["input_ids"]) for r in rows), max_len), 0
 
 
 # ---------------------------------------------------------------- reassembly
@@ -224,12 +276,13 @@ class StageRunner:
         self.n_targets = 1      # target tokens of the whole optimizer step: the loss normaliser
         self.losses: list = []  # last stage: per-chunk losses of the current step
 
-    def _loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # Label-only logits as train.loss_fn: lm_head only where the next token carries a label.
-        targets = labels[:, 1:]
-        where = targets != IGNORE
-        logits = self.module.lm_head(hidden[:, :-1][where])
-        return nn.functional.cross_entropy(logits.float(), targets[where], reduction="sum") / self.n_targets
+    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # Label-only logits as train.loss_fn: lm_head only where the next token carries a label
+        # (targets: this chunk's [1, 2, K] of micro_batch).
+        gather, labels = targets[0]
+        keep = labels != IGNORE
+        logits = self.module.lm_head(hidden.flatten(0, 1)[gather[keep]])
+        return nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum") / self.n_targets
 
     def _schedule(self, chunks: int, shape: tuple):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
@@ -244,18 +297,24 @@ class StageRunner:
         return self.cache[key]
 
     def run(self, batch: dict, chunks: int) -> None:
-        """Forward + backward of one (accumulation) batch through the pipeline, split into `chunks`."""
-        ids = batch["input_ids"].to(self.device)
+        """Forward + backward of one (accumulation) batch (micro_batch) through the pipeline, split into `chunks`."""
+        ids, layout = batch["input_ids"].to(self.device), batch["layout"]
         sched = self._schedule(chunks, tuple(ids.shape))
+        per_example = layout[0] + layout[2] if layout else ids.shape[1]
+        packed = shared_prefix.attention(self.module.inner) if layout else contextlib.nullcontext()
+        self.module.layout = layout
         # the single process's attention kernel per length (train.attention_kernel): step runs forward and backward
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None), \
-                attention_kernel(ids.shape[1], self.device, self.checkpointing):
-            if self.rank == 0:
-                sched.step(ids)
-            elif self.rank == self.world - 1:
-                sched.step(target=batch["labels"].to(self.device), losses=self.losses)
-            else:
-                sched.step()
+        try:
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None), \
+                    attention_kernel(per_example, self.device, self.checkpointing), packed:
+                if self.rank == 0:
+                    sched.step(ids)
+                elif self.rank == self.world - 1:
+                    sched.step(target=batch["targets"].to(self.device), losses=self.losses)
+                else:
+                    sched.step()
+        finally:
+            self.module.layout = None
 
 
 def chunks_for(batch_len: int, micro_batches: int) -> int:
@@ -332,9 +391,13 @@ class Stage:
         ckpt_on, why = decide_grad_checkpointing(   # the whole model's plan: conservative for one stage
             config, peft_model, seq_len, config.batch_size // config.micro_batches, label_tokens, self.device)
         set_grad_checkpointing(peft_model, ckpt_on)
-        mem_plan = memory_plan(config, peft_model, [bucket(max(len(data.examples[i]["input_ids"]) for i in mb),
-                                                           config.max_seq_len) for st in data.plan for mb in st],
-                               config.batch_size, label_tokens, self.device, ckpt_on, self.world_size)
+        self.pack, self.pack_why = decide_share_prefix(config, peft_model, ckpt_on, seq_len)
+        if self.pack and config.batch_size // config.micro_batches < 2:
+            self.pack, self.pack_why = False, "pipeline micro-batches of one example share nothing"
+        shapes = [micro_batch_shape([data.examples[i] for i in mb], chunks_for(len(mb), config.micro_batches),
+                                    config.max_seq_len, self.pack) for st in data.plan for mb in st]
+        mem_plan = memory_plan(config, peft_model, [n for n, _ in shapes], config.batch_size, label_tokens,
+                               self.device, ckpt_on, self.world_size, prefixes=[p for _, p in shapes])
         module, self.names = build_stage(peft_model, self.rank, self.split)
         peft_model.train()
         amp = amp_dtype(config.precision, self.device)
@@ -362,15 +425,15 @@ class Stage:
 
     def describe(self) -> str:
         c = self.config
-        return f", {self.world_size} stages {self.split}, {c.schedule}, {c.micro_batches} micro-batches"
+        packing = ", shared prefix once per chunk" if self.pack else f", padded chunks ({self.pack_why})"
+        return f", {self.world_size} stages {self.split}, {c.schedule}, {c.micro_batches} micro-batches{packing}"
 
     def step(self, step: list[list[int]], counts: dict, optimizer, scheduler) -> float:
         c, pad = self.config, self.tok.pad_token_id
         self.runner.n_targets, self.runner.losses = max(counts["target_tokens"], 1), []
         for mb in step:
-            batch = collate([self.examples[i] for i in mb], pad)
-            length = bucket(batch["input_ids"].shape[1], c.max_seq_len)
-            self.runner.run(pad_to(batch, length, pad), chunks_for(len(mb), c.micro_batches))
+            chunks = chunks_for(len(mb), c.micro_batches)
+            self.runner.run(micro_batch([self.examples[i] for i in mb], chunks, pad, c.max_seq_len, self.pack), chunks)
         clip_global_grad_norm(self.params, MAX_GRAD_NORM)
         optimizer.step()
         scheduler.step()
@@ -389,8 +452,7 @@ class Stage:
         return dict(label_only_logits=True, parallel=dict(mode="pipeline", world_size=self.world_size,
                                                           schedule=c.schedule, micro_batches=c.micro_batches,
                                                           split=self.split),
-                    share_prefix=False, share_prefix_reason="pipeline stages train on padded micro-batches "
-                    "(the schedule splits a batch by rows)")
+                    share_prefix=self.pack, share_prefix_reason=self.pack_why)
 
 
 class _Gathered:

@@ -32,27 +32,32 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .tokenization import IGNORE, padded_length, shared_prefix_len
+from .tokenization import IGNORE, PAD_MULTIPLE, padded_length, shared_prefix_len
 
 KEY = "finlora_shared_prefix"          # the AttentionInterface / config._attn_implementation name
 LAYOUT = "shared_prefix"               # the batch key holding (P, B, S)
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")   # checked: attention is the plain SDPA call
 
 
-def pack(rows: list[dict], pad_id: int, max_len: int) -> dict[str, torch.Tensor] | None:
+def pack(rows: list[dict], pad_id: int, max_len: int, shape: tuple[int, int] | None = None
+         ) -> dict[str, torch.Tensor] | None:
     """The packed layout of `rows` (encoded examples: input_ids, labels), or None when they share no prefix
     or there is only one row (packing would save nothing). Keys: input_ids and position_ids [1, P + B*S],
     gather (the flat positions whose next token carries a label) and targets (those labels), shared_prefix
     (P, B, S). Each example keeps at least one token of its own; S is padded like collate's lengths
-    (tokenization.padded_length), so a run meets few distinct shapes."""
-    shape = layout_of(rows, max_len)
-    if shape is None:
+    (tokenization.padded_length), so a run meets few distinct shapes. `shape`: a (P, S) to lay the rows out
+    with instead of their own (pipeline chunks of one micro-batch share one layout); the rows must share
+    those P tokens and fit S."""
+    shape = shape or layout_of(rows, max_len)
+    if shape is None or len(rows) < 2:
         return None
     p, s = shape
     seqs = [r["input_ids"] for r in rows]
+    if any(x[:p] != seqs[0][:p] or not p < len(x) <= p + s for x in seqs):
+        raise ValueError(f"shape={shape!r}: expected rows sharing {p} prefix tokens with 1..{s} own tokens each")
     ids = torch.full((len(rows) * s + p,), pad_id, dtype=torch.long)
     ids[:p] = torch.tensor(seqs[0][:p])
-    pos = torch.cat([torch.arange(p), torch.arange(p, p + s).repeat(len(rows))])
+    pos = positions(p, len(rows), s)
     gather, targets = [], []
     for i, r in enumerate(rows):
         start = p + i * s
@@ -66,13 +71,20 @@ def pack(rows: list[dict], pad_id: int, max_len: int) -> dict[str, torch.Tensor]
             LAYOUT: torch.tensor([p, len(rows), s], dtype=torch.long)}
 
 
-def layout_of(rows: list[dict], max_len: int) -> tuple[int, int] | None:
-    """(P, S) that pack lays `rows` out with, without building it; None when it would not pack them."""
+def layout_of(rows: list[dict], max_len: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int] | None:
+    """(P, S) that pack lays `rows` out with, without building it (S padded up to `multiple`); None when it
+    would not pack them."""
     seqs = [r["input_ids"] for r in rows]
     p = shared_prefix_len(seqs)
     if p == 0:
         return None
-    return p, padded_length(max(len(x) for x in seqs) - p, max(1, max_len - p))
+    return p, padded_length(max(len(x) for x in seqs) - p, max(1, max_len - p), multiple)
+
+
+def positions(p: int, b: int, s: int) -> torch.Tensor:
+    """Position ids of the layout [P + B*S]: the prefix's, then P.. again for every example (what each example's
+    tokens had in its own padded row)."""
+    return torch.cat([torch.arange(p), torch.arange(p, p + s).repeat(b)])
 
 
 def is_packed(batch: dict) -> bool:

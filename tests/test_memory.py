@@ -146,6 +146,13 @@ def test_a_shared_prefix_plans_fewer_rows_and_the_per_example_keys():
     assert packed.breakdown["quantized_weights"] == padded.breakdown["quantized_weights"]
     with pytest.raises(ConfigError, match=r"^shared_prefix=64: expected 0 <= shared_prefix < seq_len \(64\)"):
         memory.plan(**kw, shared_prefix=64)
+    # pipeline chunks pack too (pipeline.micro_batch): 4 chunks of 2, so each stores 1 of its 2 prefixes
+    pipe = dict(kw, gpus=2, parallel="pipeline", micro_batches=4, schedule="1f1b")
+    chunked, chunked_packed = memory.plan(**pipe), memory.plan(**pipe, shared_prefix=24)
+    saved = [1 - q["breakdown"]["activations"] / d["breakdown"]["activations"]
+             for d, q in zip(chunked.per_device, chunked_packed.per_device)]
+    # a chunk of 2 skips 1 of 2 prefixes (24 of 128 rows), 8 rows in one micro-batch 7 of 8 (168 of 512)
+    assert all(0.1 < x < 0.7 * (1 - packed.breakdown["activations"] / act) for x in saved), saved
 
 
 @pytest.mark.parametrize("kw,msg", [

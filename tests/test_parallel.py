@@ -8,6 +8,7 @@ to 2e-4, but AdamW's first update is lr * sign(gradient), so a near-zero gradien
 an adapter entry by 2 * lr; nf4 runs are therefore compared on losses, fp32 runs on losses and adapters.
 LoRA dropout is 0 so that no random mask depends on the layout.
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import torch
 
 from finlora_utils import parallel, pipeline, train
 from finlora_utils.config import ConfigError, LoraSettings, TrainConfig
+from finlora_utils.tokenization import collate
 
 RTOL = {"nf4": 2e-4, "fp32": 1e-5}          # losses
 ADAPTER_RTOL = 1e-4                         # |a - b| / |b| per adapter tensor (fp32)
@@ -109,6 +111,9 @@ def test_pipeline_matches_single_process(tmp_path, single, schedule, precision):
     assert [r["layers"] for r in par["ranks"]] == [[0, 1], [1, 2]]
     # stages take the single process's attention kernel for short CPU batches, and the planner prices it
     assert res["train_info"]["memory_plan"]["math_attention"] is ref["train_info"]["memory_plan"]["math_attention"] is True
+    # both pack their examples' shared prefix once (the pipeline per chunk of 2), and the planner prices that
+    assert res["train_info"]["share_prefix"] is ref["train_info"]["share_prefix"] is True
+    assert 0 < res["train_info"]["memory_plan"]["shared_prefix"] < res["train_info"]["memory_plan"]["seq_len"]
     assert_same_adapter(adapter(res), adapter(ref), values=precision == "fp32")
     if precision == "fp32":
         _check_reassembled_adapter(res, ref)
@@ -242,13 +247,17 @@ def test_two_nodes_rendezvous_on_loopback(tmp_path, single):
 
 def test_stages_chained_by_hand_give_the_full_model_loss():
     """Stage 0 then stage 1 of a 2-stage split, with the last stage's label-only loss, equal train.loss_fn
-    on the unsplit model (fp32: exact), and every LoRA parameter lands in exactly one stage."""
+    on the unsplit model (fp32: exact), padded chunks and packed ones (each chunk one shared-prefix
+    sequence, pipeline.micro_batch) alike, and every LoRA parameter lands in exactly one stage."""
+    from finlora_utils import shared_prefix
+
     cfg = TrainConfig(model="tiny-random-llama", precision="fp32", lora=LoraSettings(rank=4, dropout=0.0))
-    batch = {"input_ids": torch.tensor([[1, 50, 60, 70, 80, 2], [1, 90, 91, 2, 0, 0]]),
-             "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])}
-    batch["labels"] = torch.tensor([[-100, -100, -100, 70, 80, 2], [-100, -100, 91, 2, -100, -100]])
+    rows = [dict(input_ids=[1, 50, 60, 70, 80, 2], labels=[-100, -100, -100, 70, 80, 2]),
+            dict(input_ids=[1, 50, 60, 91, 2], labels=[-100, -100, -100, 91, 2]),
+            dict(input_ids=[1, 50, 60, 33, 34, 35, 2], labels=[-100, -100, -100, -100, 34, 35, 2]),
+            dict(input_ids=[1, 50, 60, 40, 2], labels=[-100, -100, -100, 40, 2])]
     ref_model, _ = train.build_model(cfg)
-    ref_sum, n = train.loss_fn(ref_model, batch)
+    ref_sum, n = train.loss_fn(ref_model, collate(rows, pad_id=0))
     total_lora = sum(1 for p in ref_model.parameters() if p.requires_grad)
     split = pipeline.stage_split(cfg, 2)
     stages, found = [], {}
@@ -261,9 +270,21 @@ def test_stages_chained_by_hand_give_the_full_model_loss():
     assert all(".layers.0." in k for k, s in found.items() if s == 0)
     runner = pipeline.StageRunner(stages[1], 1, 2, torch.device("cpu"), "gpipe")
     runner.n_targets = n
-    with torch.no_grad():
-        loss = runner._loss(stages[1](stages[0](batch["input_ids"])), batch["labels"])
-    assert loss.item() == pytest.approx(ref_sum.item() / n, rel=1e-6)
+    for pack in (False, True):
+        mb = pipeline.micro_batch(rows, 2, pad_id=0, max_len=96, pack=pack)
+        assert (mb["layout"] is not None) is pack
+        if pack:   # 2 chunks, each [prefix 3][2 x 16]: one packed row per chunk, the schedule's dim-0 split
+            assert mb["layout"] == (3, 2, 16) and mb["input_ids"].shape == (2, 3 + 2 * 16)
+        total = 0.0
+        for chunk, targets in zip(mb["input_ids"].tensor_split(2), mb["targets"].tensor_split(2)):
+            for st in stages:
+                st.layout = mb["layout"]
+            ctx = [shared_prefix.attention(st.inner) for st in stages] if pack else []
+            with torch.no_grad(), contextlib.ExitStack() as stack:
+                for c in ctx:
+                    stack.enter_context(c)
+                total += runner._loss(stages[1](stages[0](chunk)), targets).item()
+        assert total == pytest.approx(ref_sum.item() / n, rel=1e-6), pack
 
 
 @pytest.mark.parametrize("precision", ["nf4", "int8"])

@@ -203,6 +203,12 @@ def test_shared_prefix_packs_only_rows_that_share_one(tmp_path):
     a = encode(tok, CONTEXT, "negative")
     other = encode(tok, "Tell me: " + CONTEXT, "neutral")
     assert shared_prefix.pack([a], tok.pad_token_id, 512) is None             # one row: nothing to share
+    # a layout given from outside (pipeline chunks of one micro-batch) must fit the rows
+    b = encode(tok, CONTEXT, "positive")
+    shape = shared_prefix.layout_of([a, b], 512)
+    assert shared_prefix.pack([a, b], tok.pad_token_id, 512, shape)["input_ids"].shape[1] == shape[0] + 2 * shape[1]
+    with pytest.raises(ValueError, match=rf"^shape=\({shape[0] + 1}, {shape[1]}\): expected rows sharing "):
+        shared_prefix.pack([a, b], tok.pad_token_id, 512, (shape[0] + 1, shape[1]))   # they differ at token P
     if a["input_ids"][0] != other["input_ids"][0]:
         assert shared_prefix.pack([a, other], tok.pad_token_id, 512) is None  # no common first token
     (single,), _ = train.shard_step([a], [[0]], 0, 1, tok.pad_token_id, 512, pack=True)
