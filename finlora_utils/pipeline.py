@@ -185,9 +185,11 @@ def micro_batch(rows: list[dict], chunks: int, pad_id: int, max_len: int, pack: 
     chunks), targets [chunks, 2, K] (per chunk the flat hidden positions whose next token carries a label and
     those labels, IGNORE-padded: one form for both layouts) and layout (P, B, S) or None. With `pack`, where
     the micro-batch's rows share a prefix and a chunk holds >= 2 of them, each chunk is one packed sequence in
-    the layout of the whole micro-batch; otherwise the rows right-padded to bucket(longest)."""
+    the layout of the whole micro-batch, its own tokens padded as the single process pads them (to a multiple
+    of 8: a coarser bucket is paid once per example of a chunk; measured, embedded nf4, chunks of 4, 16 vs 8:
+    4.14 vs 3.37 s per step); otherwise the rows right-padded to bucket(longest)."""
     b = len(rows) // chunks
-    shape = shared_prefix.layout_of(rows, max_len, PAD_MULTIPLE) if pack and b >= 2 else None
+    shape = shared_prefix.layout_of(rows, max_len) if pack and b >= 2 else None
     if shape is not None:
         parts = [shared_prefix.pack(rows[i * b:(i + 1) * b], pad_id, max_len, shape) for i in range(chunks)]
         return dict(input_ids=torch.cat([x["input_ids"] for x in parts]),
@@ -215,7 +217,7 @@ def _stack_targets(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tens
 def micro_batch_shape(rows: list[dict], chunks: int, max_len: int, pack: bool) -> tuple[int, int]:
     """(padded length per example, shared prefix tokens) of micro_batch's layout, without building it."""
     b = len(rows) // chunks
-    shape = shared_prefix.layout_of(rows, max_len, PAD_MULTIPLE) if pack and b >= 2 else None
+    shape = shared_prefix.layout_of(rows, max_len) if pack and b >= 2 else None
     if shape is not None:
         return shape[0] + shape[1], shape[0]
     return bucket(max(len(r["input_ids"]) for r in rows), max_len), 0

@@ -273,8 +273,8 @@ def test_stages_chained_by_hand_give_the_full_model_loss():
     for pack in (False, True):
         mb = pipeline.micro_batch(rows, 2, pad_id=0, max_len=96, pack=pack)
         assert (mb["layout"] is not None) is pack
-        if pack:   # 2 chunks, each [prefix 3][2 x 16]: one packed row per chunk, the schedule's dim-0 split
-            assert mb["layout"] == (3, 2, 16) and mb["input_ids"].shape == (2, 3 + 2 * 16)
+        if pack:   # 2 chunks, each [prefix 3][2 x 8]: one packed row per chunk, the schedule's dim-0 split
+            assert mb["layout"] == (3, 2, 8) and mb["input_ids"].shape == (2, 3 + 2 * 8)
         total = 0.0
         for chunk, targets in zip(mb["input_ids"].tensor_split(2), mb["targets"].tensor_split(2)):
             for st in stages:
