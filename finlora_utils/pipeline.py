@@ -420,10 +420,16 @@ class Stage:
         if len({st for st, _ in every}) > 1:
             raise RuntimeError(f"{root.parent}: stage checkpoints disagree (steps {[st for st, _ in every]}), a "
                                "run died while saving; expected force=True to start over")
+        # checkpoints written before pipeline chunks could pack have no such key: they padded
+        if state is not None and bool(state.get("share_prefix", False)) != self.pack:
+            made, now = ("packed", "pads") if state.get("share_prefix") else ("padded", "packs")
+            raise ConfigError(f"share_prefix={self.config.share_prefix!r}: the checkpoint in {root.parent} was made "
+                              f"with {made} chunks and this run {now} them ({self.pack_why}); expected the same "
+                              "layout, or force=True to start over")
         return state
 
     def fresh(self) -> dict:
-        return dict(split=self.split)
+        return dict(split=self.split, share_prefix=self.pack)
 
     def describe(self) -> str:
         c = self.config

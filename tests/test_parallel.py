@@ -354,6 +354,29 @@ def test_even_pipeline_split_gives_every_stage_the_same_layers_and_the_planner_p
         memory.plan(model="embedded", bits=4, gpus=2, parallel="pipeline", balance="compute")
 
 
+def test_a_pipeline_checkpoint_resumes_only_in_its_own_layout(tmp_path):
+    """A stage checkpoint records whether its chunks were packed; one written before pipeline chunks could pack
+    (no such key: padded) or in the other layout is refused, naming the field, instead of mixing the two."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        stage = pipeline.Stage(0, 1, torch.device("cpu"))
+        stage.config, stage.split, stage.pack, stage.pack_why = TrainConfig(), [2], True, "config"
+        root = tmp_path / "run" / "stage-0-of-1"
+        assert stage.agree(None, root) is None                       # a fresh start
+        ours = dict(step=2, **stage.fresh())
+        assert ours["share_prefix"] is True and stage.agree(ours, root) is ours
+        with pytest.raises(ConfigError, match=r"^share_prefix=True: the checkpoint in .*run was made with padded "
+                                              r"chunks and this run packs them \(config\); expected the same layout"):
+            stage.agree(dict(step=2, split=[2]), root)                # written before chunks could pack
+        stage.pack, stage.pack_why = False, "share_prefix off"
+        with pytest.raises(ConfigError, match=r"made with packed chunks and this run pads them \(share_prefix off\)"):
+            stage.agree(ours, root)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_pipeline_helpers():
     assert [pipeline.chunks_for(n, 4) for n in (8, 6, 5, 1)] == [4, 3, 1, 1]
     assert pipeline.bucket(17, 512) == 32 and pipeline.bucket(30, 20) == 30 and pipeline.bucket(17, 24) == 24
