@@ -71,14 +71,14 @@ def pack(rows: list[dict], pad_id: int, max_len: int, shape: tuple[int, int] | N
             LAYOUT: torch.tensor([p, len(rows), s], dtype=torch.long)}
 
 
-def layout_of(rows: list[dict], max_len: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int] | None:
-    """(P, S) that pack lays `rows` out with, without building it (S padded up to `multiple`); None when it
-    would not pack them."""
+def layout_of(rows: list[dict], max_len: int) -> tuple[int, int] | None:
+    """(P, S) that pack lays `rows` out with, without building it (S padded like collate's lengths); None when
+    it would not pack them."""
     seqs = [r["input_ids"] for r in rows]
     p = shared_prefix_len(seqs)
     if p == 0:
         return None
-    return p, padded_length(max(len(x) for x in seqs) - p, max(1, max_len - p), multiple)
+    return p, padded_length(max(len(x) for x in seqs) - p, max(1, max_len - p), PAD_MULTIPLE)
 
 
 def positions(p: int, b: int, s: int) -> torch.Tensor:
