@@ -162,6 +162,16 @@ def _canon(target: str, labels: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------------
 # Runs: a base model, and adapters on it without reloading the base for each
 
+def _source_note(source) -> str:
+    """' (SYNTHETIC sample data ...)' for an evaluation on the sample set; nothing for real data, own files or a
+    Dataset without a source column."""
+    if source not in ("sample", "mixed"):
+        return ""
+    from .data import describe_source
+
+    return f" of {describe_source(source)}"
+
+
 def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **kw) -> dict:
     """eval_info entry for one task: the first mode's metrics at top level, every mode under 'modes'.
 
@@ -182,8 +192,8 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
     for m in dict.fromkeys(modes):
         by_mode[m] = evaluate(model, tokenizer, task, mode=m, **kw)
         r = by_mode[m]   # one progress line per protocol: a long evaluation is visibly not a hang
-        print(f"[eval {r.get('task', '')}] {m}: {r.get('n')} examples, accuracy {r.get('accuracy', float('nan')):.3f}, "
-              f"{r.get('wall_s', 0):.1f} s", flush=True)
+        print(f"[eval {r.get('task', '')}] {m}: {r.get('n')} examples{_source_note(r.get('data_source'))}, accuracy "
+              f"{r.get('accuracy', float('nan')):.3f}, {r.get('wall_s', 0):.1f} s", flush=True)
         if by_mode[m]["kind"] != "classification":
             break
     first = next(iter(by_mode.values()))

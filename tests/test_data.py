@@ -154,6 +154,25 @@ def test_sample_fallback_is_labelled_and_forbiddable(offline):
         data.load_task("nwgi", "train")
 
 
+def test_runs_on_the_sample_set_say_so_in_their_progress_lines(offline, tmp_path, capsys):
+    """The loader's warning scrolls away; the train header and each eval line must name synthetic data."""
+    from finlora_utils import evaluate, models, train
+    from finlora_utils.config import TrainConfig
+
+    assert data.describe_source("real") == "real data" and data.describe_source("file") == "your files"
+    assert data.describe_source("mixed").startswith("partly SYNTHETIC")
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train.train(TrainConfig(model="tiny-random-llama", tasks="fpb", precision="fp32", max_train_samples=8,
+                                batch_size=4, max_steps=1, output_dir=str(tmp_path / "runs")),
+                    results_dir=tmp_path / "results", log=lines.append)
+        model, tok = models.load_model("tiny-random-llama", "fp32")
+        evaluate.evaluate_modes(model, tok, "fpb", max_samples=4)
+    assert "8 examples of SYNTHETIC sample data, not FinLoRA results" in lines[0], lines[0]
+    assert "4 examples of SYNTHETIC sample data" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["fpb", "fiqa", "tfns"])
 def test_sample_splits_do_not_overlap_and_subsample_deterministically(offline, name):
     with warnings.catch_warnings():

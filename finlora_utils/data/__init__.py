@@ -12,15 +12,15 @@ only) a generated synthetic sample set. See data/README.md for sources, splits a
 CLI: ``python -m finlora_utils.data {validate FILE [--task T] | fetch [TASK...] | sample | tasks}``.
 """
 from .files import FileTaskError, is_file_task, provenance, register_config, register_files, task_list
-from .loader import (NoSplitError, availability, data_source, fetch_hint, files_for, load_task, load_tasks,
-                     source_of)
+from .loader import (NoSplitError, availability, data_source, describe_source, fetch_hint, files_for, load_task,
+                     load_tasks, source_of)
 from .sources import ChecksumError, DataError, DataUnavailableError, DownloadError
 from .tasks import (KINDS, METRICS, NWGI_LABELS, SENTIMENT_TASKS, TASKS, Task, format_prompt, get_task,
                     normalize_label, nwgi_to_3class, split_prompt, task_names)
 
 __all__ = [
     "TASKS", "Task", "KINDS", "METRICS", "NWGI_LABELS", "SENTIMENT_TASKS", "task_names", "get_task", "load_task",
-    "load_tasks", "data_source", "source_of", "files_for", "format_prompt", "split_prompt", "normalize_label",
+    "load_tasks", "data_source", "source_of", "describe_source", "files_for", "format_prompt", "split_prompt", "normalize_label",
     "nwgi_to_3class", "register_files", "register_config", "is_file_task", "provenance", "FileTaskError", "task_list",
     "availability", "fetch_hint", "DataError", "DataUnavailableError", "DownloadError", "ChecksumError", "NoSplitError",
 ]

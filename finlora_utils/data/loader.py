@@ -259,3 +259,13 @@ def source_of(ds) -> str:
     """"real", "sample" or "mixed" for a Dataset returned by load_task/load_tasks."""
     kinds = set(ds.unique("source"))
     return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def describe_source(source: str) -> str:
+    """What a progress line says about source_of's answer: a run on the synthetic sample set must say so
+    where the user looks (the loader's warning scrolls away), not only in the results JSON."""
+    if source in ("sample", "mixed"):
+        part = "" if source == "sample" else "partly "
+        return (f"{part}SYNTHETIC sample data, not FinLoRA results (the real data: set FINLORA_DATA_DIR or run "
+                "python -m finlora_utils.data fetch)")
+    return "your files" if source == files.SOURCE else f"{source} data"
