@@ -164,9 +164,9 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
     amp_name = str(built.amp).replace("torch.", "") if built.amp else None
     from .data import describe_source   # the data layer loads lazily, as in build_data
 
-    say(f"{tag} {len(ex)} examples of {describe_source(data.source)}, {len(plan)} steps, {config.precision}, amp {amp_name}, grad checkpointing "
-        f"{'on' if built.grad_checkpointing else 'off'} ({built.why}), {built.device}{recipe.describe()}, "
-        f"truncated {data.truncated}")
+    say(f"{tag} {len(ex)} examples of {describe_source(data.source)}, {len(plan)} steps, {config.precision}, "
+        f"amp {amp_name}, grad checkpointing {'on' if built.grad_checkpointing else 'off'} ({built.why}), "
+        f"{built.device}{recipe.describe()}, truncated {data.truncated}")
     if hasattr(on_step, "begin"):   # a progress bar / live loss curve hears the plan's size first
         on_step.begin(len(plan), start)
 

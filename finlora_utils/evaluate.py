@@ -162,16 +162,6 @@ def _canon(target: str, labels: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------------
 # Runs: a base model, and adapters on it without reloading the base for each
 
-def _source_note(source) -> str:
-    """' (SYNTHETIC sample data ...)' for an evaluation on the sample set; nothing for real data, own files or a
-    Dataset without a source column."""
-    if source not in ("sample", "mixed"):
-        return ""
-    from .data import describe_source
-
-    return f" of {describe_source(source)}"
-
-
 def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **kw) -> dict:
     """eval_info entry for one task: the first mode's metrics at top level, every mode under 'modes'.
 
@@ -188,12 +178,15 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
         sample = {"max_samples": kw.pop("max_samples", None) or None, "seed": kw.pop("seed", 0)}
         task_name, data_dir = task, kw.pop("data_dir", None)
         task = data.load_task(task, split="test", data_dir=data_dir, **sample)
+    from .data import describe_source   # the data layer loads lazily
+
     by_mode = {}
     for m in dict.fromkeys(modes):
         by_mode[m] = evaluate(model, tokenizer, task, mode=m, **kw)
         r = by_mode[m]   # one progress line per protocol: a long evaluation is visibly not a hang
-        print(f"[eval {r.get('task', '')}] {m}: {r.get('n')} examples{_source_note(r.get('data_source'))}, accuracy "
-              f"{r.get('accuracy', float('nan')):.3f}, {r.get('wall_s', 0):.1f} s", flush=True)
+        src = r.get("data_source")   # None for a Dataset without a source column
+        print(f"[eval {r.get('task', '')}] {m}: {r.get('n')} examples{f' of {describe_source(src)}' if src else ''}, "
+              f"accuracy {r.get('accuracy', float('nan')):.3f}, {r.get('wall_s', 0):.1f} s", flush=True)
         if by_mode[m]["kind"] != "classification":
             break
     first = next(iter(by_mode.values()))

@@ -171,6 +171,8 @@ def test_runs_on_the_sample_set_say_so_in_their_progress_lines(offline, tmp_path
         evaluate.evaluate_modes(model, tok, "fpb", max_samples=4)
     assert "8 examples of SYNTHETIC sample data, not FinLoRA results" in lines[0], lines[0]
     assert "4 examples of SYNTHETIC sample data" in capsys.readouterr().out
+    evaluate.evaluate_modes(model, tok, [{"context": "x\nAnswer: ", "target": "neutral", "task": "fpb"}])
+    assert "1 examples, accuracy" in capsys.readouterr().out   # no source column: nothing claimed
 
 
 @pytest.mark.parametrize("name", ["fpb", "fiqa", "tfns"])
