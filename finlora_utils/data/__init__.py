@@ -21,6 +21,7 @@ from .tasks import (KINDS, METRICS, NWGI_LABELS, SENTIMENT_TASKS, TASKS, Task, f
 __all__ = [
     "TASKS", "Task", "KINDS", "METRICS", "NWGI_LABELS", "SENTIMENT_TASKS", "task_names", "get_task", "load_task",
     "load_tasks", "data_source", "source_of", "describe_source", "files_for", "format_prompt", "split_prompt",
-    "normalize_label", "nwgi_to_3class", "register_files", "register_config", "is_file_task", "provenance", "FileTaskError", "task_list",
+    "normalize_label", "nwgi_to_3class", "register_files", "register_config", "is_file_task", "provenance",
+    "FileTaskError", "task_list",
     "availability", "fetch_hint", "DataError", "DataUnavailableError", "DownloadError", "ChecksumError", "NoSplitError",
 ]
