@@ -182,6 +182,8 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
                 stats[k] += v
             session_tokens += counts["nonpad_tokens"]
             now, cpu_now = time.time(), time.process_time()
+            if step == start:   # a fresh process's first step also faults in its memory and builds kernels
+                stats["first_step"] = dict(step=step + 1, wall_s=now - t_mark, **counts)
             stats["wall_s"] += now - t_mark
             stats["cpu_s"] = stats.get("cpu_s", 0.0) + cpu_now - c_mark
             t_mark, c_mark = now, cpu_now

@@ -26,8 +26,15 @@ def test_bench_keeps_the_fastest_repeat_and_prints_the_speedup_and_mfu_last():
     for recipe, ts in walls.items():   # the row shown is the fastest repeat (times printed to 0.1 s)
         assert table[recipe] == pytest.approx(min(ts), abs=0.051), (recipe, table, walls)
     speedup, mfu = out.strip().splitlines()[-2:]
-    assert re.fullmatch(r"train speedup vs finlora recipe: \d+\.\d\dx", speedup), speedup
-    assert re.fullmatch(r"train MFU: \d+\.\d %", mfu), mfu
+    assert re.fullmatch(r"train speedup vs finlora recipe: \d+\.\d\dx \(steps 2-2; whole run \d+\.\d\dx\)", speedup), speedup
+    assert re.fullmatch(r"train MFU: \d+\.\d % \(steps 2-2; whole run \d+\.\d %\)", mfu), mfu
+    assert re.search(r"first step \(warm-up: .*\): finlora [\d.]+ s of [\d.]+, ours [\d.]+ s of [\d.]+", out), out
+
+
+def test_bench_rejects_one_step():   # the steady-state figures need a step after the first
+    run = subprocess.run([sys.executable, str(BENCH), "--steps", "1"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert run.returncode == 2 and "--steps=1: expected at least 2" in run.stderr, run.stderr[-2000:]
 
 
 def test_bench_rejects_zero_repeats():

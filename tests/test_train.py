@@ -302,6 +302,8 @@ def test_qlora_on_tiny_model_lowers_target_loss(tmp_path):
     assert mp["batch"] == cfg.batch_size and 0 < mp["seq_len"] <= cfg.max_seq_len and mp["device"] == "cpu"
     assert mp["predicted_peak_mem_bytes"] > 0 and mp["warm_process"] in (True, False)
     assert ti["tokens"] >= ti["nonpad_tokens"] > ti["target_tokens"]
+    first = ti["first_step"]   # timed apart: a fresh process's warm-up, which benches report separately
+    assert first["step"] == 1 and 0 < first["wall_s"] < ti["wall_s"] and 0 < first["target_tokens"] < ti["target_tokens"]
     assert ti["lora_dropout_kernel"] == "packed 32-bit mask"   # CPU: finlora_utils.dropout's mask
     saved = json.loads(Path(res["_path"]).read_text())
     assert saved["run_id"] == "fpb_tiny-random-llama_4bit_r4" and saved["train_info"]["loss_curve"] == ti["loss_curve"]
@@ -364,6 +366,7 @@ def test_resume_after_crash_reproduces_uninterrupted_run(tmp_path):
     assert (ckpt / "latest").read_text() == "step-000004"
     resumed = run(cfg, tmp_path / "b")
     assert resumed["train_info"]["resumed_from_step"] == 4
+    assert resumed["train_info"]["first_step"]["step"] == 5   # the resumed process's own first step
     assert resumed["train_info"]["loss_curve"] == ref["train_info"]["loss_curve"]
     wa, wb = adapter_weights(ref["train_info"]["adapter_path"]), adapter_weights(resumed["train_info"]["adapter_path"])
     for k in wa:
