@@ -135,7 +135,8 @@ def run_finlora(cfg, out: Path) -> dict:
     n_tokens = sum(len(f["input_ids"]) for f in feats)
     return dict(recipe="finlora", wall_s=wall, cpu_s=cpu, steps=cfg.max_steps, examples=len(feats), target_tokens=n_target,
                 nonpad_tokens=n_tokens, peak_mem_bytes=peak, peak_mem_method=method,
-                final_train_loss=losses[-1], adapter=str(adapter), first_step=dict(first, target_tokens=step_targets[0]))
+                final_train_loss=losses[-1], adapter=str(adapter),
+                first_step=dict(first, target_tokens=step_targets[0]))
 
 
 # ---------------------------------------------------------------- (b) ours
@@ -283,8 +284,8 @@ def main(argv=None) -> int:
           f"{100 * mfu(need['total'], ours['cpu_s'] / peak['threads'], peak['peak']):.1f} %)")
     # A fresh process's first step also faults in the memory the step works in and builds its kernels; a real
     # run (FinLoRA: 4 epochs, hundreds of steps) pays that once, so the steps after it are what a run sees.
-    steady = {r["recipe"]: (r["target_tokens"] - r["first_step"]["target_tokens"]) / (r["wall_s"] - r["first_step"]["wall_s"])
-              for r in rows}
+    steady = {r["recipe"]: (r["target_tokens"] - r["first_step"]["target_tokens"])
+              / (r["wall_s"] - r["first_step"]["wall_s"]) for r in rows}
     steady_mfu = mfu(after_first["total"], ours["wall_s"] - ours["first_step"]["wall_s"], peak["peak"])
     print(f"first step (warm-up: page faults and kernel builds): finlora {fin['first_step']['wall_s']:.1f} s of "
           f"{fin['wall_s']:.1f}, ours {ours['first_step']['wall_s']:.1f} s of {ours['wall_s']:.1f}; steps 2-{a.steps}: "

@@ -26,7 +26,8 @@ def test_bench_keeps_the_fastest_repeat_and_prints_the_speedup_and_mfu_last():
     for recipe, ts in walls.items():   # the row shown is the fastest repeat (times printed to 0.1 s)
         assert table[recipe] == pytest.approx(min(ts), abs=0.051), (recipe, table, walls)
     speedup, mfu = out.strip().splitlines()[-2:]
-    assert re.fullmatch(r"train speedup vs finlora recipe: \d+\.\d\dx \(steps 2-2; whole run \d+\.\d\dx\)", speedup), speedup
+    assert re.fullmatch(r"train speedup vs finlora recipe: \d+\.\d\dx \(steps 2-2; whole run \d+\.\d\dx\)",
+                        speedup), speedup
     assert re.fullmatch(r"train MFU: \d+\.\d % \(steps 2-2; whole run \d+\.\d %\)", mfu), mfu
     assert re.search(r"first step \(warm-up: .*\): finlora [\d.]+ s of [\d.]+, ours [\d.]+ s of [\d.]+", out), out
 
