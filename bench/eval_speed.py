@@ -5,10 +5,11 @@
 
 Both modes get the same prompts, batch size, length-sorted batches and precision. generate is at its
 best: batched, KV cache, greedy, max_new_tokens=10, stopping when every row has emitted EOS.
-score is timed twice: plain (one forward per batch, last logits only) and with the task's shared
-instruction prefix run once and its KV cache expanded over the batch (the default). With --repeats the
-modes run interleaved and the fastest repeat of each counts (on a shared machine the slow repeats are
-other people's load). Then the FLOPs each mode needs (finlora_utils.flops: score's shared prefix once, each
+score is timed three times: plain (one forward per batch, last logits only), with the task's shared
+instruction prefix run once and its KV cache expanded over the batch (the default), and that again with the
+weights in their plain layout instead of laid out once for oneDNN (finlora_utils.prepack; generate and the
+default score use the prepacked layout). With --repeats the modes run interleaved and the fastest repeat
+of each counts (on a shared machine the slow repeats are other people's load). Then the FLOPs each mode needs (finlora_utils.flops: score's shared prefix once, each
 prompt's own tokens and the LM head only where a label's log-probability needs it; generate's prefill and one
 decode step per generated token up to its EOS) over this machine's measured matmul peak give the MFU, and
 the ratio the machine allows: generate's measured time over the time score's FLOPs take at the peak.
@@ -22,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from finlora_utils import data, evaluate as ev, flops, models
+from finlora_utils import data, evaluate as ev, flops, models, prepack
 from finlora_utils.config import resolve_precision
 from finlora_utils.tokenization import common_prefix_len
 
@@ -79,14 +80,15 @@ def main(argv=None):
 
     runs = {"generate": lambda: ev.generate_texts(model, tok, prompts, bs, args.max_new_tokens),
             "plain": lambda: ev.score_labels(model, tok, prompts, labels, bs, share_prefix=False),
-            "shared": lambda: ev.score_labels(model, tok, prompts, labels, bs)}
+            "shared": lambda: ev.score_labels(model, tok, prompts, labels, bs),
+            "unpacked": lambda: ev.score_labels(model, tok, prompts, labels, bs, prepack=False)}
     times = {k: [] for k in runs}
     for _ in range(args.repeats):  # interleaved, so a busy spell on a shared machine hits every mode
         for k, fn in runs.items():
             out, t = timed(fn)
             times[k].append(t)
             results[k] = out
-    t_gen, t_plain, t_score = (min(times[k]) for k in runs)
+    t_gen, t_plain, t_score, t_unpacked = (min(times[k]) for k in runs)
     outs, plain, shared = results["generate"], results["plain"], results["shared"]
     gen_pred = [ev.parse_label(o, labels) for o in outs]
 
@@ -105,6 +107,13 @@ def main(argv=None):
     print(f"majority baseline {m_score['majority_baseline']:.3f}; score predictions identical with/without "
           f"prefix cache: {same}/{n} (max |dlogp| {np.abs(plain - shared).max():.2e}); "
           f"generate vs score agreement: {sum(a == b for a, b in zip(gen_pred, score_pred))}/{n}")
+    with prepack.prepacked(model) as info:
+        laid_out = (f"{info['layers']} linear layers' weights laid out once for oneDNN "
+                    f"({info['bytes'] / 2**20:.0f} MiB)" if info["layers"] else f"weights not prepacked: {info['why']}")
+    unpacked = results["unpacked"]
+    print(f"{laid_out}; score with them {t_score:.1f} s, with the plain layout {t_unpacked:.1f} s "
+          f"({t_unpacked / t_score:.2f}x); predictions identical: {int((unpacked.argmax(1) == shared.argmax(1)).sum())}"
+          f"/{n} (max |dlogp| {np.abs(unpacked - shared).max():.2e}); generate uses them too")
     print("seconds per repeat: " + "; ".join(f"{k} " + ", ".join(f"{t:.1f}" for t in v) for k, v in times.items()))
     print(f"plain score speedup vs generate: {t_gen / t_plain:.2f}x")
     f_score, f_gen, own = needed_flops(args.model, tok, prompts, labels, outs, args.max_new_tokens)

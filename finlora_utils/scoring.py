@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .metrics import EvalError
+from .prepack import prepacked
 from .tokenization import common_prefix_len
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021's content-free inputs
@@ -143,12 +144,14 @@ def _score_batch(model, ctx: list[list[int]], conts: list[list[list[int]]], pref
 
 
 def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str], batch_size: int = 8,
-                 max_len: int | None = None, boundary: str = "train", share_prefix: bool = True) -> np.ndarray:
+                 max_len: int | None = None, boundary: str = "train", share_prefix: bool = True,
+                 prepack: bool = True) -> np.ndarray:
     """(len(prompts), len(labels)) matrix of log P(label | prompt), summed over the label's tokens.
 
     Batched, with the prompts' shared prefix (the task instruction) run once per batch and its KV
     cache expanded over the batch (share_prefix=False: plain forwards, for comparison). Results do not
-    depend on batch size beyond float rounding.
+    depend on batch size beyond float rounding. prepack: CPU linear weights laid out once for oneDNN
+    (finlora_utils.prepack; False: the plain path, for comparison).
     """
     if batch_size < 1:
         raise EvalError(f"batch_size={batch_size!r}: expected an integer >= 1")
@@ -163,7 +166,7 @@ def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str]
     # The prefix every prompt shares (the task instruction) is run once; a batch whose prompts share a
     # clearly longer prefix (NER's per-entity templates) gets its own, computed once per batch.
     shared = tuple(ctxs[0][:common_prefix_len(ctxs)]) if share_prefix and ctxs else ()
-    memo = {shared: _prefix_cache(model, list(shared), dev)} if shared else {}
+    memo = {}
 
     def prefix_kv(ctx: list[list[int]]):
         """(length, KV) of a prefix common to the whole batch, leaving each prompt >= 1 own token."""
@@ -183,9 +186,13 @@ def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str]
     was_training = model.training
     model.eval()
     try:
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            out[idx] = _score_batch(model, [split[i][0] for i in idx], [split[i][1] for i in idx], prefix_kv, pad_id)
+        with prepacked(model) if prepack else contextlib.nullcontext():
+            if shared:
+                memo[shared] = _prefix_cache(model, list(shared), dev)
+            for b in range(0, len(order), batch_size):
+                idx = order[b:b + batch_size]
+                ctx, conts = [split[i][0] for i in idx], [split[i][1] for i in idx]
+                out[idx] = _score_batch(model, ctx, conts, prefix_kv, pad_id)
     finally:
         model.train(was_training)
     return out
@@ -223,8 +230,10 @@ def parse_label(text: str, labels: Sequence[str]) -> str | None:
 
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: Sequence[str], batch_size: int = 8,
-                   max_new_tokens: int = CLS_MAX_NEW_TOKENS, max_len: int | None = None) -> list[str]:
-    """Greedy continuations with left padding and attention masks (batch-size independent)."""
+                   max_new_tokens: int = CLS_MAX_NEW_TOKENS, max_len: int | None = None,
+                   prepack: bool = True) -> list[str]:
+    """Greedy continuations with left padding and attention masks (batch-size independent); prepack as in
+    score_labels."""
     if batch_size < 1:
         raise EvalError(f"batch_size={batch_size!r}: expected an integer >= 1")
     dev = _device(model)
@@ -235,19 +244,20 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], batch_size: int = 8
     was_training = model.training
     model.eval()
     try:
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            T = max(len(enc[i]) for i in idx)
-            ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), T), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, T - len(enc[i]):] = torch.tensor(enc[i])
-                mask[r, T - len(enc[i]):] = 1
-            gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
-                                 do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-                                 pad_token_id=pad_id, use_cache=True)
-            for r, i in enumerate(idx):
-                texts[i] = tokenizer.decode(gen[r, T:], skip_special_tokens=True)
+        with prepacked(model) if prepack else contextlib.nullcontext():
+            for b in range(0, len(order), batch_size):
+                idx = order[b:b + batch_size]
+                T = max(len(enc[i]) for i in idx)
+                ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), T), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    ids[r, T - len(enc[i]):] = torch.tensor(enc[i])
+                    mask[r, T - len(enc[i]):] = 1
+                gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                     max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, temperature=None,
+                                     top_p=None, top_k=None, pad_token_id=pad_id, use_cache=True)
+                for r, i in enumerate(idx):
+                    texts[i] = tokenizer.decode(gen[r, T:], skip_special_tokens=True)
     finally:
         model.train(was_training)
     return texts
