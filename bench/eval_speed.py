@@ -107,7 +107,7 @@ def main(argv=None):
     print(f"majority baseline {m_score['majority_baseline']:.3f}; score predictions identical with/without "
           f"prefix cache: {same}/{n} (max |dlogp| {np.abs(plain - shared).max():.2e}); "
           f"generate vs score agreement: {sum(a == b for a, b in zip(gen_pred, score_pred))}/{n}")
-    with prepack.prepacked(model) as info:
+    with prepack.prepacked(model, forwards=-(-n // bs)) as info:   # as score_labels decides
         laid_out = (f"{info['layers']} linear layers' weights laid out once for oneDNN "
                     f"({info['bytes'] / 2**20:.0f} MiB)" if info["layers"] else f"weights not prepacked: {info['why']}")
     unpacked = results["unpacked"]

@@ -73,6 +73,14 @@ def split_label_tokens(tokenizer, prompt: str, labels: Sequence[str], max_len: i
 # --------------------------------------------------------------------------------------------------
 # Scoring
 
+def _layout(model, prepack: bool | None, forwards: int):
+    """The weight layout a call computes with: prepacked (True), plain (False), or prepacked when `forwards`
+    repay it (None)."""
+    if prepack is False:
+        return contextlib.nullcontext()
+    return prepacked(model, forwards=None if prepack else forwards)
+
+
 def _device(model) -> torch.device:
     return next(p.device for p in model.parameters())
 
@@ -145,13 +153,13 @@ def _score_batch(model, ctx: list[list[int]], conts: list[list[list[int]]], pref
 
 def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str], batch_size: int = 8,
                  max_len: int | None = None, boundary: str = "train", share_prefix: bool = True,
-                 prepack: bool = True) -> np.ndarray:
+                 prepack: bool | None = None) -> np.ndarray:
     """(len(prompts), len(labels)) matrix of log P(label | prompt), summed over the label's tokens.
 
     Batched, with the prompts' shared prefix (the task instruction) run once per batch and its KV
     cache expanded over the batch (share_prefix=False: plain forwards, for comparison). Results do not
     depend on batch size beyond float rounding. prepack: CPU linear weights laid out once for oneDNN
-    (finlora_utils.prepack; False: the plain path, for comparison).
+    (finlora_utils.prepack): None when the call makes enough forwards to repay it, True always, False never.
     """
     if batch_size < 1:
         raise EvalError(f"batch_size={batch_size!r}: expected an integer >= 1")
@@ -186,7 +194,8 @@ def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str]
     was_training = model.training
     model.eval()
     try:
-        with prepacked(model) if prepack else contextlib.nullcontext():
+        batches = -(-len(prompts) // batch_size)
+        with _layout(model, prepack, batches):
             if shared:
                 memo[shared] = _prefix_cache(model, list(shared), dev)
             for b in range(0, len(order), batch_size):
@@ -231,7 +240,7 @@ def parse_label(text: str, labels: Sequence[str]) -> str | None:
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: Sequence[str], batch_size: int = 8,
                    max_new_tokens: int = CLS_MAX_NEW_TOKENS, max_len: int | None = None,
-                   prepack: bool = True) -> list[str]:
+                   prepack: bool | None = None) -> list[str]:
     """Greedy continuations with left padding and attention masks (batch-size independent); prepack as in
     score_labels."""
     if batch_size < 1:
@@ -244,7 +253,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], batch_size: int = 8
     was_training = model.training
     model.eval()
     try:
-        with prepacked(model) if prepack else contextlib.nullcontext():
+        with _layout(model, prepack, -(-len(prompts) // batch_size) * max_new_tokens):
             for b in range(0, len(order), batch_size):
                 idx = order[b:b + batch_size]
                 T = max(len(enc[i]) for i in idx)

@@ -25,14 +25,14 @@ def _load(precision):
 def test_scores_and_texts_match_the_plain_path(precision):
     model, tok = _load(precision)
     plain = ev.score_labels(model, tok, PROMPTS, LABELS, 2, prepack=False)
-    packed = ev.score_labels(model, tok, PROMPTS, LABELS, 2)
+    packed = ev.score_labels(model, tok, PROMPTS, LABELS, 2, prepack=True)
     # Same oneDNN kernel family, weights only laid out differently: fp32 agrees to rounding, bf16 to its
     # 8-bit mantissa on a random model whose log-probabilities are all close together.
     np.testing.assert_allclose(packed, plain, atol=1e-4 if precision == "fp32" else 0.05)
     if precision == "fp32":
         assert (packed.argmax(1) == plain.argmax(1)).all()
-        assert ev.generate_texts(model, tok, PROMPTS, 2, 6) == ev.generate_texts(model, tok, PROMPTS, 2, 6,
-                                                                                 prepack=False)
+        assert (ev.generate_texts(model, tok, PROMPTS, 2, 6, prepack=True)
+                == ev.generate_texts(model, tok, PROMPTS, 2, 6, prepack=False))
 
 
 def test_every_plain_linear_is_laid_out_and_restored():
@@ -84,3 +84,12 @@ def test_quantized_layers_are_not_candidates():
     names = {type(m).__name__ for m in prepack.candidates(model)}
     assert "Linear4bit" not in names
     assert all(type(m) is torch.nn.Linear for m in prepack.candidates(model))
+
+
+def test_a_call_with_few_forwards_keeps_the_plain_layout():
+    model, _ = _load("fp32")
+    with prepack.prepacked(model, forwards=prepack.MIN_FORWARDS - 1) as info:
+        assert info["layers"] == 0 and "too few" in info["why"]
+        assert all("forward" not in m.__dict__ for m in prepack.candidates(model))
+    with prepack.prepacked(model, forwards=prepack.MIN_FORWARDS) as info:
+        assert info["layers"] > 0
