@@ -763,12 +763,20 @@ def measure_training_peak(fn, *args, exact: bool = True, **kwargs):
     return result, dict(_LAST_TRAINING_PEAK)
 
 
-def unseen_shapes(lengths, compute_bytes: int, rank: int, remember: bool = False) -> float:
-    """memory.plan's new_shapes: the distinct padded lengths in `lengths` whose kernels this process has not
+def _shape_key(shape) -> tuple[int, int]:
+    n, p = (shape, 0) if isinstance(shape, (int, float)) else shape
+    return int(n), int(p)
+
+
+def unseen_shapes(shapes, compute_bytes: int, rank: int, remember: bool = False) -> float:
+    """memory.plan's new_shapes: the distinct micro-batch shapes in `shapes` whose kernels this process has not
     built yet, the frozen model's (by compute width) and the adapter's (also by rank) each counting
-    CPU_ADAPTER_SHARE of a shape. remember=True records them as built (the run is about to train)."""
-    frozen = {("frozen", compute_bytes, int(n)) for n in lengths} - _TRAINED_SHAPES
-    adapter = {("adapter", compute_bytes, rank, int(n)) for n in lengths} - _TRAINED_SHAPES
+    CPU_ADAPTER_SHARE of a shape. A shape is a padded length, or (padded length, prefix tokens shared once):
+    two packed layouts of one length put different numbers of rows through every matmul (P + B x (n - P)),
+    so oneDNN builds kernels for each. remember=True records them as built (the run is about to train)."""
+    keys = {_shape_key(s) for s in shapes}
+    frozen = {("frozen", compute_bytes) + k for k in keys} - _TRAINED_SHAPES
+    adapter = {("adapter", compute_bytes, rank) + k for k in keys} - _TRAINED_SHAPES
     if remember:
         _TRAINED_SHAPES.update(frozen | adapter)
     return (1 - CPU_ADAPTER_SHARE) * len(frozen) + CPU_ADAPTER_SHARE * len(adapter)

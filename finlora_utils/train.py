@@ -180,9 +180,10 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
     prec = PRECISION.get(config.precision, PRECISION["bf16"])
     wide = memory.dtype_bytes(prec.planner_bits, device.type, **prec.planner_kwargs)["act"]
     lengths = list(lengths)
+    shapes = list(zip(lengths, prefixes or [0] * len(lengths)))   # what oneDNN builds kernels for
     last = {n: i for i, n in enumerate(lengths)}
     shared = {}   # per length the fewest prefix tokens shared once: its costliest layout
-    for n, p in zip(lengths, prefixes or [0] * len(lengths)):
+    for n, p in shapes:
         shared[n] = min(shared.get(n, p), p)
 
     def built_by(seq: int) -> float:
@@ -190,7 +191,7 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
         # peaks highest the last time it runs, with the kernels of every shape met up to then
         if device.type != "cpu":
             return 0
-        return memory.unseen_shapes(lengths[:last[seq] + 1], wide, config.lora.rank)
+        return memory.unseen_shapes(shapes[:last[seq] + 1], wide, config.lora.rank)
 
     try:
         cfg = model_config(causal_lm(model))
@@ -209,7 +210,7 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
         return None
     finally:
         if device.type == "cpu":
-            memory.unseen_shapes(lengths, wide, config.lora.rank, remember=True)   # this run is about to build them
+            memory.unseen_shapes(shapes, wide, config.lora.rank, remember=True)   # this run is about to build them
     return best
 
 

@@ -353,6 +353,10 @@ def test_unseen_shapes_remembers_what_this_process_built():
     assert memory.unseen_shapes([a, b], 2, rank + 1) == 2 * share
     assert memory.unseen_shapes([a, c], 4, rank) == 2.0              # fp32 kernels are others
     assert memory.unseen_shapes([c], 2, rank) == 1.0
+    # packed layouts: a length with another shared prefix is another shape; a padded one is prefix 0
+    assert memory.unseen_shapes([(a, 0), (a, 17), (a, 25), (a, 25)], 2, rank) == 2.0
+    assert memory.unseen_shapes([(b, 25)], 2, rank, remember=True) == 1.0
+    assert memory.unseen_shapes([(b, 25), b], 2, rank) == 0.0
 
 
 def test_breakdown_fits_and_paper_tables():
