@@ -336,6 +336,10 @@ def test_runtime_term_counts_new_batch_shapes_per_compute_width_and_rank():
     assert memory.plan(**fp32, new_shapes=1).breakdown["runtime"] == memory.plan(**fp32, new_shapes=6).breakdown["runtime"]
     assert memory.plan(**kw).breakdown["runtime"] == memory.CPU_TRAIN_RUNTIME   # no count: a typical run
     assert memory.plan(**dict(kw, device="cuda"), new_shapes=6).breakdown["runtime"] == 0
+    # a pipeline rank keeps more kernels per new shape (measured), each rank its own
+    pipe = dict(kw, gpus=2, parallel="pipeline")
+    p1, p6 = (memory.plan(**pipe, new_shapes=n).per_device[0]["breakdown"]["runtime"] for n in (1, 6))
+    assert p6 - p1 == 5 * memory.CPU_PIPELINE_SHAPE_BYTES[2] > 5 * memory.CPU_SHAPE_BYTES[2]
     # the stored shape carries the count, so a report re-asks the planner the same question
     cfg = dict(model="tiny-random-llama", precision="bf16", lora=dict(rank=8))
     shape = dict(seq_len=64, batch=4, device="cpu", new_shapes=2.5)
