@@ -1,0 +1,31 @@
+"""bench/eval_speed.py end to end on the tiny model: every mode timed, score with and without prepacked
+weights giving the same predictions, and the two lines the README quotes last."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "eval_speed.py"
+
+
+@pytest.mark.slow
+def test_bench_compares_layouts_and_prints_the_speedup_and_mfu_last():
+    # batch 1 so the 16 prompts make the 16 forwards that repay prepacking (prepack.MIN_FORWARDS)
+    cmd = [sys.executable, str(BENCH), "--model", "tiny-random-llama", "--n", "16", "--batch-size", "1",
+           "--precision", "fp32", "--max-new-tokens", "4"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    out = run.stdout
+    layout = re.search(r"(\d+) linear layers' weights laid out once for oneDNN .*; score with them [\d.]+ s, with the "
+                       r"plain layout [\d.]+ s \([\d.]+x\); predictions identical: (\d+)/(\d+)", out)
+    assert layout, out
+    assert int(layout[1]) > 0 and layout[2] == layout[3] == "16", out
+    assert re.search(r"seconds per repeat: generate [\d.]+; plain [\d.]+; shared [\d.]+; unpacked [\d.]+", out), out
+    speedup, mfu = out.strip().splitlines()[-2:]
+    assert re.fullmatch(r"score speedup vs generate: \d+\.\d\dx \(this machine allows about \d+\.\dx\)", speedup), out
+    assert re.fullmatch(r"score MFU: \d+\.\d %", mfu), mfu
