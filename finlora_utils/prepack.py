@@ -90,9 +90,9 @@ def packed_linear(weight: torch.Tensor, rows_hint: int = ROWS_HINT):
 def _forward(module: torch.nn.Linear, plain, linear):
     bias = module.bias.detach() if module.bias is not None else None
 
-    def forward(x):
-        if torch.is_grad_enabled() or x.dtype != module.weight.dtype or x.device.type != "cpu":
-            return plain(x)
+    def forward(x, *args, **kwargs):   # the extra arguments a wrapper may pass on go to the plain path
+        if args or kwargs or torch.is_grad_enabled() or x.dtype != module.weight.dtype or x.device.type != "cpu":
+            return plain(x, *args, **kwargs)
         return linear(x, bias)
 
     return forward

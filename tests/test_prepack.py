@@ -93,3 +93,19 @@ def test_a_call_with_few_forwards_keeps_the_plain_layout():
         assert all("forward" not in m.__dict__ for m in prepack.candidates(model))
     with prepack.prepacked(model, forwards=prepack.MIN_FORWARDS) as info:
         assert info["layers"] > 0
+
+
+def test_a_lora_model_scores_the_same_with_its_base_layers_prepacked():
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = _load("fp32")
+    base = ev.score_labels(model, tok, PROMPTS, LABELS, 2, prepack=False)
+    torch.manual_seed(0)   # init_lora_weights=False: B is random too, so the adapter changes every score
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    try:
+        plain = ev.score_labels(peft_model, tok, PROMPTS, LABELS, 2, prepack=False)
+        packed = ev.score_labels(peft_model, tok, PROMPTS, LABELS, 2, prepack=True)
+    finally:
+        peft_model.unload()
+    assert np.abs(plain - base).max() > 1e-3            # the adapter's path still runs beside the packed base
+    np.testing.assert_allclose(packed, plain, atol=1e-4)
