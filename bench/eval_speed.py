@@ -9,10 +9,11 @@ score is timed three times: plain (one forward per batch, last logits only), wit
 instruction prefix run once and its KV cache expanded over the batch (the default), and that again with the
 weights in their plain layout instead of laid out once for oneDNN (finlora_utils.prepack; generate and the
 default score use the prepacked layout). With --repeats the modes run interleaved and the fastest repeat
-of each counts (on a shared machine the slow repeats are other people's load). Then the FLOPs each mode needs (finlora_utils.flops: score's shared prefix once, each
-prompt's own tokens and the LM head only where a label's log-probability needs it; generate's prefill and one
-decode step per generated token up to its EOS) over this machine's measured matmul peak give the MFU, and
-the ratio the machine allows: generate's measured time over the time score's FLOPs take at the peak.
+of each counts (on a shared machine the slow repeats are other people's load). Then the FLOPs each mode
+needs (finlora_utils.flops: score's shared prefix once, each prompt's own tokens and the LM head only where
+a label's log-probability needs it; generate's prefill and one decode step per generated token up to its
+EOS) over this machine's measured matmul peak give the MFU, and the ratio the machine allows: generate's
+measured time over the time score's FLOPs take at the peak.
 Last lines: `score speedup vs generate: X.XXx (this machine allows about Z.Zx)` and `score MFU: Y %`.
 """
 from __future__ import annotations
@@ -107,9 +108,9 @@ def main(argv=None):
     print(f"majority baseline {m_score['majority_baseline']:.3f}; score predictions identical with/without "
           f"prefix cache: {same}/{n} (max |dlogp| {np.abs(plain - shared).max():.2e}); "
           f"generate vs score agreement: {sum(a == b for a, b in zip(gen_pred, score_pred))}/{n}")
-    with prepack.prepacked(model, forwards=-(-n // bs)) as info:   # as score_labels decides
-        laid_out = (f"{info['layers']} linear layers' weights laid out once for oneDNN "
-                    f"({info['bytes'] / 2**20:.0f} MiB)" if info["layers"] else f"weights not prepacked: {info['why']}")
+    info = prepack.decide(model, forwards=-(-n // bs))   # as score_labels decides
+    laid_out = (f"{info['layers']} linear layers' weights laid out once for oneDNN ({info['bytes'] / 2**20:.0f} MiB)"
+                if info["layers"] else f"weights not prepacked: {info['why']}")
     unpacked = results["unpacked"]
     print(f"{laid_out}; score with them {t_score:.1f} s, with the plain layout {t_unpacked:.1f} s "
           f"({t_unpacked / t_score:.2f}x); predictions identical: {int((unpacked.argmax(1) == shared.argmax(1)).sum())}"

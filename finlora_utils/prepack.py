@@ -98,23 +98,30 @@ def _forward(module: torch.nn.Linear, plain, linear):
     return forward
 
 
-@contextlib.contextmanager
-def prepacked(model, forwards: int | None = None, rows_hint: int = ROWS_HINT,
-              max_bytes: int | None = None) -> Iterator[dict]:
-    """Run the block with every candidate linear layer's weight prepacked; yields {'layers', 'bytes', 'why'}
-    ('layers' 0 and 'why' saying why when nothing was prepacked). `forwards`: how many forward calls the block
-    will make, when known: fewer than MIN_FORWARDS run the plain path. `max_bytes`: the most the copies may
-    take (default: half of the memory available now). Every layer is restored on exit, also after an error."""
+def decide(model, forwards: int | None = None, max_bytes: int | None = None) -> dict:
+    """What prepacked(model, forwards, max_bytes=...) would do, without doing it: {'layers', 'bytes', 'why'}
+    ('layers' 0 and 'why' saying why when it would keep the plain layout). `forwards`: how many forward calls
+    the block will make, when known: fewer than MIN_FORWARDS keep the plain layout. `max_bytes`: the most the
+    copies may take (default: half of the memory available now)."""
     mods = candidates(model)
     need = sum(m.weight.numel() * m.weight.element_size() for m in mods)
     limit = int(_available_bytes() * MEMORY_SHARE) if max_bytes is None else max_bytes
-    info = {"layers": 0, "bytes": 0, "why": ""}
+    why = ""
     if forwards is not None and forwards < MIN_FORWARDS:
-        info["why"] = f"{forwards} forward(s) are too few to repay laying the weights out (< {MIN_FORWARDS})"
+        why = f"{forwards} forward(s) are too few to repay laying the weights out (< {MIN_FORWARDS})"
     elif not mods:
-        info["why"] = "no plain fp32/bf16 linear layer on a CPU with oneDNN kernels for it"
+        why = "no plain fp32/bf16 linear layer on a CPU with oneDNN kernels for it"
     elif need > limit:
-        info["why"] = f"the prepacked copy ({need / 2**20:.0f} MiB) would exceed {limit / 2**20:.0f} MiB"
+        why = f"the prepacked copy ({need / 2**20:.0f} MiB) would exceed {limit / 2**20:.0f} MiB"
+    return {"layers": 0, "bytes": 0, "why": why} if why else {"layers": len(mods), "bytes": need, "why": ""}
+
+
+@contextlib.contextmanager
+def prepacked(model, forwards: int | None = None, rows_hint: int = ROWS_HINT,
+              max_bytes: int | None = None) -> Iterator[dict]:
+    """Run the block with every candidate linear layer's weight prepacked, as decide() decides; yields its
+    answer. Every layer is restored on exit, also after an error."""
+    info = decide(model, forwards, max_bytes)
     if info["why"]:
         log.debug("weights not prepacked: %s", info["why"])
         yield info
@@ -122,12 +129,11 @@ def prepacked(model, forwards: int | None = None, rows_hint: int = ROWS_HINT,
     patched = []   # (module, its own forward attribute before, if it had one: accelerate's hooks set one)
     try:
         with torch.no_grad():
-            for m in mods:
+            for m in candidates(model):
                 linear = packed_linear(m.weight, rows_hint)
                 patched.append((m, m.__dict__.get("forward")))
                 # An instance attribute shadows the class's forward; removing it restores the module exactly.
                 m.forward = _forward(m, m.forward, linear)
-        info.update(layers=len(patched), bytes=need)
         yield info
     finally:
         for m, before in patched:

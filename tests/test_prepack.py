@@ -93,6 +93,10 @@ def test_a_call_with_few_forwards_keeps_the_plain_layout():
         assert all("forward" not in m.__dict__ for m in prepack.candidates(model))
     with prepack.prepacked(model, forwards=prepack.MIN_FORWARDS) as info:
         assert info["layers"] > 0
+    # decide() answers the same question without laying anything out
+    assert prepack.decide(model, forwards=prepack.MIN_FORWARDS - 1)["layers"] == 0
+    assert prepack.decide(model, forwards=prepack.MIN_FORWARDS) == info
+    assert all("forward" not in m.__dict__ for m in prepack.candidates(model))
 
 
 def test_a_lora_model_scores_the_same_with_its_base_layers_prepacked():
