@@ -610,6 +610,15 @@ def vm_hwm() -> int:
     return int(m.group(1)) * 1024
 
 
+def available_bytes() -> int:
+    """Memory the OS can give this machine's processes now (MemAvailable); 0 where /proc/meminfo is unreadable."""
+    try:
+        m = re.search(r"MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+    except OSError:
+        return 0
+    return int(m.group(1)) * 1024 if m else 0
+
+
 def _vm_rss() -> int:
     m = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())
     return int(m.group(1)) * 1024

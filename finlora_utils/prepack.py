@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from .memory import available_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,6 @@ def supported(dtype: torch.dtype) -> tuple[bool, str]:
             return True, ""
         return False, "oneDNN has no bf16 kernel for this CPU"
     return False, f"{str(dtype).replace('torch.', '')} weights are not prepacked"
-
-
-def _available_bytes() -> int:
-    try:
-        meminfo = Path("/proc/meminfo").read_text()
-        return int(next(ln.split()[1] for ln in meminfo.splitlines() if ln.startswith("MemAvailable"))) * 1024
-    except (OSError, StopIteration, ValueError):
-        return 0
 
 
 def candidates(model) -> list[torch.nn.Linear]:
@@ -105,7 +98,7 @@ def decide(model, forwards: int | None = None, max_bytes: int | None = None) -> 
     copies may take (default: half of the memory available now)."""
     mods = candidates(model)
     need = sum(m.weight.numel() * m.weight.element_size() for m in mods)
-    limit = int(_available_bytes() * MEMORY_SHARE) if max_bytes is None else max_bytes
+    limit = int(available_bytes() * MEMORY_SHARE) if max_bytes is None else max_bytes
     why = ""
     if forwards is not None and forwards < MIN_FORWARDS:
         why = f"{forwards} forward(s) are too few to repay laying the weights out (< {MIN_FORWARDS})"

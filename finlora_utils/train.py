@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -131,9 +130,7 @@ def memory_budget(device: torch.device) -> int:
     """Bytes a run may use: 90 % of the GPU, or on CPU what is available now plus what we hold."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory * 0.9)
-    meminfo = Path("/proc/meminfo").read_text()
-    avail = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable"))) * 1024
-    return int((avail + memory.current_bytes()) * 0.9)
+    return int((memory.available_bytes() + memory.current_bytes()) * 0.9)
 
 
 def planned(config: TrainConfig, model, seq_len: int, batch: int, label_tokens: int, device: torch.device,
