@@ -80,6 +80,19 @@ def packed_linear(weight: torch.Tensor, rows_hint: int = ROWS_HINT):
     return linear
 
 
+def dense_linear(weight: torch.Tensor):
+    """x -> x @ weight.T by oneDNN's linear kernel with `weight` as it is (any strides, no layout of its own):
+    what the kit's kernels are compared against where torch's own matmul goes to another library (MKL)."""
+    _, linear_op = _ops()
+    w = weight.detach()
+
+    def linear(x):
+        y = linear_op(x.reshape(-1, x.shape[-1]), w, None, "none", [], "")
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    return linear
+
+
 def _forward(module: torch.nn.Linear, plain, linear):
     bias = module.bias.detach() if module.bias is not None else None
 

@@ -113,3 +113,18 @@ def test_a_lora_model_scores_the_same_with_its_base_layers_prepacked():
         peft_model.unload()
     assert np.abs(plain - base).max() > 1e-3            # the adapter's path still runs beside the packed base
     np.testing.assert_allclose(packed, plain, atol=1e-4)
+
+
+def test_dense_and_packed_kernels_compute_x_times_w_transposed():
+    ok, why = prepack.supported(torch.float32)
+    if not ok:
+        pytest.skip(why)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 5, 24, generator=g), torch.randn(40, 24, generator=g)
+    want = torch.nn.functional.linear(x, w)
+    for f in (prepack.dense_linear(w), prepack.packed_linear(w, rows_hint=15)):
+        got = f(x)
+        assert got.shape == (3, 5, 40)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(7, 40, generator=g)   # the input gradient g @ W, by oneDNN on W.T as it is (strided)
+    torch.testing.assert_close(prepack.dense_linear(w.t())(grad), grad @ w, rtol=1e-5, atol=1e-5)

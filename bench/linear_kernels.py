@@ -1,0 +1,136 @@
+"""Which kernel runs this machine's linear layers fastest: torch's own matmul, oneDNN with the weight as it is,
+or oneDNN with the weight laid out once (finlora_utils.prepack), at the model's projection shapes.
+
+    .venv/bin/python bench/linear_kernels.py                       # embedded model, 288 rows, fp32 and (where native) bf16
+    .venv/bin/python bench/linear_kernels.py --dtypes fp32 --rows 512
+
+Why: inference in the kit uses the prepacked kernel (finlora_utils.prepack); training calls torch's F.linear
+and, for a frozen weight's input gradient, grad @ W. In fp32 torch's CPU matmul is MKL, in bf16 oneDNN, so on
+a CPU where oneDNN's fp32 kernels beat MKL's, a training step could route its fp32 matmuls through oneDNN.
+This bench answers whether that would pay here, per shape: forward (x @ W.T, each kernel) and input gradient
+(g @ W: torch vs oneDNN on W.T as it is). Each timing cycles through --weights different weights, as a forward
+does, so no weight stays in cache; the best of --repeats blocks counts (a shared machine's slow blocks are
+someone else's load). Last lines, one per dtype:
+`onednn vs torch, <dtype>: forward X.XXx (prepacked Y.YYx), input gradient Z.ZZx` (geometric means over shapes).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from finlora_utils import flops, hardware, prepack, results  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def best_rate(calls, flop_per_call: float, min_time_s: float, repeats: int) -> float:
+    """Best FLOP/s over `repeats` blocks of >= min_time_s, each block cycling through `calls`."""
+    for c in calls:   # warm-up: kernel selection, page faults
+        c()
+    n, best = 1, 0.0
+    for _ in range(repeats):
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                for c in calls:
+                    c()
+            dt = time.perf_counter() - t0
+            if dt >= min_time_s:
+                break
+            n *= 2
+        best = max(best, flop_per_call * len(calls) * n / dt)
+    return best
+
+
+def measure(shape: tuple[int, int, int], dtype, weights: int, min_time_s: float, repeats: int) -> dict:
+    m, k, n = shape
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(m, k, generator=g).to(dtype) for _ in range(weights)]
+    gs = [torch.randn(m, n, generator=g).to(dtype) for _ in range(weights)]
+    ws = [torch.randn(n, k, generator=g).to(dtype) for _ in range(weights)]
+    fl = 2.0 * m * k * n
+    rate = {}
+    with torch.no_grad():
+        rate["torch"] = best_rate([lambda x=x, w=w: torch.nn.functional.linear(x, w) for x, w in zip(xs, ws)],
+                                  fl, min_time_s, repeats)
+        dense = [prepack.dense_linear(w) for w in ws]
+        rate["onednn"] = best_rate([lambda x=x, f=f: f(x) for x, f in zip(xs, dense)], fl, min_time_s, repeats)
+        packed = [prepack.packed_linear(w, rows_hint=m) for w in ws]
+        rate["prepacked"] = best_rate([lambda x=x, f=f: f(x) for x, f in zip(xs, packed)], fl, min_time_s, repeats)
+        rate["grad torch"] = best_rate([lambda g=g_, w=w: g @ w for g_, w in zip(gs, ws)], fl, min_time_s, repeats)
+        transposed = [prepack.dense_linear(w.t()) for w in ws]
+        rate["grad onednn"] = best_rate([lambda g=g_, f=f: f(g) for g_, f in zip(gs, transposed)], fl, min_time_s,
+                                        repeats)
+    return rate
+
+
+def geomean(xs) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="embedded", help="whose projection shapes (a name models.load_model knows)")
+    p.add_argument("--rows", type=int, default=288, help="rows per matmul (tokens of a batch; 288 = FPB batch 8)")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated of fp32,bf16; bf16 only where native")
+    p.add_argument("--weights", type=int, default=30, help="different weights cycled per timing (as in a forward)")
+    p.add_argument("--min-time", type=float, default=0.3, help="seconds per timed block")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    a = p.parse_args(argv)
+    names = [d.strip() for d in a.dtypes.split(",") if d.strip()]
+    bad = [d for d in names if d not in DTYPES]
+    if bad or not names:
+        p.error(f"--dtypes={a.dtypes!r}: expected a comma-separated list of {', '.join(DTYPES)}")
+    for flag in ("rows", "weights", "repeats"):
+        if getattr(a, flag) < 1:
+            p.error(f"--{flag}={getattr(a, flag)}: expected an integer >= 1")
+    if a.min_time <= 0:
+        p.error(f"--min-time={a.min_time}: expected seconds > 0")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    ok, why = prepack.supported(torch.float32)
+    if not ok:
+        p.error(f"oneDNN kernels unavailable: {why}")
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if hardware.cpu_flag(f)]
+    print(f"machine: {results.environment()['hardware']['cpu']} ({', '.join(isa) or 'no AVX2'}); "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    shapes = flops.projection_shapes(a.model, a.rows)
+    summary = []
+    for name in names:
+        dtype = DTYPES[name]
+        ok, why = prepack.supported(dtype)
+        if not ok:
+            print(f"{name}: skipped ({why})")
+            continue
+        print(f"\n{name}, GFLOP/s    {'torch':>8s} {'onednn':>8s} {'prepacked':>9s} | "
+              f"{'grad torch':>10s} {'grad onednn':>11s}")
+        ratios = {"forward": [], "prepacked": [], "grad": []}
+        for label, shape in shapes.items():
+            r = measure(shape, dtype, a.weights, a.min_time, a.repeats)
+            print(f"{label:10s} {'x'.join(map(str, shape)):>12s} {r['torch'] / 1e9:8.1f} {r['onednn'] / 1e9:8.1f} "
+                  f"{r['prepacked'] / 1e9:9.1f} | {r['grad torch'] / 1e9:10.1f} {r['grad onednn'] / 1e9:11.1f}")
+            ratios["forward"].append(r["onednn"] / r["torch"])
+            ratios["prepacked"].append(r["prepacked"] / r["torch"])
+            ratios["grad"].append(r["grad onednn"] / r["grad torch"])
+        summary.append(f"onednn vs torch, {name}: forward {geomean(ratios['forward']):.2f}x "
+                       f"(prepacked {geomean(ratios['prepacked']):.2f}x), input gradient {geomean(ratios['grad']):.2f}x")
+    if not summary:
+        print("no dtype could be measured on this machine", file=sys.stderr)
+        return 1
+    print()
+    print("\n".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
