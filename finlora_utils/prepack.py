@@ -81,8 +81,8 @@ def packed_linear(weight: torch.Tensor, rows_hint: int = ROWS_HINT):
 
 
 def dense_linear(weight: torch.Tensor):
-    """x -> x @ weight.T by oneDNN's linear kernel with `weight` as it is (any strides, no layout of its own):
-    what the kit's kernels are compared against where torch's own matmul goes to another library (MKL)."""
+    """x -> x @ weight.T by oneDNN's linear kernel on `weight` as it is (any strides, not laid out), to compare
+    oneDNN with torch's own matmul, which in fp32 on CPU is MKL (bench/linear_kernels.py)."""
     _, linear_op = _ops()
     w = weight.detach()
 

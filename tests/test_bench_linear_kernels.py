@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from finlora_utils import prepack
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "linear_kernels.py"
 
@@ -23,7 +25,7 @@ def test_bench_times_each_kernel_per_shape_and_ends_with_the_ratios():
     lines = run.stdout.strip().splitlines()
     assert lines[0].startswith("machine: ") and "torch CPU capability" in lines[0]
     rows = [ln for ln in lines if re.match(r"\w+_proj\s+\d+x\d+x\d+ ", ln)]
-    measured = ["fp32"] + (["bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
+    measured = ["fp32"] + (["bf16"] if prepack.supported(torch.bfloat16)[0] else [])
     assert len(rows) == 4 * len(measured), run.stdout        # q, k, gate, down per dtype
     for ln in rows:
         rates = [float(x) for x in ln.replace("|", " ").split()[2:]]
