@@ -1,7 +1,7 @@
 """Which kernel runs this machine's linear layers fastest: torch's own matmul, oneDNN with the weight as it is,
 or oneDNN with the weight laid out once (finlora_utils.prepack), at the model's projection shapes.
 
-    .venv/bin/python bench/linear_kernels.py                       # embedded model, 288 rows, fp32 and (where native) bf16
+    .venv/bin/python bench/linear_kernels.py     # embedded model, 288 rows, fp32 and (where native) bf16
     .venv/bin/python bench/linear_kernels.py --dtypes fp32 --rows 512
 
 Why: inference in the kit uses the prepacked kernel (finlora_utils.prepack); training calls torch's F.linear
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,23 +30,9 @@ from finlora_utils import flops, hardware, prepack, results  # noqa: E402
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def best_rate(calls, flop_per_call: float, min_time_s: float, repeats: int) -> float:
-    """Best FLOP/s over `repeats` blocks of >= min_time_s, each block cycling through `calls`."""
-    for c in calls:   # warm-up: kernel selection, page faults
-        c()
-    n, best = 1, 0.0
-    for _ in range(repeats):
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                for c in calls:
-                    c()
-            dt = time.perf_counter() - t0
-            if dt >= min_time_s:
-                break
-            n *= 2
-        best = max(best, flop_per_call * len(calls) * n / dt)
-    return best
+def rate(calls, flop_per_call: float, min_time_s: float, repeats: int) -> float:
+    """Best FLOP/s of one pass through `calls` (each a different weight), timed by flops.best_rate."""
+    return flops.best_rate(lambda: [c() for c in calls], flop_per_call * len(calls), min_time_s, repeats)
 
 
 def measure(shape: tuple[int, int, int], dtype, weights: int, min_time_s: float, repeats: int) -> dict:
@@ -57,19 +42,19 @@ def measure(shape: tuple[int, int, int], dtype, weights: int, min_time_s: float,
     gs = [torch.randn(m, n, generator=g).to(dtype) for _ in range(weights)]
     ws = [torch.randn(n, k, generator=g).to(dtype) for _ in range(weights)]
     fl = 2.0 * m * k * n
-    rate = {}
+    out = {}
     with torch.no_grad():
-        rate["torch"] = best_rate([lambda x=x, w=w: torch.nn.functional.linear(x, w) for x, w in zip(xs, ws)],
-                                  fl, min_time_s, repeats)
+        out["torch"] = rate([lambda x=x, w=w: torch.nn.functional.linear(x, w) for x, w in zip(xs, ws)], fl,
+                            min_time_s, repeats)
         dense = [prepack.dense_linear(w) for w in ws]
-        rate["onednn"] = best_rate([lambda x=x, f=f: f(x) for x, f in zip(xs, dense)], fl, min_time_s, repeats)
+        out["onednn"] = rate([lambda x=x, f=f: f(x) for x, f in zip(xs, dense)], fl, min_time_s, repeats)
         packed = [prepack.packed_linear(w, rows_hint=m) for w in ws]
-        rate["prepacked"] = best_rate([lambda x=x, f=f: f(x) for x, f in zip(xs, packed)], fl, min_time_s, repeats)
-        rate["grad torch"] = best_rate([lambda g=g_, w=w: g @ w for g_, w in zip(gs, ws)], fl, min_time_s, repeats)
+        out["prepacked"] = rate([lambda x=x, f=f: f(x) for x, f in zip(xs, packed)], fl, min_time_s, repeats)
+        out["grad torch"] = rate([lambda g=g_, w=w: g @ w for g_, w in zip(gs, ws)], fl, min_time_s, repeats)
         transposed = [prepack.dense_linear(w.t()) for w in ws]
-        rate["grad onednn"] = best_rate([lambda g=g_, f=f: f(g) for g_, f in zip(gs, transposed)], fl, min_time_s,
-                                        repeats)
-    return rate
+        out["grad onednn"] = rate([lambda g=g_, f=f: f(g) for g_, f in zip(gs, transposed)], fl, min_time_s,
+                                  repeats)
+    return out
 
 
 def geomean(xs) -> float:
@@ -122,8 +107,9 @@ def main(argv=None) -> int:
             ratios["forward"].append(r["onednn"] / r["torch"])
             ratios["prepacked"].append(r["prepacked"] / r["torch"])
             ratios["grad"].append(r["grad onednn"] / r["grad torch"])
-        summary.append(f"onednn vs torch, {name}: forward {geomean(ratios['forward']):.2f}x "
-                       f"(prepacked {geomean(ratios['prepacked']):.2f}x), input gradient {geomean(ratios['grad']):.2f}x")
+        g = {k: geomean(v) for k, v in ratios.items()}
+        summary.append(f"onednn vs torch, {name}: forward {g['forward']:.2f}x (prepacked {g['prepacked']:.2f}x), "
+                       f"input gradient {g['grad']:.2f}x")
     if not summary:
         print("no dtype could be measured on this machine", file=sys.stderr)
         return 1

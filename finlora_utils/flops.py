@@ -195,6 +195,27 @@ def compute_dtype(precision: str = "auto"):
     return default_compute_dtype()
 
 
+def best_rate(fn, flop_per_call: float, min_time_s: float = 0.3, repeats: int = 3, sync=None) -> float:
+    """Best FLOP/s of `fn` over `repeats` timed blocks of >= min_time_s each, after one warm-up call (kernel
+    selection, page faults); the best block counts, since on a shared machine the slow ones are someone
+    else's load. `sync` (e.g. torch.cuda.synchronize) ends each block."""
+    sync = sync or (lambda: None)
+    fn(), sync()
+    calls, best = 1, 0.0
+    for _ in range(repeats):
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync()
+            dt = time.perf_counter() - t0
+            if dt >= min_time_s:
+                break
+            calls *= 2
+        best = max(best, flop_per_call * calls / dt)
+    return best
+
+
 def matmul_rate(m: int, k: int, n: int, dtype=None, threads: int | None = None, min_time_s: float = 0.3,
                 repeats: int = 3, device: str = "cpu") -> float:
     """Best FLOP/s of (m x k) @ (k x n) over `repeats` timed blocks of >= min_time_s each (the best block: on a
@@ -219,22 +240,7 @@ def matmul_rate(m: int, k: int, n: int, dtype=None, threads: int | None = None, 
             # is often faster, and the peak is the best this machine does, whichever kernel does it.
             linear = packed_linear(b.t().contiguous(), rows_hint=m)
             kernels.append(lambda: linear(a))
-        best = 0.0
-        for kernel in kernels:
-            kernel(), sync()   # warm-up: kernel selection, page faults
-            calls = 1
-            for _ in range(repeats):
-                while True:
-                    t0 = time.perf_counter()
-                    for _ in range(calls):
-                        kernel()
-                    sync()
-                    dt = time.perf_counter() - t0
-                    if dt >= min_time_s:
-                        break
-                    calls *= 2
-                best = max(best, 2.0 * m * k * n * calls / dt)
-        return best
+        return max(best_rate(kernel, 2.0 * m * k * n, min_time_s, repeats, sync) for kernel in kernels)
     finally:
         torch.set_num_threads(old)
 
