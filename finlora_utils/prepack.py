@@ -67,30 +67,28 @@ def candidates(model) -> list[torch.nn.Linear]:
     return out
 
 
-def packed_linear(weight: torch.Tensor, rows_hint: int = ROWS_HINT):
-    """A function x -> x @ weight.T (no bias, no gradients) with `weight` ([out, in], CPU fp32/bf16) laid out
-    once for oneDNN; x may have any leading dimensions."""
-    reorder, linear_op = _ops()
-    packed = reorder(weight.detach(), rows_hint)
+def _onednn_linear(weight: torch.Tensor):
+    """x (any leading dimensions), bias=None -> x @ weight.T + bias by oneDNN's linear kernel on `weight`."""
+    _, linear_op = _ops()
 
     def linear(x, bias=None):
-        y = linear_op(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
+        y = linear_op(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     return linear
+
+
+def packed_linear(weight: torch.Tensor, rows_hint: int = ROWS_HINT):
+    """A function x -> x @ weight.T (no gradients) with `weight` ([out, in], CPU fp32/bf16) laid out once for
+    oneDNN; x may have any leading dimensions, and a bias may be passed."""
+    reorder, _ = _ops()
+    return _onednn_linear(reorder(weight.detach(), rows_hint))
 
 
 def dense_linear(weight: torch.Tensor):
-    """x -> x @ weight.T by oneDNN's linear kernel on `weight` as it is (any strides, not laid out), to compare
-    oneDNN with torch's own matmul, which in fp32 on CPU is MKL (bench/linear_kernels.py)."""
-    _, linear_op = _ops()
-    w = weight.detach()
-
-    def linear(x):
-        y = linear_op(x.reshape(-1, x.shape[-1]), w, None, "none", [], "")
-        return y.reshape(*x.shape[:-1], y.shape[-1])
-
-    return linear
+    """The same oneDNN kernel on `weight` as it is (any strides, not laid out), to compare oneDNN with torch's
+    own matmul, which in fp32 on CPU is MKL (bench/linear_kernels.py)."""
+    return _onednn_linear(weight.detach())
 
 
 def _forward(module: torch.nn.Linear, plain, linear):
