@@ -310,9 +310,10 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
 
     from . import data
     from .config import resolve_precision
-    from .results import read_result, update_result
+    from .results import made_now, read_result, update_result
 
     precision = resolve_precision(precision) if precision else None
+    made = made_now()   # read before any file is written
     groups: dict[tuple, list] = {}
     for p in result_paths:
         r = read_result(p, require=("run_id", "run_info.config.model", "run_info.config.precision",
@@ -338,7 +339,7 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
             info = {}
             for task in _run_tasks(r, tasks, trained_only):
                 info[task] = evaluate_modes(model, tok, task, modes, **kw)
-                info[task].update(model=model_name, precision=prec, adapter=name)
+                info[task].update(model=model_name, precision=prec, adapter=name, evaluated=made)
             update_result(path, eval_info=info)
             out[name] = info
         del model, base

@@ -174,6 +174,13 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def made_now(commit: str | None = None) -> dict:
+    """When, at which commit and on what a section added to an existing results file was made: an evaluation
+    merged into a trained run's file may come days later, from other code on another machine, and the file's
+    run_info / meta_info describe the training. commit: one read before any file was written (default: now)."""
+    return {"at": now_iso(), "git_commit": commit or git_commit(), "environment": environment()}
+
+
 def new_result(run_id: str, config: dict, seed: int, preset: str | None = None,
                data_source: str | None = None, base_model: dict | None = None) -> dict:
     """A fresh results document. base_model: the base weights' provenance (models.base_provenance), kept in
@@ -225,13 +232,16 @@ def write_base_eval(path: str | Path, run_id: str, config: dict, seed: int, task
 
 def write_bench(path: str | Path, name: str, config: dict, sections: dict[str, Any] | None = None, *,
                 seed: int = 0, data_source: str | None = None, base_model: dict | None = None,
-                eval_info: dict | None = None, portable: bool = False) -> dict:
+                eval_info: dict | None = None, data_files: dict | None = None, portable: bool = False) -> dict:
     """A bench's file: the common run_info / meta_info, then the bench's own top-level sections (rows, checks,
-    ...) after them. portable: every path under the checkout made relative, for files that get committed."""
+    ...) after them. data_files: what it read (by sha256), in run_info as a trained run keeps it. portable:
+    every path under the checkout made relative, for files that get committed."""
     clash = sorted(set(sections or {}) & set(RESERVED))
     if clash:
         raise ValueError(f"sections: {', '.join(clash)} belong to the results schema; pass eval_info= or rename")
     doc = new_result(name, config, seed, data_source=data_source, base_model=base_model)
+    if data_files is not None:
+        doc["run_info"]["data_files"] = data_files
     if eval_info is not None:
         doc["eval_info"] = eval_info
     doc.update(sections or {})

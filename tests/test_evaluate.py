@@ -387,6 +387,10 @@ def test_adapters_switched_on_one_base_and_eval_info_written(tmp_path, tiny, mon
         assert e["modes"]["score"]["predictions"] == [SENT[j] for j in ref.argmax(1)]
         assert e["mode"] == "score" and e["adapter"] == r["run_id"] and 0 <= e["generate_score_agreement"] <= 1
         assert r["train_info"]["wall_s"] == 1.0  # merged, not replaced
+        # the evaluation says when, at which commit and on what it ran: run_info and meta_info describe the training
+        made = e["evaluated"]
+        assert made["git_commit"] == results.git_commit() and made["at"] >= r["run_info"]["created"]
+        assert made["environment"]["hardware"]["cpu"] and made["environment"]["packages"]["torch"]
     assert set(out) == {results.read_result(p0)["run_id"], results.read_result(p1)["run_id"]}
     assert not np.allclose(ref0, ref1)
 
