@@ -159,6 +159,7 @@ def _keep_epoch(src: Path, keep: Path, epoch: int, curve: list, cfg, scorer, val
 def main(argv=None) -> int:
     a = _args(argv)
     from finlora_utils import data, models, results
+    from finlora_utils.data.hashes import file_hashes
 
     val, test = data.load_task("fpb", "validation", allow_sample=False), data.load_task("fpb", "test", allow_sample=False)
     n_fit = len(data.load_task("fpb", "fit", allow_sample=False))
@@ -199,7 +200,8 @@ def main(argv=None) -> int:
     best = max(rows, key=lambda r: r["val_accuracy"])   # chosen on validation only
     path = Path(a.out).with_suffix(".json")
     results.write_bench(path, "fpb_accuracy", dict(vars(a)), seed=a.seed, data_source="real",
-                        base_model=models.base_provenance("embedded"),
+                        base_model=models.base_provenance(a.model),
+                        data_files={split: file_hashes(["fpb"], split) for split in ("train", "test")},
                         eval_info=dict(candidates=cands, selected=rows, headline=best, majority_baseline=base_rate,
                                        fit_examples=n_fit, validation_examples=len(val), test_examples=len(test)))
     print(f"results: {path}")

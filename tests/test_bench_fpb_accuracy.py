@@ -23,7 +23,11 @@ def test_every_epoch_is_scored_with_its_own_adapter(tmp_path, real_data_dir):
                          env={**__import__("os").environ, "FINLORA_DATA_DIR": str(real_data_dir)})
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1].startswith("fpb accuracy: 0.")
-    (cand,) = json.loads(out.with_suffix(".json").read_text())["eval_info"]["candidates"]
+    doc = json.loads(out.with_suffix(".json").read_text())
+    (cand,) = doc["eval_info"]["candidates"]
+    assert doc["meta_info"]["base_model"]["name"] == "tiny-random-llama"   # the model it ran, not the default
+    files = doc["run_info"]["data_files"]
+    assert set(files) == {"train", "test"} and all(len(h) == 64 for split in files.values() for h in split.values())
     assert [e["epoch"] for e in cand["curve"]] == [1, 2]
     digest = {e["epoch"]: hashlib.sha256(Path(e["adapter"]).read_bytes()).hexdigest() for e in cand["curve"]}
     assert digest[1] != digest[2], "epoch 2 was scored with epoch 1's weights"
