@@ -100,7 +100,7 @@ def process_baseline() -> int:
 
 
 def random_model(name: str) -> Path:
-    """A random-weights model of a shipped config's shape (bf16 safetensors, one shard per layer, the embedded
+    """A seeded random-weights model of a shipped config's shape (bf16 safetensors, one shard per layer, the embedded
     model's tokenizer), written once to the cache: memory measurements only."""
     import json
 
@@ -113,10 +113,12 @@ def random_model(name: str) -> Path:
     from finlora_utils.models import embedded_model_dir
     from finlora_utils.paths import cache_dir
 
-    target = cache_dir() / "models" / f"random-{name}"
+    # seeded, so every rerun trains the same weights (the name differs from the unseeded copies of before)
+    target = cache_dir() / "models" / f"random-{name}-sharded-s0"
     if (target / "model.safetensors.index.json").exists():
         return target
     cfg_dict = {k: v for k, v in model_config(name).items() if not k.startswith("_")}
+    target.parent.mkdir(parents=True, exist_ok=True)   # a fresh cache has no models/ folder yet
     tmp = Path(tempfile.mkdtemp(prefix=f".random-{name}-", dir=target.parent))
     (tmp / "config.json").write_text(json.dumps(dict(cfg_dict, torch_dtype="bfloat16"), indent=2))
     AutoTokenizer.from_pretrained(embedded_model_dir()).save_pretrained(tmp)
@@ -126,9 +128,10 @@ def random_model(name: str) -> Path:
     for pname, p in skeleton.named_parameters():   # a tied head is stored once, as the checkpoint does
         layer = pname.split(".")[2] if pname.startswith("model.layers.") else "rest"
         groups.setdefault(f"model-{layer}.safetensors", []).append((pname, p.shape))
-    weight_map = {}
+    weight_map, gen = {}, torch.Generator().manual_seed(0)
     for file, params in groups.items():   # one shard in memory at a time
-        tensors = {n: (torch.ones(shape) if n.endswith("norm.weight") else torch.randn(shape) * 0.02).to(torch.bfloat16)
+        tensors = {n: (torch.ones(shape) if n.endswith("norm.weight") else torch.randn(shape, generator=gen) * 0.02
+                       ).to(torch.bfloat16)
                    for n, shape in params}
         save_file(tensors, str(tmp / file), metadata={"format": "pt"})
         weight_map.update({n: file for n in tensors})

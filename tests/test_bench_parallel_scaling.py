@@ -27,3 +27,24 @@ def test_bench_prints_every_row_and_the_pipeline_lines():
     last = out.strip().splitlines()[-2:]
     assert re.fullmatch(r"pipeline efficiency: \d+\.\d\d", last[0]), last
     assert re.fullmatch(r"pipeline x2 per-rank peak / single peak: \d+\.\d\d", last[1]), last
+
+
+def test_random_model_is_seeded_and_starts_from_an_empty_cache(tmp_path, monkeypatch):
+    """`--model random:<config>` writes its weights once per cache: the same bytes in every fresh cache (it once
+    drew them unseeded), and a cache without a models/ folder yet is fine (mkdtemp once failed there)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import parallel_scaling
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from finlora_utils import models
+
+    tokenizer = models.embedded_model_dir()   # the random model borrows the embedded tokenizer: link it, not convert again
+    shards = []
+    for cache in (tmp_path / "a", tmp_path / "b"):
+        monkeypatch.setenv("FINLORA_CACHE_DIR", str(cache))
+        assert not (cache / "models").exists()
+        monkeypatch.setattr(models, "embedded_model_dir", lambda: tokenizer)
+        path = parallel_scaling.random_model("tiny-random-llama")
+        shards.append({p.name: p.read_bytes() for p in sorted(path.glob("*.safetensors"))})
+    assert shards[0] and shards[0] == shards[1]
