@@ -21,6 +21,7 @@ from . import results
 from .config import ConfigError, TrainConfig
 
 CKPT_DIR = "checkpoints"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"   # what save_pretrained writes and the only adapter weights loaded
 KEEP_CHECKPOINTS = 2   # the newest and the one before: a damaged newest one falls back to its predecessor
 # Config fields that change nothing in the trained adapter: a resume or a finished run may differ in them.
 COSMETIC = ("save_every", "log_every", "output_dir", "nproc", "parallel", "cpu_memory", "pipeline_split")
@@ -191,6 +192,24 @@ def finished_result(config: TrainConfig, results_path: Path, run_dir: Path) -> d
                           f"of {config.run_id()} with {diff[0]}={res['run_info']['config'].get(diff[0])!r}; "
                           "expected force=True to retrain, or a variant_tag for a new run id")
     return res
+
+
+class AdapterError(ValueError):
+    """An adapter folder the kit will not load; the message names the folder and what it expects."""
+
+
+def safetensors_adapter(folder: str | os.PathLike) -> str:
+    """`folder`, as peft's from_pretrained / load_adapter take it, once it holds adapter_config.json and
+    ADAPTER_WEIGHTS. Without the safetensors file peft would read adapter_model.bin, a pickle (torch.load);
+    the kit never unpickles, so such a folder is refused here, saying what to do instead."""
+    folder = Path(folder)
+    for name in ("adapter_config.json", ADAPTER_WEIGHTS):
+        if not (folder / name).is_file():
+            hint = ("; it holds adapter_model.bin (a pickle), which the kit does not load: resave the adapter with "
+                    "save_pretrained(..., safe_serialization=True)") if (folder / "adapter_model.bin").exists() else ""
+            raise AdapterError(f"{folder}: no {name}; expected an adapter folder as peft's save_pretrained writes "
+                               f"it (adapter_config.json + {ADAPTER_WEIGHTS}){hint}")
+    return str(folder)
 
 
 def save_adapter(peft_model, adapter_dir: Path, card: str) -> int:

@@ -309,6 +309,7 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
     from peft import PeftModel
 
     from . import data
+    from .artifacts import safetensors_adapter
     from .config import resolve_precision
     from .results import made_now, read_result, update_result
 
@@ -321,6 +322,7 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
         if not _adapter_dir(p, r).is_dir():
             raise EvalError(f"{p}: train_info.adapter_path {r['train_info']['adapter_path']}: no such folder; "
                             "expected the adapter saved by training (restore it, or retrain the run)")
+        safetensors_adapter(_adapter_dir(p, r))   # every adapter checked before any base model loads
         cfg = r["run_info"]["config"]
         data.register_config(cfg)   # a run on own data: its task comes back from the files it names
         groups.setdefault((cfg["model"], precision or cfg["precision"]), []).append((Path(p), r))

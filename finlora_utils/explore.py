@@ -419,6 +419,7 @@ class Predictor:
     def _load(self) -> list:
         from peft import PeftModel
 
+        from .artifacts import safetensors_adapter
         from .config import resolve_precision
         from .evaluate import run_adapter_dir
         from .models import contiguous_head, fix_bnb_cpu, load_model
@@ -439,7 +440,7 @@ class Predictor:
             contiguous_head(base)
             peft = None
             for r in runs:
-                name, adir = r["run_id"], r["_adapter_dir"]
+                name, adir = r["run_id"], safetensors_adapter(r["_adapter_dir"])
                 if peft is None:
                     peft = PeftModel.from_pretrained(base, adir, adapter_name=name, is_trainable=False)
                 else:

@@ -27,6 +27,8 @@ from functools import lru_cache
 from hashlib import sha256
 from pathlib import Path
 
+from .errors import cli_entry
+
 TYPES = ("f32", "f16", "q8_0", "q4_0")
 SUPPORTED = ("llama", "mistral")
 # llama.cpp's check text for the BPE pre-tokenizer, and the names of a few hashes of its tokenization
@@ -222,6 +224,7 @@ def export_gguf(model: str | Path, out: str | Path, qtype: str = "f16", overwrit
             "tokenizer_pre": pre, "tied_head": tied}
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m finlora_utils export", description="Export a model for other runtimes.")
     sub = ap.add_subparsers(dest="format", required=True, metavar="FORMAT")
@@ -232,13 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--type", default="f16", choices=TYPES, help="tensor type of the 2-D weights (default f16)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = ap.parse_args(argv)
-    from .models import ModelLoadError
-
-    try:
-        info = export_gguf(args.model, args.out, args.type, overwrite=args.overwrite)
-    except (ExportError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    info = export_gguf(args.model, args.out, args.type, overwrite=args.overwrite)
     types = ", ".join(f"{k} x{v}" for k, v in info["tensor_types"].items())
     print(f"wrote {info['path']} ({info['bytes'] / 2**20:.1f} MiB; tensors {types}; pre-tokenizer {info['tokenizer_pre']})")
     return 0

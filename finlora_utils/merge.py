@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .errors import cli_entry
+
 DTYPES = ("fp32", "bf16", "fp16")
 PROBE = ("Instruction: What is the sentiment of this news? Please choose an answer from "
          "{negative/neutral/positive}.\nInput: Operating profit rose to EUR 13.1 mn from EUR 8.7 mn.\nAnswer: ")
@@ -97,14 +99,14 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     from transformers import AutoModelForCausalLM
 
     from . import results
+    from .artifacts import safetensors_adapter
     from .models import load_tokenizer, resolve_model_path
 
     adapter, out = Path(adapter), Path(out)
     if dtype not in DTYPES:
         raise MergeError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     acfg = _adapter_config(adapter)
-    if not (adapter / "adapter_model.safetensors").is_file():
-        raise MergeError(f"adapter={str(adapter)!r}: no adapter_model.safetensors (only safetensors adapters load)")
+    safetensors_adapter(adapter)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise MergeError(f"out={str(out)!r} exists and is not empty; pass --overwrite to replace it")
     base = base or adapter_base(adapter)
@@ -193,6 +195,7 @@ All of this is in `finlora_merge.json`.
     return card
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m finlora_utils merge",
                                  description="Merge a LoRA adapter into its unquantized base model (safetensors + tokenizer + model card).")
@@ -204,16 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="max |logit diff| to base + adapter on the probe prompt (default 1e-3 for fp32, 0.25 otherwise)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
     args = ap.parse_args(argv)
-    from .config import ConfigError
-    from .models import ModelLoadError
-
     tol = args.tolerance if args.tolerance is not None else (1e-3 if args.dtype == "fp32" else 0.25)
-    try:
-        rec = merge_adapter(args.adapter, args.out, base=args.base, dtype=args.dtype, overwrite=args.overwrite,
-                            tolerance=tol)
-    except (MergeError, ConfigError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rec = merge_adapter(args.adapter, args.out, base=args.base, dtype=args.dtype, overwrite=args.overwrite,
+                        tolerance=tol)
     print(f"merged {args.adapter} into {rec['base_model']['name']} -> {args.out} ({args.dtype}; probe logits "
           f"within {rec['check']['probe_max_abs_logit_diff']:.2e} of base + adapter)")
     return 0

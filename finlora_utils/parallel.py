@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_model_path(config.model)   # a missing model folder fails here, not once per rank under torchrun
         result = launch(config, timeout_s=ns.timeout, nnodes=ns.nnodes, rdzv_endpoint=ns.rdzv_endpoint,
                         rdzv_id=ns.rdzv_id, preset=ns.preset, results_dir=ns.results_dir, force=ns.force)
-    except (ConfigError, ParallelRunError) as e:
+    except ParallelRunError as e:   # the run itself failed (exit 1); a user's mistake leaves through cli_entry (2)
         print(f"error: {e}", file=sys.stderr)
         return 1
     if result:

@@ -121,6 +121,10 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
         if model:
             raise ConfigError(f"model={model!r}: only with an adapter or a run; {source} is itself the model")
         model = str(source)
+    if adapter is not None:
+        from .artifacts import safetensors_adapter
+
+        safetensors_adapter(adapter)   # before the base model loads: a refused adapter fails at once
     labels, instruction, task = _label_set(task, labels, instruction)
     from transformers.utils import logging as hf_logging
 

@@ -73,3 +73,24 @@ def test_merge_refuses_a_quantized_base_and_bad_paths(adapter, tmp_path, capsys)
     (tmp_path / "full" / "x").write_text("")
     assert merge.main([str(adapter), "--out", str(tmp_path / "full")]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_an_adapter_without_safetensors_weights_is_refused_everywhere(adapter, tmp_path, capsys):
+    """peft falls back to adapter_model.bin (a pickle, torch.load) when the safetensors file is missing; merge,
+    predict and evaluate refuse such a folder, naming it, before any model loads."""
+    from finlora_utils import evaluate, predict, results
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(adapter, pickled)
+    (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")   # never read: refused first
+    assert merge.main([str(pickled), "--out", str(tmp_path / "m")]) == 2
+    assert f"{pickled}: no adapter_model.safetensors" in capsys.readouterr().err
+    assert predict.main([str(pickled), "Sales fell.", "--model", "tiny-random-llama", "--task", "fpb"]) == 2
+    err = capsys.readouterr().err
+    assert f"{pickled}: no adapter_model.safetensors" in err and "adapter_model.bin (a pickle)" in err
+    res = results.new_result("fpb_x_32bit_r4", {"model": "tiny-random-llama", "precision": "fp32", "tasks": ["fpb"]}, 0)
+    res["train_info"] = {"adapter_path": str(pickled)}
+    path = results.write_json(tmp_path / "results" / "fpb_x_32bit_r4.json", res)
+    with pytest.raises(ValueError, match=f"{pickled}: no adapter_model.safetensors"):
+        evaluate.evaluate_runs([path])
+    assert not (tmp_path / "m").exists()

@@ -412,4 +412,5 @@ def test_cli_builds_the_config_from_flags(tmp_path):
         parallel.config_from_args(parallel._parser().parse_args(["--max-steps", "many"]))
     out = subprocess.run([sys.executable, "-m", "finlora_utils.parallel", "--parallel", "pipeline", "--nproc", "1"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and "nproc=1: expected >= 2 stages" in out.stderr
+    assert out.returncode == 2 and "error: nproc=1: expected >= 2 stages" in out.stderr   # a user's mistake: 2
+    assert "Traceback" not in out.stderr
