@@ -16,7 +16,7 @@ VERBS = {
     "sweep": ("finlora_utils.sweep", "run a grid of notebook parameters (grids/*.yaml)"),
     "merge": ("finlora_utils.merge", "merge an adapter into its base model (a plain transformers folder)"),
     "export": ("finlora_utils.export", "export a merged model (export gguf ...)"),
-    "validate": ("finlora_utils.data.validate", "check a JSONL file in FinLoRA format (FILE:LINE errors)"),
+    "validate": ("finlora_utils.data.validate", "check a data file: FinLoRA JSONL or CSV/TSV (FILE:LINE errors)"),
     "estimate": ("finlora_utils.memory", "plan training memory for a model, precision and LoRA shape", ["estimate"]),
     "study": ("finlora_utils.study", "run the study notebooks with a preset (all | run NOTEBOOK)"),
 }

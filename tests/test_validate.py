@@ -100,7 +100,7 @@ def test_duplicate_context_warns(tmp_path, capsys):
 def test_missing_file_and_unknown_task_no_traceback(tmp_path, capsys):
     p = tmp_path / "absent.jsonl"
     rc, out, err = run(capsys, p)
-    assert rc == 2 and err == f"{p}: cannot read file (No such file or directory)\n"
+    assert rc == 2 and err == f"error: {p}: cannot read file (No such file or directory)\n"
     rc, out, err = run(capsys, tmp_path)  # a directory
     assert rc == 2 and f"{tmp_path}: cannot read file" in err
     with pytest.raises(SystemExit) as e:
@@ -141,3 +141,26 @@ def test_tokenizer_failure_falls_back_to_words(tmp_path, capsys, monkeypatch):
     rc, out, err = run(capsys, p)
     assert rc == 0 and "context length in words (whitespace)" in out
     assert "embedded tokenizer unavailable (OSError: no model files)" in err
+
+
+def test_a_csv_is_checked_as_training_reads_it(tmp_path, capsys):
+    """validate reads a CSV / TSV with the same rules as train and evaluate (data.files uses check_table)."""
+    good = write(tmp_path, "id,sentence,label\n1,Profit rose 5 %.,positive\n2,\"Sales fell, again.\",negative\n",
+                 "good.csv")
+    rc, out, err = run(capsys, good, "--no-tokens", "--task", "fpb")
+    assert rc == 0 and out.startswith(f"{good}: OK, 2 rows for task fpb") and "negative 1, neutral 0, positive 1" in out
+    assert "text length in words" in out and "context" not in out   # a CSV holds bare texts, not prompts
+    tsv = write(tmp_path, "text\tanswer\nProfit rose.\tup\n", "good.tsv")
+    assert run(capsys, tsv, "--no-tokens")[0] == 0
+    bad = write(tmp_path, "sentence,label\nProfit rose.,positive\nSales fell.,\nA,b,c\nMargins up.,bullish\n", "bad.csv")
+    rc, out, err = run(capsys, bad, "--no-tokens", "--task", "fpb")
+    assert rc == 1 and err.splitlines() == [f"{bad}:3: empty label ('label')", f"{bad}:4: 3 fields, the header has 2",
+                                            f"{bad}:5: label 'bullish' is not a label of task fpb "
+                                            "(negative, neutral, positive)", f"{bad}: 3 error(s), 0 warning(s)"]
+    renamed = write(tmp_path, "headline,sentiment\nProfit rose.,positive\n", "renamed.csv")
+    rc, out, err = run(capsys, renamed, "--no-tokens")
+    assert rc == 1 and f"{renamed}:1: no text column 'text' or 'sentence' or 'input'" in err
+    assert run(capsys, renamed, "--no-tokens", "--text-column", "headline", "--label-column", "sentiment")[0] == 0
+    with pytest.raises(SystemExit) as e:
+        cli(["validate", str(write(tmp_path, "\n".join(GOOD) + "\n")), "--text-column", "x"])
+    assert e.value.code == 2 and "only for a .csv or .tsv file" in capsys.readouterr().err

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"fetch": _fetch, "sample": _sample, "tasks": _tasks}
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() + "\n  validate FILE [--task TASK] [--no-tokens] [--strict]\n  fetch [TASK ...]\n"
+        print(__doc__.strip() + "\n  validate FILE [--task TASK] [--text-column C] [--label-column C] [--no-tokens] "
+              "[--strict]\n  fetch [TASK ...]\n"
               "  sample [--out DIR]\n  tasks", file=sys.stderr if not argv else sys.stdout)
         return 2 if not argv else 0
     cmd, rest = argv[0], argv[1:]
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return validate_main(rest)
     if cmd in commands:
         return commands[cmd](rest)
-    print(f"unknown command {cmd!r}; expected validate, fetch, sample or tasks", file=sys.stderr)
+    print(f"error: unknown command {cmd!r}; expected validate, fetch, sample or tasks", file=sys.stderr)
     return 2
 
 

@@ -26,11 +26,8 @@ from ..config import DEFAULT_MAX_LABELS, ConfigError, file_task_name
 from . import tasks as registry
 from .sources import sha256_file
 from .tasks import Task, format_prompt, split_prompt
-from .validate import MAX_SHOWN, check_file
-
-TEXT_COLUMNS = ("text", "sentence", "input")
-LABEL_COLUMNS = ("label", "target", "answer")
-CSV_SUFFIXES = (".csv", ".tsv")
+from .validate import (CSV_SUFFIXES, LABEL_COLUMNS, MAX_SHOWN, TEXT_COLUMNS, check_file, check_table,  # noqa: F401
+                       find_column, missing_column)
 SOURCE = "file"     # the Dataset's `source` column for own data (built-ins: real | sample)
 
 
@@ -65,62 +62,16 @@ def _read_jsonl(path: Path, what: str) -> list[dict]:
     rep = check_file(path)     # the validator's checks: UTF-8, JSON objects, non-empty string context/target
     if not rep.ok:
         raise _fail(path, rep.errors, what)
-    return [{"context": c, "target": t, "line": ln} for c, t, ln in zip(rep.contexts, rep.targets, _lines(path))]
-
-
-def _lines(path: Path) -> list[int]:
-    """Line numbers of the non-blank lines (the rows check_file keeps, in order)."""
-    text = path.read_text(encoding="utf-8")
-    return [i for i, line in enumerate(text.split("\n"), 1) if line.strip()]
-
-
-def _column(header: list[str], wanted: str | None, names: tuple[str, ...], kind: str, path: Path,
-            what: str = "file") -> int:
-    low = [h.strip().lower() for h in header]
-    for name in ([wanted] if wanted else names):
-        if name.lower() in low:
-            return low.index(name.lower())
-    expected = repr(wanted) if wanted else " or ".join(repr(n) for n in names)
-    raise _fail(path, [(1, f"no {kind} column {expected} in the header (columns: {', '.join(header)})")], what)
+    return [{"context": c, "target": t, "line": ln} for c, t, ln in zip(rep.contexts, rep.targets, rep.lines)]
 
 
 def _read_csv(path: Path, text_column: str | None, label_column: str | None,
               what: str = "file") -> list[tuple[str, str, int]]:
-    """[(text, label, line)] of a CSV/TSV with a header; Excel's UTF-8 byte-order mark is accepted."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise _fail(path, [(line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8")],
-                    what) from None
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    header = next(reader, None)
-    if not header:
-        raise _fail(path, [(1, "file is empty (expected a header row with a text and a label column)")], what)
-    ti = _column(header, text_column, TEXT_COLUMNS, "text", path, what)
-    li = _column(header, label_column, LABEL_COLUMNS, "label", path, what)
-    rows, problems = [], []
-    try:
-        for row in reader:
-            ln = reader.line_num
-            if not any(c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                problems.append((ln, f"{len(row)} fields, the header has {len(header)}"))
-                continue
-            for i, name in ((ti, "text"), (li, "label")):
-                if not row[i].strip():
-                    problems.append((ln, f"empty {name} ({header[i]!r})"))
-            if row[ti].strip() and row[li].strip():
-                rows.append((row[ti], row[li].strip(), ln))
-    except csv.Error as e:
-        problems.append((reader.line_num, f"malformed CSV: {e}"))
-    if not rows and not problems:
-        problems.append((2, "no data rows after the header"))
-    if problems:
-        raise _fail(path, problems, what)
-    return rows
+    """[(text, label, line)] of a CSV/TSV with a header (the validator's check_table)."""
+    rep = check_table(path, text_column, label_column)
+    if not rep.ok:
+        raise _fail(path, rep.errors, what)
+    return list(zip(rep.contexts, rep.targets, rep.lines))
 
 
 def _read(path, text_column, label_column, what: str) -> tuple[list[dict], str]:
@@ -265,7 +216,9 @@ def read_texts(path, text_column: str | None = None) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         header = next(reader, None) or []
-        i = _column(header, text_column, TEXT_COLUMNS, "text", path)
+        i = find_column(header, text_column, TEXT_COLUMNS)
+        if i is None:
+            raise _fail(path, [(1, missing_column(header, text_column, TEXT_COLUMNS, "text"))], "file")
         return [row[i] for row in reader if len(row) > i and row[i].strip()]
     lines = path.read_text(encoding="utf-8-sig").split("\n")
     if path.suffix.lower() == ".txt":

@@ -1,4 +1,6 @@
-"""Check a user's JSONL file in FinLoRA format: ``python -m finlora_utils.data validate FILE [--task TASK]``.
+"""Check a user's data file: ``python -m finlora_utils.data validate FILE [--task TASK]``. A JSONL file in
+FinLoRA format (context/target), or a CSV / TSV with a header naming a text and a label column, read by the
+same rules as training reads it (data.files uses check_file and check_table).
 
 Problems are printed as ``FILE:LINE: message`` (compiler style, one per line) on stderr; exit status 1 if
 any error, 2 if the file cannot be read or the arguments are wrong, 0 otherwise with a summary on stdout.
@@ -11,6 +13,8 @@ financebench prompts end in ``"Answer:"``), blank lines, and duplicated contexts
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 from collections import Counter
@@ -22,6 +26,9 @@ from ..errors import cli_entry
 from .tasks import PROMPT_ANSWER, get_task, normalize_label
 
 MAX_SHOWN = 50
+TEXT_COLUMNS = ("text", "sentence", "input")     # a CSV's text column, the first of these in its header
+LABEL_COLUMNS = ("label", "target", "answer")
+CSV_SUFFIXES = (".csv", ".tsv")
 
 
 @dataclass
@@ -30,8 +37,10 @@ class Report:
     rows: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
     warnings: list[tuple[int, str]] = field(default_factory=list)
-    contexts: list[str] = field(default_factory=list)
+    contexts: list[str] = field(default_factory=list)   # a CSV's texts (no prompt yet)
     targets: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)      # the line of each kept row
+    text_name: str = "context"                          # what `contexts` holds: a table's are bare texts
 
     @property
     def ok(self) -> bool:
@@ -117,8 +126,75 @@ def check_file(path: str | Path, task: str | None = None, strict: bool = False) 
             seen[ctx] = ln
         rep.contexts.append(ctx)
         rep.targets.append(tgt)
+        rep.lines.append(ln)
     if rep.rows == 0 and not rep.errors:
         rep.errors.append((1, "no JSON objects in the file"))
+    return rep
+
+
+def find_column(header: list[str], wanted: str | None, names: tuple[str, ...]) -> int | None:
+    """Index of column `wanted` (any case), else of the first of `names` in the header; None if absent."""
+    low = [h.strip().lower() for h in header]
+    return next((low.index(n.lower()) for n in ([wanted] if wanted else names) if n.lower() in low), None)
+
+
+def missing_column(header: list[str], wanted: str | None, names: tuple[str, ...], kind: str) -> str:
+    expected = repr(wanted) if wanted else " or ".join(repr(n) for n in names)
+    return f"no {kind} column {expected} in the header (columns: {', '.join(header)})"
+
+
+def check_table(path: str | Path, text_column: str | None = None, label_column: str | None = None,
+                task: str | None = None) -> Report:
+    """Validate a CSV (.tsv: tab-separated) with a header: a text and a label column (TEXT_COLUMNS /
+    LABEL_COLUMNS unless named), no empty cell in them, every row as many fields as the header; Excel's UTF-8
+    byte-order mark is accepted. The report's contexts are the texts. Raises OSError if it cannot be read."""
+    t = get_task(task) if task else None
+    path = Path(path)
+    rep = Report(str(path), text_name="text")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        rep.errors.append((line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8"))
+        return rep
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    header = next(reader, None)
+    if not header:
+        rep.errors.append((1, "file is empty (expected a header row with a text and a label column)"))
+        return rep
+    ti, li = find_column(header, text_column, TEXT_COLUMNS), find_column(header, label_column, LABEL_COLUMNS)
+    for i, wanted, names, kind in ((ti, text_column, TEXT_COLUMNS, "text"), (li, label_column, LABEL_COLUMNS, "label")):
+        if i is None:
+            rep.errors.append((1, missing_column(header, wanted, names, kind)))
+    if rep.errors:
+        return rep
+    try:
+        for row in reader:
+            ln = reader.line_num
+            if not any(c.strip() for c in row):
+                continue
+            rep.rows += 1
+            if len(row) != len(header):
+                rep.errors.append((ln, f"{len(row)} fields, the header has {len(header)}"))
+                continue
+            for i, name in ((ti, "text"), (li, "label")):
+                if not row[i].strip():
+                    rep.errors.append((ln, f"empty {name} ({header[i]!r})"))
+            if not (row[ti].strip() and row[li].strip()):
+                continue
+            label = row[li].strip()
+            if t is not None and t.labels is not None and label not in t.labels:
+                near = normalize_label(t.name, label)
+                hint = f"; did you mean {near!r}?" if near else ""
+                rep.errors.append((ln, f"label {label!r} is not a label of task {t.name} ({', '.join(t.labels)}){hint}"))
+            rep.contexts.append(row[ti])
+            rep.targets.append(label)
+            rep.lines.append(ln)
+    except csv.Error as e:
+        rep.errors.append((reader.line_num, f"malformed CSV: {e}"))
+    if rep.rows == 0 and not rep.errors:
+        rep.errors.append((2, "no data rows after the header"))
     return rep
 
 
@@ -159,7 +235,8 @@ def summary(rep: Report, task: str | None = None, use_tokenizer: bool = True) ->
     else:
         lines.append(f"targets: {len(counts)} distinct")
     pairs = [c + x for c, x in zip(rep.contexts, rep.targets)]
-    for name, texts in (("context", rep.contexts), ("target", rep.targets), ("context+target", pairs)):
+    name = rep.text_name
+    for name, texts in ((name, rep.contexts), ("target", rep.targets), (f"{name}+target", pairs)):
         n, unit = token_lengths(texts, use_tokenizer)
         pc = percentiles(n)
         lines.append(f"{name} length in {unit}: p50 {pc[50]}, p90 {pc[90]}, p95 {pc[95]}, p99 {pc[99]}, "
@@ -174,16 +251,24 @@ def main(argv: list[str] | None = None) -> int:
     from .tasks import TASKS
 
     ap = argparse.ArgumentParser(prog="python -m finlora_utils.data validate",
-                                 description="Check a JSONL file of {\"context\", \"target\"} rows in FinLoRA format.")
+                                 description="Check a JSONL file of {\"context\", \"target\"} rows in FinLoRA format, "
+                                             "or a CSV / TSV with a text and a label column, as training reads it.")
     ap.add_argument("file")
     ap.add_argument("--task", choices=list(TASKS), help="also check targets against this task's label set")
+    ap.add_argument("--text-column", default=None, help=f"CSV/TSV: the text column (default: {' / '.join(TEXT_COLUMNS)})")
+    ap.add_argument("--label-column", default=None,
+                    help=f"CSV/TSV: the label column (default: {' / '.join(LABEL_COLUMNS)})")
     ap.add_argument("--no-tokens", action="store_true", help="count whitespace words, not tokenizer tokens")
     ap.add_argument("--strict", action="store_true", help="treat warnings as errors")
     args = ap.parse_args(argv)
+    table = Path(args.file).suffix.lower() in CSV_SUFFIXES
+    if not table and (args.text_column or args.label_column):
+        ap.error("--text-column / --label-column: only for a .csv or .tsv file")
     try:
-        rep = check_file(args.file, args.task, args.strict)
+        rep = (check_table(args.file, args.text_column, args.label_column, args.task) if table
+               else check_file(args.file, args.task, args.strict))
     except OSError as e:
-        print(f"{args.file}: cannot read file ({e.strerror or e})", file=sys.stderr)
+        print(f"error: {args.file}: cannot read file ({e.strerror or e})", file=sys.stderr)
         return 2
     msgs = rep.messages()
     for m in msgs[:MAX_SHOWN]:
