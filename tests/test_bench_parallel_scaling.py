@@ -39,7 +39,7 @@ def test_random_model_is_seeded_and_starts_from_an_empty_cache(tmp_path, monkeyp
         sys.path.remove(str(ROOT / "bench"))
     from finlora_utils import models
 
-    tokenizer = models.embedded_model_dir()   # the random model borrows the embedded tokenizer: link it, not convert again
+    tokenizer = models.embedded_model_dir()   # the random model borrows the embedded tokenizer: reuse, not reconvert
     shards = []
     for cache in (tmp_path / "a", tmp_path / "b"):
         monkeypatch.setenv("FINLORA_CACHE_DIR", str(cache))

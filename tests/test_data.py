@@ -154,6 +154,23 @@ def test_sample_fallback_is_labelled_and_forbiddable(offline):
         data.load_task("nwgi", "train")
 
 
+def test_a_run_on_the_sample_set_records_the_sample_files_it_read(offline):
+    from finlora_utils.data import sources
+    from finlora_utils.data.hashes import file_hashes
+    from finlora_utils.data.sample import SAMPLE_VERSION
+
+    with pytest.warns(UserWarning, match="SYNTHETIC sample"):
+        data.load_task("fpb", "fit")
+    sample_train = sources.sample_dir() / "fpb_train.jsonl"
+    want = {"fpb/Sentences_50Agree.txt": None,
+            f"sample-v{SAMPLE_VERSION}/fpb_train.jsonl": sources.sha256_file(sample_train)}
+    assert file_hashes(["fpb"], "fit") == want == file_hashes("fpb", "train")   # fit / validation: the train file
+    assert list(file_hashes(["fpb"], "test")) == ["finlora/test/fpb_test.jsonl",
+                                                  f"sample-v{SAMPLE_VERSION}/fpb_test.jsonl"]
+    ner = file_hashes(["ner"], "test")   # no sample set for it: nothing was read instead
+    assert ner and not any(ner.values()) and not any(k.startswith("sample-") for k in ner)
+
+
 def test_runs_on_the_sample_set_say_so_in_their_progress_lines(offline, tmp_path, capsys):
     """The loader's warning scrolls away; the train header and each eval line must name synthetic data."""
     from finlora_utils import evaluate, models, train

@@ -309,7 +309,9 @@ def test_qlora_on_tiny_model_lowers_target_loss(tmp_path):
     saved = json.loads(Path(res["_path"]).read_text())
     assert saved["run_id"] == "fpb_tiny-random-llama_4bit_r4" and saved["train_info"]["loss_curve"] == ti["loss_curve"]
     assert saved["run_info"]["config"]["precision"] == "nf4" and saved["meta_info"]["packages"]["torch"]
-    assert list(saved["run_info"]["data_files"]) == ["fpb/Sentences_50Agree.txt"]   # sha256, or None for sample data
+    files = saved["run_info"]["data_files"]   # the real file's sha256, or None and the sample file read instead
+    assert list(files) in (["fpb/Sentences_50Agree.txt"], ["fpb/Sentences_50Agree.txt", "sample-v1/fpb_train.jsonl"])
+    assert all(files.values()) or files["fpb/Sentences_50Agree.txt"] is None
     assert saved["meta_info"]["base_model"]["source"].startswith("random init")   # base provenance recorded
     card = (Path(ti["adapter_path"]) / "README.md").read_text()
     assert "base_model:" in card and "rank 4" in card and "loss on target tokens" in card

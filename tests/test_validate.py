@@ -152,7 +152,8 @@ def test_a_csv_is_checked_as_training_reads_it(tmp_path, capsys):
     assert "text length in words" in out and "context" not in out   # a CSV holds bare texts, not prompts
     tsv = write(tmp_path, "text\tanswer\nProfit rose.\tup\n", "good.tsv")
     assert run(capsys, tsv, "--no-tokens")[0] == 0
-    bad = write(tmp_path, "sentence,label\nProfit rose.,positive\nSales fell.,\nA,b,c\nMargins up.,bullish\n", "bad.csv")
+    bad = write(tmp_path, "sentence,label\nProfit rose.,positive\nSales fell.,\nA,b,c\nMargins up.,bullish\n",
+                "bad.csv")
     rc, out, err = run(capsys, bad, "--no-tokens", "--task", "fpb")
     assert rc == 1 and err.splitlines() == [f"{bad}:3: empty label ('label')", f"{bad}:4: 3 fields, the header has 2",
                                             f"{bad}:5: label 'bullish' is not a label of task fpb "

@@ -187,7 +187,8 @@ def check_table(path: str | Path, text_column: str | None = None, label_column: 
             if t is not None and t.labels is not None and label not in t.labels:
                 near = normalize_label(t.name, label)
                 hint = f"; did you mean {near!r}?" if near else ""
-                rep.errors.append((ln, f"label {label!r} is not a label of task {t.name} ({', '.join(t.labels)}){hint}"))
+                rep.errors.append((ln, f"label {label!r} is not a label of task {t.name} "
+                                       f"({', '.join(t.labels)}){hint}"))
             rep.contexts.append(row[ti])
             rep.targets.append(label)
             rep.lines.append(ln)
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                                              "or a CSV / TSV with a text and a label column, as training reads it.")
     ap.add_argument("file")
     ap.add_argument("--task", choices=list(TASKS), help="also check targets against this task's label set")
-    ap.add_argument("--text-column", default=None, help=f"CSV/TSV: the text column (default: {' / '.join(TEXT_COLUMNS)})")
+    ap.add_argument("--text-column", default=None,
+                    help=f"CSV/TSV: the text column (default: {' / '.join(TEXT_COLUMNS)})")
     ap.add_argument("--label-column", default=None,
                     help=f"CSV/TSV: the label column (default: {' / '.join(LABEL_COLUMNS)})")
     ap.add_argument("--no-tokens", action="store_true", help="count whitespace words, not tokenizer tokens")
