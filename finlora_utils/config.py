@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import numbers
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,25 @@ def _check(cond: bool, param: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{param}={value!r}: expected {expected}")
 
 
+def _check_types(obj) -> None:
+    """Each scalar field's value has its default's type (an int where a float is expected is fine), so a config
+    file's "lr": "abc" or "rank": 4.5 is named here instead of failing later in a comparison or deep in a run."""
+    for f in dataclasses.fields(obj):
+        default, v = f.default, getattr(obj, f.name)
+        if isinstance(default, bool):
+            ok, kind, cast = isinstance(v, bool), "true or false", bool
+        elif isinstance(default, int):   # numbers.Integral: numpy's integers too (a notebook's computed sizes)
+            ok, kind, cast = isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer", int
+        elif isinstance(default, float):
+            ok, kind, cast = isinstance(v, numbers.Real) and not isinstance(v, bool), "a number", float
+        elif isinstance(default, str):   # path fields may come as Path objects
+            ok, kind, cast = isinstance(v, (str, os.PathLike)), "a string", os.fspath
+        else:
+            continue
+        _check(ok, f.name, v, kind)
+        setattr(obj, f.name, cast(v))
+
+
 def file_task_name(train_file: str, task_name: str = "") -> str:
     """The name of a task read from files: task_name, else the train file's stem without a train suffix
     (``data/my_bank_train.jsonl`` -> ``my_bank``), lower-case letters, digits and underscores."""
@@ -122,6 +143,7 @@ class LoraSettings:
     variant: str = "lora"
 
     def __post_init__(self):
+        _check_types(self)
         self.targets = _as_tuple(self.targets)
         self.validate()
 
@@ -182,10 +204,20 @@ class TrainConfig:
     max_labels: int = DEFAULT_MAX_LABELS   # <= this many distinct train targets: a label set, scored
 
     def __post_init__(self):
+        _check_types(self)
+        _check(isinstance(self.tasks, (str, list, tuple)) and all(isinstance(t, str) for t in _as_tuple(self.tasks)),
+               "tasks", self.tasks, "task names: a comma-separated string or a list of strings")
         self.tasks = _as_tuple(self.tasks)
         self.precision = resolve_precision(self.precision)
         if isinstance(self.lora, dict):
+            known = {f.name for f in dataclasses.fields(LoraSettings)}
+            unknown = sorted(set(self.lora) - known)
+            if unknown:
+                raise ConfigError(f"lora.{unknown[0]}: unknown LoraSettings parameter; known: "
+                                  f"{', '.join(sorted(known))}")
             self.lora = LoraSettings(**self.lora)
+        _check(isinstance(self.lora, LoraSettings), "lora", self.lora,
+               f"a mapping of LoraSettings fields ({', '.join(f.name for f in dataclasses.fields(LoraSettings))})")
         for f in ("train_file", "test_file"):   # absolute: evaluation and torchrun ranks may run elsewhere
             if getattr(self, f):
                 setattr(self, f, str(Path(getattr(self, f)).expanduser().resolve()))
@@ -323,8 +355,10 @@ def config_args(ap: argparse.ArgumentParser) -> None:
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     """TrainConfig from CLI strings, cast to each field's default type; --config FILE gives the base."""
-    base = json.loads(Path(ns.config).read_text()) if getattr(ns, "config", None) else {}
+    base = read_config_file(ns.config) if getattr(ns, "config", None) else {}
     base.setdefault("lora", {})
+    if not isinstance(base["lora"], dict):
+        raise ConfigError(f"{ns.config}: lora={base['lora']!r}: expected an object of LoraSettings fields")
     defaults, lora_defaults = TrainConfig(), LoraSettings()
     for f in dataclasses.fields(TrainConfig):
         v = getattr(ns, f.name, None)
@@ -335,6 +369,21 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
         if v is not None:
             base["lora"][f.name] = _cast(v, getattr(lora_defaults, f.name), f"lora.{f.name}")
     return TrainConfig.from_dict(base)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A TrainConfig as JSON (what results store under run_info.config): an object of its fields."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); expected an object of TrainConfig "
+                          "fields") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; expected a JSON object of TrainConfig fields") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: a JSON {type(d).__name__}, expected an object of TrainConfig fields")
+    return d
 
 
 def _cast(v: str, default, name: str):

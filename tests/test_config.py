@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from finlora_utils.config import (ConfigError, EvalConfig, LoraSettings, TrainConfig, load_preset,
@@ -11,6 +13,9 @@ from finlora_utils.config import (ConfigError, EvalConfig, LoraSettings, TrainCo
     (dict(grad_checkpointing="maybe"), "grad_checkpointing"), (dict(epochs=0, max_steps=0), "epochs"),
     (dict(train_split="test"), "train_split"), (dict(cpu_memory="quick"), "cpu_memory"),
     (dict(pipeline_split="compute"), "pipeline_split"), (dict(share_prefix="yes"), "share_prefix"),
+    # wrong types, as a config file or grid brings them: named, not a TypeError from a comparison
+    (dict(lr="abc"), "lr"), (dict(batch_size=4.5), "batch_size"), (dict(seed="0"), "seed"),
+    (dict(model=5), "model"), (dict(tasks=5), "tasks"), (dict(lora=5), "lora"),
 ])
 def test_train_config_rejects_bad_values_naming_the_parameter(kwargs, param):
     with pytest.raises(ConfigError, match=rf"^{param}="):
@@ -20,6 +25,7 @@ def test_train_config_rejects_bad_values_naming_the_parameter(kwargs, param):
 @pytest.mark.parametrize("kwargs, param", [
     (dict(rank=0), "rank"), (dict(rank=-4), "rank"), (dict(alpha=0), "alpha"),
     (dict(dropout=1.0), "dropout"), (dict(targets=""), "targets"), (dict(variant="vera"), "variant"),
+    (dict(rank=4.0), "rank"), (dict(alpha="16"), "alpha"),
 ])
 def test_lora_settings_rejects_bad_values(kwargs, param):
     with pytest.raises(ConfigError, match=rf"^{param}="):
@@ -114,3 +120,29 @@ def test_a_run_stored_before_a_field_existed_counts_as_the_code_of_its_day():
     assert differences(old, now) == ["share_prefix"]
     assert differences(old, as_stored(TrainConfig(share_prefix=False))) == []
     assert differences(now, as_stored(TrainConfig(log_every=3))) == []   # cosmetic fields never differ
+
+
+def test_numbers_and_paths_of_the_right_kind_are_taken_as_plain_values(tmp_path):
+    import numpy as np
+
+    cfg = TrainConfig(batch_size=np.int64(4), epochs=2, output_dir=tmp_path, lora={"rank": np.int32(8)})
+    assert (cfg.batch_size, cfg.epochs, cfg.output_dir, cfg.lora.rank) == (4, 2.0, str(tmp_path), 8)
+    assert type(cfg.batch_size) is int and type(cfg.epochs) is float and type(cfg.lora.rank) is int
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"model": "tiny-random-llama", ', r"bad.json:1: not valid JSON \(.*\); expected an object"),
+    ("[1, 2]", r"bad.json: a JSON list, expected an object of TrainConfig fields"),
+    ('{"lora": 5}', r"bad.json: lora=5: expected an object of LoraSettings fields"),
+    ('{"lora": {"rankk": 4}}', r"lora.rankk: unknown LoraSettings parameter"),
+    ('{"lr": "abc"}', r"lr='abc': expected a number"),
+    ('{"colour": "red"}', r"colour: unknown TrainConfig parameter"),
+])
+def test_a_bad_config_file_is_named_without_a_traceback(tmp_path, capsys, content, message):
+    from finlora_utils import train
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    assert train.main(["--config", str(bad), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and re.search(message, err), err
