@@ -326,6 +326,7 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
         cfg = r["run_info"]["config"]
         data.register_config(cfg)   # a run on own data: its task comes back from the files it names
         groups.setdefault((cfg["model"], precision or cfg["precision"]), []).append((Path(p), r))
+    _check_tasks(groups, tasks, trained_only)
     out = {}
     for (model_name, prec), runs in groups.items():
         base, tok = _load(model_name, prec)
@@ -346,6 +347,26 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
             out[name] = info
         del model, base
     return out
+
+
+def _check_tasks(groups: dict, tasks, trained_only: bool) -> None:
+    """Before any model loads: every requested task exists, and each run has one to evaluate (with trained_only a
+    run skips the requested tasks it was not trained on; a run left with none is named, all of them an error)."""
+    from . import data
+
+    for t in ([x.strip() for x in tasks.split(",") if x.strip()] if isinstance(tasks, str) else tasks or []):
+        try:
+            data.get_task(t)
+        except ValueError as e:
+            raise EvalError(f"tasks: {e}") from None
+    runs = [r for group in groups.values() for _, r in group]
+    idle = [f"{r['run_id']} (trained on {', '.join(r['run_info']['config'].get('tasks') or [])})" for r in runs
+            if not _run_tasks(r, tasks, trained_only)]
+    if idle and len(idle) == len(runs):
+        raise EvalError(f"tasks={tasks!r}: not a training task of {'; '.join(idle)}; expected one of the runs' "
+                        "tasks, or trained_only=False (--any-task) to evaluate a run on tasks it was not trained on")
+    for line in idle:
+        print(f"[eval] {line}: none of tasks={tasks!r}, nothing to evaluate", flush=True)
 
 
 def _run_tasks(run: dict, tasks: Sequence[str] | None, trained_only: bool) -> list[str]:
@@ -490,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="*", help="results JSON files of finetuned runs (from train)")
     ap.add_argument("--base", default=None, help="evaluate this base model zero-shot instead (embedded, a path, ...)")
     ap.add_argument("--tasks", default=None, help="comma-separated (default: each run's training tasks)")
+    ap.add_argument("--any-task", action="store_true",
+                    help="evaluate each run on --tasks even where it was not trained on them (cross-task transfer)")
     ap.add_argument("--modes", default="score", help=f"comma-separated from {', '.join(MODES)}")
     ap.add_argument("--precision", default=None, help="default: each run's training precision (base: auto)")
     ap.add_argument("--max-samples", type=int, default=0, help="test examples per task, 0 for all")
@@ -521,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                                   precision=ns.precision or "auto", modes=modes, **kw)
             out = {p.stem: json.loads(p.read_text())["eval_info"] for p in paths}
         else:
-            out = evaluate_runs(ns.runs, tasks=ns.tasks, modes=modes, precision=ns.precision, **kw)
+            out = evaluate_runs(ns.runs, tasks=ns.tasks, modes=modes, precision=ns.precision,
+                                trained_only=not ns.any_task, **kw)
     except (ConfigError, EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

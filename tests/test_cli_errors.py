@@ -173,3 +173,19 @@ def test_every_module_with_a_main_runs_as_a_module(tmp_path):
     p = subprocess.run([sys.executable, "-m", "finlora_utils.evaluate", str(tmp_path / "none.json")],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "results file not found" in p.stderr, p.stderr
+
+
+def test_evaluate_names_a_mistyped_or_untrained_task_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    res = results.new_result("fpb_x_32bit_r4", {"model": "tiny-random-llama", "precision": "fp32", "tasks": ["fpb"]}, 0)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (adapter / name).write_text("{}")   # never read: the tasks are refused first
+    res["train_info"] = {"adapter_path": str(adapter)}
+    path = results.write_json(tmp_path / "results" / "fpb_x_32bit_r4.json", res)
+    monkeypatch.setattr(evaluate, "_load", lambda *a: pytest.fail("a model was loaded"))
+    assert evaluate.main([str(path), "--tasks", "fbp"]) == 2
+    assert "error: tasks: unknown task 'fbp'" in capsys.readouterr().err
+    assert evaluate.main([str(path), "--tasks", "fiqa"]) == 2   # a real task, but not this run's
+    err = capsys.readouterr().err
+    assert "tasks='fiqa': not a training task of fpb_x_32bit_r4 (trained on fpb)" in err and "--any-task" in err
