@@ -378,4 +378,8 @@ def test_data_dir_argument_beats_missing_env(real_data_dir, monkeypatch, tmp_pat
     monkeypatch.setenv("FINLORA_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("FINLORA_OFFLINE", "1")
     assert data.data_source("fpb", data_dir=real_data_dir) == "real"
-    assert sources.resolve("fpb/Sentences_50Agree.txt")[0] is None
+    # a data folder that is named but missing is a mistake, not a reason to train on the synthetic sample set
+    with pytest.raises(sources.DataUnavailableError, match=r"^FINLORA_DATA_DIR='.*nothing': no such folder"):
+        data.load_task("fpb", "test")
+    with pytest.raises(sources.DataUnavailableError, match=r"^data_dir='.*nothing': no such folder"):
+        sources.resolve("fpb/Sentences_50Agree.txt", data_dir=tmp_path / "nothing")

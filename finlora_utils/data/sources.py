@@ -62,8 +62,18 @@ def manifest() -> dict:
 
 
 def data_dir_from_env(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The data folder: `data_dir`, else FINLORA_DATA_DIR, else None. One that is named but is not a folder is
+    refused: a mistyped path would otherwise fall back to the synthetic sample set with only a warning."""
     d = data_dir if data_dir is not None else os.environ.get(ENV_DATA_DIR)
-    return Path(d).expanduser() if d else None
+    if not d:
+        return None
+    path = Path(d).expanduser()
+    if not path.is_dir():
+        what = "data_dir" if data_dir is not None else ENV_DATA_DIR
+        raise DataUnavailableError(f"{what}={str(d)!r}: {'not a folder' if path.exists() else 'no such folder'}; "
+                                   f"expected the folder holding the data (finlora/, fpb/, ...: see data/README.md), "
+                                   f"or unset {ENV_DATA_DIR} to use the download cache and the sample set")
+    return path
 
 
 def download_cache_dir() -> Path:
