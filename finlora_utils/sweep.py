@@ -51,11 +51,17 @@ def load_grid(path: str | Path) -> dict:
 
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: grid file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the "
+                          "grid as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a YAML {type(spec).__name__}, expected a mapping with keys "
+                          f"{', '.join(sorted(GRID_KEYS))}")
     unknown = set(spec) - GRID_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(GRID_KEYS))}")
@@ -68,6 +74,14 @@ def load_grid(path: str | Path) -> dict:
         raise ConfigError(f"{path}: preset={spec['preset']!r}: expected one of {', '.join(PRESETS)}")
     if not spec.get("notebooks"):
         raise ConfigError(f"{path}: notebooks: expected a list of notebook names, e.g. [03_finetune]")
+    timeout = spec.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
+        raise ConfigError(f"{path}: timeout={timeout!r}: expected seconds per notebook cell, an integer > 0")
+    for key in ("grid", "params"):
+        if not isinstance(spec[key], dict):
+            raise ConfigError(f"{path}: {key}={spec[key]!r}: expected a mapping of notebook parameters")
+    if not isinstance(spec["include"], list):
+        raise ConfigError(f"{path}: include={spec['include']!r}: expected a list of mappings of parameters")
     for k, v in spec["grid"].items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{path}: grid.{k}={v!r}: expected a non-empty list of values")

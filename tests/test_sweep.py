@@ -34,6 +34,16 @@ def test_grid_validation_names_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'gird'"):
         sweep.load_grid(p)
     assert len(sweep.expand(GRID | {"grid": GRID["grid"], "include": GRID["include"]})) == 4
+    for content, message in [("[1, 2]\n", r"g\.yaml: a YAML list, expected a mapping"),
+                             (yaml.safe_dump({**GRID, "grid": [1, 2]}), r"grid=\[1, 2\]: expected a mapping"),
+                             (yaml.safe_dump({**GRID, "timeout": "abc"}), r"timeout='abc': expected seconds"),
+                             (yaml.safe_dump({**GRID, "include": {"SEED": 1}}), r"include=.*: expected a list")]:
+        p.write_text(content)
+        with pytest.raises(ConfigError, match=message):
+            sweep.load_grid(p)
+    p.write_bytes(b"name: \xff\n")
+    with pytest.raises(ConfigError, match=r"g\.yaml: not UTF-8 text \(byte 0xff"):
+        sweep.load_grid(p)
 
 
 def test_sweep_resumes_skips_finished_points_and_reports_failures(tmp_path):
