@@ -262,6 +262,10 @@ def read_result(path: str | Path, require: Iterable[str] = TOP_FIELDS) -> dict:
         raise ResultsError(f"{path}: results file not found") from None
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path}: not UTF-8 text; expected a results JSON the kit wrote") from None
+    if not isinstance(obj, dict):
+        raise ResultsError(f"{path}: a JSON {type(obj).__name__}, expected a results object (run_id, run_info, ...)")
     for dotted in require:
         get_field(obj, dotted, path)
     return obj

@@ -191,3 +191,21 @@ def test_own_data_trains_evaluates_and_predicts_through_the_cli(tmp_path, capsys
                 "--precision", "fp32", "hello there"]) == 0
     base = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(base["probs"]) == set(entry["labels"]) and abs(sum(base["probs"].values()) - 1) < 1e-4
+
+
+def test_texts_to_label_are_read_whole_or_refused_with_the_line(tmp_path):
+    from finlora_utils.data.files import read_texts
+
+    good = tmp_path / "new.csv"
+    good.write_text('id,text\n1,"Loan approved, after review."\n\n2,Card blocked.\n')
+    assert read_texts(good) == ["Loan approved, after review.", "Card blocked."]
+    short = tmp_path / "short.csv"
+    short.write_text("id,text\n1,hello\n2\n3,world\n")   # row 3 lost a field: refused, not silently dropped
+    with pytest.raises(ConfigError, match=rf"{short}:3: 1 fields, the header has 2"):
+        read_texts(short)
+    for name in ("latin1.csv", "latin1.jsonl", "latin1.txt"):
+        bad = tmp_path / name
+        csv_file = name.endswith(".csv")
+        bad.write_bytes(b"text\nfine\ncaf\xe9\n" if csv_file else b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+        with pytest.raises(ConfigError, match=rf"{bad}:(2|3): not valid UTF-8 \(byte 0xe9\)"):
+            read_texts(bad)

@@ -36,6 +36,12 @@ def test_missing_field_names_file_and_field(tmp_path):
     p.write_text("{not json")
     with pytest.raises(results.ResultsError, match=r"bad\.json:1: not valid JSON"):
         results.read_result(p)
+    p.write_bytes(b'{"run_id": "caf\xe9"}')
+    with pytest.raises(results.ResultsError, match=r"bad\.json: not UTF-8 text"):
+        results.read_result(p)
+    p.write_text("[1, 2]")
+    with pytest.raises(results.ResultsError, match=r"bad\.json: a JSON list, expected a results object"):
+        results.read_result(p)
 
 
 def test_update_result_merges_sections(tmp_path):

@@ -212,15 +212,31 @@ def read_texts(path, text_column: str | None = None) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileTaskError(f"file={str(path)!r}: no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise _fail(path, [(line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8")],
+                    "file") from None
     if path.suffix.lower() in CSV_SUFFIXES:
-        text = path.read_text(encoding="utf-8-sig")
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         header = next(reader, None) or []
         i = find_column(header, text_column, TEXT_COLUMNS)
         if i is None:
             raise _fail(path, [(1, missing_column(header, text_column, TEXT_COLUMNS, "text"))], "file")
-        return [row[i] for row in reader if len(row) > i and row[i].strip()]
-    lines = path.read_text(encoding="utf-8-sig").split("\n")
+        texts, problems = [], []
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):   # a lost quote or comma: say so rather than label a shifted row
+                problems.append((reader.line_num, f"{len(row)} fields, the header has {len(header)}"))
+            elif row[i].strip():
+                texts.append(row[i])
+        if problems:
+            raise _fail(path, problems, "file")
+        return texts
+    lines = text.split("\n")
     if path.suffix.lower() == ".txt":
         return [line.rstrip("\r") for line in lines if line.strip()]
     out, problems = [], []
