@@ -67,6 +67,7 @@ def meta_model(cfg: dict):
     import warnings
 
     import torch
+    from huggingface_hub.errors import StrictDataclassError   # transformers' typed configs raise it for a bad field
     from transformers import AutoConfig, AutoModelForCausalLM
 
     # a deep copy: transformers' config classes rewrite nested dicts (rope_scaling) in place
@@ -79,7 +80,7 @@ def meta_model(cfg: dict):
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
             return AutoModelForCausalLM.from_config(hf_cfg, trust_remote_code=False)
-    except (ValueError, KeyError, AssertionError, TypeError) as e:
+    except (ValueError, KeyError, AssertionError, TypeError, StrictDataclassError) as e:
         raise ArchError(f"model_type={mt!r}: transformers cannot build a causal LM from this config "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
 
@@ -212,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
               "(or --write-shipped)", file=sys.stderr)
         return 2
     try:
-        f = facts(json.loads(path.read_text()))
-    except (ValueError, ArchError) as e:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(cfg, dict):
+            raise ArchError(f"a JSON {type(cfg).__name__}, expected a model's config.json (an object)")
+        f = facts(cfg)
+    except (ValueError, TypeError, KeyError, ArchError) as e:   # JSON, UTF-8 and config field errors
         print(f"error: {path}: {e}", file=sys.stderr)
         return 2
     print(json.dumps(f, indent=1))

@@ -75,9 +75,9 @@ def model_config(model: Any) -> dict:
         raise ConfigError(f"model={model!r}: expected a model name, a config.json path, a config dict or a model")
     path = Path(str(model)).expanduser()
     if path.is_dir() and (path / "config.json").exists():
-        return json.loads((path / "config.json").read_text())
+        return read_config_json(path / "config.json")
     if path.is_file() and path.suffix == ".json":
-        return json.loads(path.read_text())
+        return read_config_json(path)
     key = _shipped_key(str(model))
     if key is not None:
         return json.loads((CONFIG_DIR / f"{key}.json").read_text())
@@ -85,6 +85,19 @@ def model_config(model: Any) -> dict:
         f"model={str(model)!r}: unknown model; expected one of {', '.join(shipped_models())} "
         "(or their hub ids), a local directory with config.json, or a config.json path"
     )
+
+
+def read_config_json(path: Path) -> dict:
+    """A model's config.json as a dict, or a ConfigError naming the file and what is wrong with it."""
+    try:
+        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); expected a model's config.json") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; expected a model's config.json") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: a JSON {type(cfg).__name__}, expected a model's config.json (an object)")
+    return cfg
 
 
 def family(cfg: dict) -> str:
@@ -97,12 +110,19 @@ def family(cfg: dict) -> str:
                       "and intermediate_size (or GPT-2's n_head / n_embd) in the config")
 
 
+def _number(cfg: dict, keys: tuple[str, ...], what: str) -> int:
+    v = next((cfg[k] for k in keys if cfg.get(k)), None)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ConfigError(f"config: {' / '.join(keys)}={v!r}: expected the model's {what}, an integer >= 1")
+    return v
+
+
 def n_layers(cfg: dict) -> int:
-    return int(cfg.get("num_hidden_layers") or cfg["n_layer"])
+    return _number(cfg, ("num_hidden_layers", "n_layer"), "number of decoder layers")
 
 
 def hidden_size(cfg: dict) -> int:
-    return int(cfg.get("hidden_size") or cfg["n_embd"])
+    return _number(cfg, ("hidden_size", "n_embd"), "hidden size")
 
 
 def linear_shapes(cfg: dict) -> dict[str, tuple[int, int]]:

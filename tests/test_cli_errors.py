@@ -189,3 +189,27 @@ def test_evaluate_names_a_mistyped_or_untrained_task_before_loading_a_model(tmp_
     assert evaluate.main([str(path), "--tasks", "fiqa"]) == 2   # a real task, but not this run's
     err = capsys.readouterr().err
     assert "tasks='fiqa': not a training task of fpb_x_32bit_r4 (trained on fpb)" in err and "--any-task" in err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1]", "c.json: a JSON list, expected a model's config.json"),
+    ('{"model_type": "llama", ', "c.json:1: not valid JSON"),
+    ('{"model_type": "llama", "num_attention_heads": 4, "hidden_size": 64, "intermediate_size": 128}',
+     "num_hidden_layers / n_layer=None: expected the model's number of decoder layers"),
+])
+def test_estimate_names_what_is_wrong_with_a_config_file(tmp_path, capsys, content, message):
+    (tmp_path / "c.json").write_text(content)
+    assert memory.main(["estimate", "--model", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_arch_names_a_config_transformers_cannot_build(tmp_path, capsys):
+    from finlora_utils import arch
+
+    (tmp_path / "c.json").write_text('{"model_type": "llama", "hidden_size": "big"}')
+    assert arch.main([str(tmp_path / "c.json")]) == 2
+    assert "transformers cannot build a causal LM from this config" in capsys.readouterr().err
+    (tmp_path / "c.json").write_text("[1]")
+    assert arch.main([str(tmp_path / "c.json")]) == 2
+    assert "a JSON list, expected a model's config.json" in capsys.readouterr().err
