@@ -215,18 +215,20 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
                     world_size=recipe.world_size, trainable_params=recipe.trainable(),
                     resumed_from_step=start or None)
         info.update(recipe.info())
+        from .data.hashes import file_hashes
+        from .models import base_provenance
+
+        # own data: the task files (path, sha256, rows, labels); built-in tasks: every file read, by sha256
+        provenance = dict(data_source=data.source, base_model=base_provenance(config.model),
+                          data_files=data.files or file_hashes(config.tasks, config.train_split, data_dir))
+        # an earlier run's results (a forced retrain) must never be read as this adapter's: a crash between the
+        # two writes below then leaves no results, so the next call retrains instead of trusting a stale pair
+        results_path.unlink(missing_ok=True)
         adapter_dir = run_dir / "adapter"
         info["adapter_bytes"] = save_adapter(adapter, adapter_dir, model_card(config, info, base_model_id(config.model)))
         info["adapter_path"] = results.portable_path(adapter_dir)
-        from .models import base_provenance
-
-        from .data.hashes import file_hashes
-
-        # own data: the task files (path, sha256, rows, labels); built-in tasks: every file read, by sha256
-        res = results.write_trained_run(
-            results_path, config.run_id(), as_stored(config), config.seed, info, preset=preset,
-            data_source=data.source, base_model=base_provenance(config.model),
-            data_files=data.files or file_hashes(config.tasks, config.train_split, data_dir))
+        res = results.write_trained_run(results_path, config.run_id(), as_stored(config), config.seed, info,
+                                        preset=preset, **provenance)
     recipe.discard(root)   # the adapter and results supersede the checkpoints
     if res is None:
         return {}

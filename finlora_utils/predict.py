@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         texts = list(ns.texts) + (read_texts(ns.file, ns.text_column) if ns.file else [])
         if not texts:
             raise ConfigError("texts: expected texts to label (arguments or --file)")
+        if ns.out and Path(ns.out).is_dir():   # found out before the model loads, not after the predictions
+            raise ConfigError(f"out={ns.out!r}: is a folder; expected a file to write (.jsonl, or .csv)")
         task = ns.task
         if ns.train_file:
             task = task or data.register_files(ns.train_file, instruction=ns.instruction).name

@@ -252,6 +252,8 @@ def run_notebook(name: str, preset: str = "cpu", output_dir: str | Path | None =
             params[k] = str(Path(v).resolve())
     params["OUTPUT_DIR"] = str(out_root)
     env_timeout = os.environ.get("FINLORA_CELL_TIMEOUT")
+    if env_timeout and not (env_timeout.strip().isdigit() and int(env_timeout) > 0):
+        raise ConfigError(f"FINLORA_CELL_TIMEOUT={env_timeout!r}: expected seconds per notebook cell, an integer > 0")
     from .data.sources import ENV_DATA_DIR
 
     if os.environ.get(ENV_DATA_DIR):   # the kernel runs in notebooks/: a relative data dir would move

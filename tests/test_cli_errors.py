@@ -213,3 +213,14 @@ def test_arch_names_a_config_transformers_cannot_build(tmp_path, capsys):
     (tmp_path / "c.json").write_text("[1]")
     assert arch.main([str(tmp_path / "c.json")]) == 2
     assert "a JSON list, expected a model's config.json" in capsys.readouterr().err
+
+
+def test_a_bad_cell_timeout_or_an_output_folder_is_named_before_any_work(tmp_path, monkeypatch, capsys):
+    from finlora_utils import predict
+
+    monkeypatch.setenv("FINLORA_CELL_TIMEOUT", "abc")
+    with pytest.raises(ConfigError, match=r"^FINLORA_CELL_TIMEOUT='abc': expected seconds per notebook cell"):
+        study.run_notebook("06_report", "smoke", tmp_path)
+    monkeypatch.setattr(predict, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert predict.main(["embedded", "Sales fell.", "--task", "fpb", "--out", str(tmp_path)]) == 2
+    assert f"out={str(tmp_path)!r}: is a folder" in capsys.readouterr().err

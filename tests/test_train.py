@@ -426,6 +426,30 @@ def test_finished_run_is_skipped_unless_forced(tmp_path, monkeypatch):
         run(cfg, tmp_path, force=True)
 
 
+def test_a_forced_retrain_killed_while_saving_leaves_no_stale_results(tmp_path, monkeypatch):
+    """The new adapter replaces the old one before the new results are written: in between, the old results
+    must already be gone, or the next call would take old numbers for the new adapter as a finished run."""
+    from finlora_utils import engine
+
+    cfg = tiny_config(tmp_path, max_steps=2)
+    path = Path(run(cfg, tmp_path)["_path"])
+    real_save, real_build = engine.save_adapter, train.build_model
+
+    def save_then_die(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt("killed between the adapter and the results")
+
+    monkeypatch.setattr(engine, "save_adapter", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path, force=True)
+    assert not path.exists()
+    monkeypatch.setattr(engine, "save_adapter", real_save)
+    built = []
+    monkeypatch.setattr(train, "build_model", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    again = run(cfg, tmp_path)   # not "finished earlier": it trains again and writes its results
+    assert built and path.exists() and again["train_info"]["steps"] == 2
+
+
 def test_bad_parameters_fail_before_training(tmp_path, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("the model must not load for a bad config")
