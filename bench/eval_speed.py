@@ -19,6 +19,7 @@ Last lines: `score speedup vs generate: X.XXx (this machine allows about Z.Zx)` 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -59,10 +60,17 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the fastest of each mode counts")
     args = ap.parse_args(argv)
+    for name in ("n", "batch_size", "repeats", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= 1")
+    if args.threads < 0:
+        ap.error(f"--threads={args.threads}: expected >= 0 (0 = torch's default)")
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    task = data.get_task(args.task)
+    try:
+        task = data.get_task(args.task)
+    except ValueError as e:
+        ap.error(f"--task: {e}")
     if not task.labels:
         ap.error(f"--task={args.task}: expected a classification task (one with a label set)")
     ds = data.load_task(args.task, "test", max_samples=args.n, seed=0)
@@ -130,4 +138,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from finlora_utils.errors import cli_entry   # a user's mistake: one error line, exit 2
+
+    sys.exit(cli_entry(main)())

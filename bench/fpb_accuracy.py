@@ -210,4 +210,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from finlora_utils.errors import cli_entry   # a user's mistake: one error line, exit 2
+
+    sys.exit(cli_entry(main)())

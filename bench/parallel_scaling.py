@@ -176,6 +176,12 @@ def main(argv=None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if "none" not in modes or not set(modes) <= {"none", "ddp", "pipeline"}:
         ap.error(f"--modes={args.modes!r}: expected none plus any of ddp, pipeline")
+    for name in ("nproc", "batch_size", "steps", "micro_batches", "rank"):
+        low = 2 if name == "nproc" else 1   # nproc: ranks beside the single process, so at least 2
+        if getattr(args, name) < low:
+            ap.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= {low}")
+    if args.timeout <= 0:
+        ap.error(f"--timeout={args.timeout}: expected seconds > 0")
     args.model_path = str(random_model(args.model.split(":", 1)[1])) if args.model.startswith("random:") else args.model
     cores = os.cpu_count() or 1
     share = max(1, cores // args.nproc)
@@ -225,4 +231,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from finlora_utils.errors import cli_entry   # a user's mistake: one error line, exit 2
+
+    sys.exit(cli_entry(main)())

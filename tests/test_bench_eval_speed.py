@@ -29,3 +29,11 @@ def test_bench_compares_layouts_and_prints_the_speedup_and_mfu_last():
     speedup, mfu = out.strip().splitlines()[-2:]
     assert re.fullmatch(r"score speedup vs generate: \d+\.\d\dx \(this machine allows about \d+\.\dx\)", speedup), out
     assert re.fullmatch(r"score MFU: \d+\.\d %", mfu), mfu
+
+
+
+def test_bench_names_a_bad_argument():   # one case: each run pays the imports (the checks share one code path)
+    run = subprocess.run([sys.executable, str(BENCH), "--task", "nosuch"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert run.returncode == 2 and "--task: unknown task 'nosuch'" in run.stderr, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr

@@ -48,3 +48,9 @@ def test_random_model_is_seeded_and_starts_from_an_empty_cache(tmp_path, monkeyp
         path = parallel_scaling.random_model("tiny-random-llama")
         shards.append({p.name: p.read_bytes() for p in sorted(path.glob("*.safetensors"))})
     assert shards[0] and shards[0] == shards[1]
+
+
+def test_bench_names_a_bad_argument():
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "parallel_scaling.py"), "--nproc", "0"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 2 and "--nproc=0: expected an integer >= 2" in run.stderr, run.stderr[-2000:]
