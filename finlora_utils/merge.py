@@ -61,6 +61,23 @@ def _adapter_config(adapter_dir: Path) -> dict:
         raise MergeError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
 
 
+def _shown(path: str | Path) -> str:
+    """A local path as the merged model's card shows it: relative to the checkout when inside it, else the folder's
+    name alone (the card is meant to travel with the model: no home folder or user name in it)."""
+    from .results import portable_path
+
+    p = portable_path(path)
+    return p if not Path(p).is_absolute() else Path(p).name
+
+
+def _card_text(path: Path) -> str | None:
+    """The adapter's own card, with paths inside the checkout made relative (a base model in the kit's cache)."""
+    from .paths import project_root
+    from .results import relativize_text
+
+    return relativize_text(path.read_text(encoding="utf-8"), project_root()) if path.is_file() else None
+
+
 def _check_unquantized(base_path: str) -> None:
     cfg_path = Path(base_path) / "config.json"
     if cfg_path.is_file():
@@ -105,6 +122,8 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     adapter, out = Path(adapter), Path(out)
     if dtype not in DTYPES:
         raise MergeError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+    if not tolerance >= 0:
+        raise MergeError(f"tolerance={tolerance!r}: expected the largest |logit difference| to accept, >= 0")
     acfg = _adapter_config(adapter)
     safetensors_adapter(adapter)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -126,14 +145,17 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     if not diff <= tolerance:
         raise MergeError(f"tolerance={tolerance}: merged logits differ from base + adapter by {diff:.3g} "
                          f"on the probe prompt (dtype={dtype}); raise tolerance for a 16-bit output")
+    hub = acfg.get("base_model_name_or_path")
     record = {
         "created": results.now_iso(),
-        "base_model": {"name": base, "path": base_path if Path(base_path).exists() else None,
-                       "hub_id": acfg.get("base_model_name_or_path"), "loaded_as": "fp32, unquantized"},
-        "adapter": {"path": str(adapter.resolve()), "sha256": _sha256(adapter / "adapter_model.safetensors"),
+        "base_model": {"name": _shown(base) if Path(base).exists() else base,
+                       "path": _shown(base_path) if Path(base_path).exists() else None,
+                       "hub_id": _shown(hub) if hub and Path(hub).exists() else hub,
+                       "loaded_as": "fp32, unquantized"},
+        "adapter": {"path": _shown(adapter), "sha256": _sha256(adapter / "adapter_model.safetensors"),
                     "config": {k: acfg.get(k) for k in ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules",
                                                         "target_parameters", "use_rslora", "use_dora")}},
-        "training_card": (adapter / "README.md").read_text(encoding="utf-8") if (adapter / "README.md").is_file() else None,
+        "training_card": _card_text(adapter / "README.md"),
         "dtype": dtype,
         "check": {"probe_max_abs_logit_diff": diff, "tolerance": tolerance},
         "git_commit": results.git_commit(),

@@ -9,6 +9,7 @@ import torch
 
 from finlora_utils import merge, models
 from finlora_utils.config import LoraSettings
+from finlora_utils.paths import project_root
 
 PROMPTS = ["Instruction: What is the sentiment?\nInput: Sales fell 10%.\nAnswer: ",
            "Instruction: What is the sentiment?\nInput: The company raised its dividend.\nAnswer: "]
@@ -44,7 +45,10 @@ def test_merged_model_loads_plainly_and_equals_base_plus_adapter(adapter, tmp_pa
     assert merge.main([str(adapter), "--out", str(out)]) == 0
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     card = (out / "README.md").read_text()
-    assert "base_model:" in card and "rank 4" in card and str(adapter.resolve()) in card
+    # the card travels with the model: the adapter by folder name and sha256, no absolute path (no user name)
+    assert "base_model:" in card and "rank 4" in card and f"`{adapter.name}`" in card
+    for text in (card, (out / "finlora_merge.json").read_text()):
+        assert str(adapter.resolve().parent) not in text and str(project_root()) not in text
     rec = json.loads((out / "finlora_merge.json").read_text())
     assert rec["adapter"]["config"]["r"] == 4 and rec["check"]["probe_max_abs_logit_diff"] < 1e-3
 
@@ -67,6 +71,8 @@ def test_merge_refuses_a_quantized_base_and_bad_paths(adapter, tmp_path, capsys)
     (qbase / "config.json").write_text(json.dumps(cfg))
     assert merge.main([str(adapter), "--out", str(tmp_path / "m"), "--base", str(qbase)]) == 2
     assert "stored quantized (bitsandbytes, 4-bit)" in capsys.readouterr().err
+    assert merge.main([str(adapter), "--out", str(tmp_path / "m"), "--tolerance", "-1"]) == 2
+    assert "tolerance=-1.0: expected the largest |logit difference| to accept" in capsys.readouterr().err
     assert merge.main([str(tmp_path / "nope"), "--out", str(tmp_path / "m")]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
