@@ -21,11 +21,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from finlora_utils import data, evaluate as ev, flops, models, prepack
+from finlora_utils import data, evaluate as ev, flops, models, prepack, results as results_io
+from finlora_utils.data.hashes import file_hashes
+from finlora_utils.paths import reports_dir
 from finlora_utils.config import resolve_precision
 from finlora_utils.tokenization import common_prefix_len
 
@@ -59,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=ev.CLS_MAX_NEW_TOKENS)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the fastest of each mode counts")
+    ap.add_argument("--json", default=None,
+                    help="results file: figures, config, commit, machine (default: reports/bench/eval_speed.json)")
     args = ap.parse_args(argv)
     for name in ("n", "batch_size", "repeats", "max_new_tokens"):
         if getattr(args, name) < 1:
@@ -133,8 +138,20 @@ def main(argv=None):
           f"{f_gen['total'] / 1e9:.1f} (LM head {f_gen['head'] / 1e9:.1f}): {f_gen['total'] / f_score['total']:.1f}x "
           f"at equal MFU; generate MFU {100 * flops.mfu(f_gen['total'], t_gen, peak['peak']):.1f} %, score at the "
           f"peak would take {at_peak:.2f} s")
+    figures = dict(score_speedup=t_gen / t_score, allowed_speedup=t_gen / at_peak, plain_score_speedup=t_gen / t_plain,
+                   prepack_speedup=t_unpacked / t_score,
+                   score_mfu=flops.mfu(f_score["total"], t_score, peak["peak"]),
+                   generate_mfu=flops.mfu(f_gen["total"], t_gen, peak["peak"]), identical_with_prefix_cache=same,
+                   n=n, accuracy={k: m["accuracy"] for k, m in (("generate", m_gen), ("plain", m_plain),
+                                                                   ("shared", m_score))})
+    out = Path(args.json) if args.json else reports_dir() / "bench" / "eval_speed.json"
+    doc = results_io.write_bench(out, "eval_speed", vars(args), dict(
+        seconds=times, figures=figures, flops={"score": f_score, "generate": f_gen}, peak=peak, prepack=info),
+        data_source=data.source_of(ds), base_model=models.base_provenance(args.model),
+        data_files=file_hashes([args.task], "test"), portable=True)
+    print(f"results: {out} (commit {doc['run_info']['git_commit']})")
     print(f"score speedup vs generate: {t_gen / t_score:.2f}x (this machine allows about {t_gen / at_peak:.1f}x)")
-    print(f"score MFU: {100 * flops.mfu(f_score['total'], t_score, peak['peak']):.1f} %")
+    print(f"score MFU: {100 * figures['score_mfu']:.1f} %")
 
 
 if __name__ == "__main__":

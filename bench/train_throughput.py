@@ -232,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1,
                    help="interleaved repeats, each recipe in a fresh process; the fastest of each counts")
+    p.add_argument("--json", default=None,
+                   help="results file: figures, config, commit, machine (default: reports/bench/train_throughput.json)")
     p.add_argument("--recipe", choices=("finlora", "ours"), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -290,6 +292,21 @@ def main(argv=None) -> int:
     print(f"first step (warm-up: page faults and kernel builds): finlora {fin['first_step']['wall_s']:.1f} s of "
           f"{fin['wall_s']:.1f}, ours {ours['first_step']['wall_s']:.1f} s of {ours['wall_s']:.1f}; steps 2-{a.steps}: "
           f"target tok/s finlora {steady['finlora']:.2f}, ours {steady['ours']:.2f}")
+    from finlora_utils import data, models, results
+    from finlora_utils.data.hashes import file_hashes
+    from finlora_utils.paths import reports_dir
+
+    out = Path(a.json) if a.json else reports_dir() / "bench" / "train_throughput.json"
+    figures = dict(train_speedup=steady["ours"] / steady["finlora"], train_speedup_whole_run=speedup,
+                   train_mfu=steady_mfu, train_mfu_whole_run=whole_mfu, cpu_time_speedup=fin["cpu_s"] / ours["cpu_s"])
+    config = {k: v for k, v in vars(a).items() if k not in ("recipe", "out")}
+    doc = results.write_bench(out, "train_throughput", config, dict(
+        recipes=[{k: v for k, v in r.items() if k != "adapter"} for r in rows],   # adapters: a temporary folder
+        seconds_per_repeat=walls, heldout_loss=losses, figures=figures,
+        flops={"run": need, "after_first_step": after_first}, peak=peak), seed=a.seed,
+        data_source=data.data_source(a.task), base_model=models.base_provenance(a.model),
+        data_files=file_hashes([a.task], "train"), portable=True)
+    print(f"results: {out} (commit {doc['run_info']['git_commit']})")
     print(f"train speedup vs finlora recipe: {steady['ours'] / steady['finlora']:.2f}x "
           f"(steps 2-{a.steps}; whole run {speedup:.2f}x)")
     print(f"train MFU: {100 * steady_mfu:.1f} % (steps 2-{a.steps}; whole run {100 * whole_mfu:.1f} %)")
