@@ -527,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in ns.modes.split(",") if m.strip()]
     kw = dict(batch_size=ns.batch_size, max_samples=ns.max_samples or None, seed=ns.seed)
     try:
+        if not modes or any(m not in MODES for m in modes):   # before any model loads
+            raise ConfigError(f"modes={ns.modes!r}: expected a comma-separated list from {', '.join(MODES)}")
         if bool(ns.runs) == bool(ns.base):
             raise ConfigError("runs: expected results JSON files of finetuned runs, or --base MODEL (not both)")
         if ns.base:

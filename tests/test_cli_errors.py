@@ -184,6 +184,8 @@ def test_evaluate_names_a_mistyped_or_untrained_task_before_loading_a_model(tmp_
     res["train_info"] = {"adapter_path": str(adapter)}
     path = results.write_json(tmp_path / "results" / "fpb_x_32bit_r4.json", res)
     monkeypatch.setattr(evaluate, "_load", lambda *a: pytest.fail("a model was loaded"))
+    assert evaluate.main(["--base", "tiny-random-llama", "--tasks", "fpb", "--modes", "scor"]) == 2
+    assert "error: modes='scor': expected a comma-separated list from" in capsys.readouterr().err
     assert evaluate.main([str(path), "--tasks", "fbp"]) == 2
     assert "error: tasks: unknown task 'fbp'" in capsys.readouterr().err
     assert evaluate.main([str(path), "--tasks", "fiqa"]) == 2   # a real task, but not this run's
