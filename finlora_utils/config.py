@@ -112,7 +112,8 @@ def _check_types(obj) -> None:
         else:
             continue
         _check(ok, f.name, v, kind)
-        setattr(obj, f.name, cast(v))
+        if type(v) not in (bool, int, float, str):   # numpy numbers, Paths: stored as the plain value
+            setattr(obj, f.name, cast(v))
 
 
 def file_task_name(train_file: str, task_name: str = "") -> str:
@@ -371,19 +372,24 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
-def read_config_file(path: str | Path) -> dict:
-    """A TrainConfig as JSON (what results store under run_info.config): an object of its fields."""
+def read_json_object(path: str | Path, expected: str, error: type[Exception] = ConfigError) -> dict:
+    """A JSON file that holds one object, or `error` naming the file (and line) and what was `expected`.
+    OSError (a missing file) passes through for the caller to name."""
     path = Path(path)
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); expected an object of TrainConfig "
-                          "fields") from None
+        raise error(f"{path}:{e.lineno}: not valid JSON ({e.msg}); expected {expected}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; expected a JSON object of TrainConfig fields") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: a JSON {type(d).__name__}, expected an object of TrainConfig fields")
-    return d
+        raise error(f"{path}: not UTF-8 text; expected {expected}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: a JSON {type(obj).__name__}, expected {expected}")
+    return obj
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A TrainConfig as JSON (what results store under run_info.config): an object of its fields."""
+    return read_json_object(path, "an object of TrainConfig fields")
 
 
 def _cast(v: str, default, name: str):

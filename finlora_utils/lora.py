@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import arch
-from .config import ConfigError, LoraSettings
+from .config import ConfigError, LoraSettings, read_json_object
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 
@@ -89,15 +89,7 @@ def model_config(model: Any) -> dict:
 
 def read_config_json(path: Path) -> dict:
     """A model's config.json as a dict, or a ConfigError naming the file and what is wrong with it."""
-    try:
-        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); expected a model's config.json") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; expected a model's config.json") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: a JSON {type(cfg).__name__}, expected a model's config.json (an object)")
-    return cfg
+    return read_json_object(path, "a model's config.json (an object)")
 
 
 def family(cfg: dict) -> str:

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import PRECISION, model_slug  # noqa: F401 - model_slug: part of the results API (run ids)
+from .config import PRECISION, model_slug, read_json_object  # noqa: F401 - model_slug: results API (run ids)
 
 SCHEMA_VERSION = 1
 PATH_FIELDS = ("output_dir", "out", "data_dir", "results_dir")   # config fields that name folders
@@ -257,15 +257,9 @@ def read_result(path: str | Path, require: Iterable[str] = TOP_FIELDS) -> dict:
     """Load one results JSON; `require` lists dotted fields that must be present (e.g. 'train_info.wall_s')."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = read_json_object(path, "a results object (run_id, run_info, ...) as the kit writes it", ResultsError)
     except FileNotFoundError:
         raise ResultsError(f"{path}: results file not found") from None
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise ResultsError(f"{path}: not UTF-8 text; expected a results JSON the kit wrote") from None
-    if not isinstance(obj, dict):
-        raise ResultsError(f"{path}: a JSON {type(obj).__name__}, expected a results object (run_id, run_info, ...)")
     for dotted in require:
         get_field(obj, dotted, path)
     return obj

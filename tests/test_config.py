@@ -125,8 +125,9 @@ def test_a_run_stored_before_a_field_existed_counts_as_the_code_of_its_day():
 def test_numbers_and_paths_of_the_right_kind_are_taken_as_plain_values(tmp_path):
     import numpy as np
 
-    cfg = TrainConfig(batch_size=np.int64(4), epochs=2, output_dir=tmp_path, lora={"rank": np.int32(8)})
-    assert (cfg.batch_size, cfg.epochs, cfg.output_dir, cfg.lora.rank) == (4, 2.0, str(tmp_path), 8)
+    cfg = TrainConfig(batch_size=np.int64(4), epochs=np.float32(2), lr=1, output_dir=tmp_path,
+                      lora={"rank": np.int32(8)})
+    assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.output_dir, cfg.lora.rank) == (4, 2.0, 1, str(tmp_path), 8)
     assert type(cfg.batch_size) is int and type(cfg.epochs) is float and type(cfg.lora.rank) is int
 
 
