@@ -18,7 +18,6 @@ merged model's logits on a probe prompt must equal base + adapter within `tolera
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -89,14 +88,6 @@ def _check_unquantized(base_path: str) -> None:
                              "the adapter away. Pass --base with the unquantized model it was quantized from.")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _logits(model, tok, text: str):
     import torch
 
@@ -116,7 +107,8 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     from transformers import AutoModelForCausalLM
 
     from . import results
-    from .artifacts import safetensors_adapter
+    from .artifacts import ADAPTER_WEIGHTS, safetensors_adapter
+    from .data.sources import sha256_file
     from .models import load_tokenizer, resolve_model_path
 
     adapter, out = Path(adapter), Path(out)
@@ -152,7 +144,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
                        "path": _shown(base_path) if Path(base_path).exists() else None,
                        "hub_id": _shown(hub) if hub and Path(hub).exists() else hub,
                        "loaded_as": "fp32, unquantized"},
-        "adapter": {"path": _shown(adapter), "sha256": _sha256(adapter / "adapter_model.safetensors"),
+        "adapter": {"path": _shown(adapter), "sha256": sha256_file(adapter / ADAPTER_WEIGHTS),
                     "config": {k: acfg.get(k) for k in ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules",
                                                         "target_parameters", "use_rslora", "use_dora")}},
         "training_card": _card_text(adapter / "README.md"),
