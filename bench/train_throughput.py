@@ -305,7 +305,7 @@ def main(argv=None) -> int:
         seconds_per_repeat=walls, heldout_loss=losses, figures=figures,
         flops={"run": need, "after_first_step": after_first}, peak=peak), seed=a.seed,
         data_source=data.data_source(a.task), base_model=models.base_provenance(a.model),
-        data_files=file_hashes([a.task], "train"), portable=True)
+        data_files={s: file_hashes([a.task], s) for s in ("train", "test")}, portable=True)   # trained, held out
     print(f"results: {out} (commit {doc['run_info']['git_commit']})")
     print(f"train speedup vs finlora recipe: {steady['ours'] / steady['finlora']:.2f}x "
           f"(steps 2-{a.steps}; whole run {speedup:.2f}x)")

@@ -36,6 +36,7 @@ def test_bench_keeps_the_fastest_repeat_and_prints_the_speedup_and_mfu_last(tmp_
     assert f"{doc['figures']['train_speedup']:.2f}x" in speedup
     assert {r: [round(t, 1) for t in ts] for r, ts in doc["seconds_per_repeat"].items()} == walls
     assert doc["run_info"]["git_commit"] and doc["meta_info"]["base_model"]["name"] == "tiny-random-llama"
+    assert set(doc["run_info"]["data_files"]) == {"train", "test"}   # what it trained on and scored held out
     assert [r["recipe"] for r in doc["recipes"]] == ["finlora", "ours"] and "/tmp" not in json.dumps(doc["recipes"])
 
 
