@@ -157,7 +157,10 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
             raise ConfigError(f"{diff[0]}={getattr(config, diff[0], None)!r}: the checkpoint in {root} was made "
                               f"with {diff[0]}={state['config'].get(diff[0])!r}; expected force=True to start over")
         say(f"{tag} resuming from step {state['step']}/{len(state['plan'])}")
-    state = state or dict(step=0, plan=data.plan, loss_curve=[], **recipe.fresh(),
+    # the code this run computes with: read now, not when the results are written (a commit made while it trains
+    # is not its code); a resumed run keeps the commit its first segment started at when they differ
+    commit = results.git_commit()
+    state = state or dict(step=0, plan=data.plan, loss_curve=[], git_commit=commit, **recipe.fresh(),
                           stats=dict(examples=0, tokens=0, nonpad_tokens=0, target_tokens=0, wall_s=0.0, cpu_s=0.0))
     plan, stats, curve, start = state["plan"], state["stats"], state["loss_curve"], state["step"]
     ex = data.examples
@@ -214,6 +217,8 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
                     lora_dropout_kernel=dropout.kernel(built.model),
                     world_size=recipe.world_size, trainable_params=recipe.trainable(),
                     resumed_from_step=start or None)
+        if state.get("git_commit", commit) != commit:
+            info["first_segment_git_commit"] = state["git_commit"]
         info.update(recipe.info())
         from .data.hashes import file_hashes
         from .models import base_provenance
@@ -228,7 +233,7 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
         info["adapter_bytes"] = save_adapter(adapter, adapter_dir, model_card(config, info, base_model_id(config.model)))
         info["adapter_path"] = results.portable_path(adapter_dir)
         res = results.write_trained_run(results_path, config.run_id(), as_stored(config), config.seed, info,
-                                        preset=preset, **provenance)
+                                        preset=preset, commit=commit, **provenance)
     recipe.discard(root)   # the adapter and results supersede the checkpoints
     if res is None:
         return {}

@@ -118,7 +118,14 @@ def _jsonable(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+# Folders whose untracked files change what a run computes or shows: a new module the package imports, a new
+# bench or notebook. Untracked files elsewhere (new showcase results while a grid runs, notes) do not.
+CODE_PATHS = ("finlora_utils", "bench", "notebooks", "grids")
+
+
 def git_commit() -> str | None:
+    """HEAD, with '-dirty' when a tracked file differs from it or an untracked file sits in CODE_PATHS; None
+    outside a git checkout. A run reads it when it starts (a commit made while it trains is not its code)."""
     from .paths import project_root
 
     try:
@@ -126,9 +133,11 @@ def git_commit() -> str | None:
                              text=True, timeout=5)
         if out.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_root(),
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_root(),
+                                 capture_output=True, text=True, timeout=5).stdout.strip()
+        untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS],
+                                   cwd=project_root(), capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if changed or untracked else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -182,9 +191,10 @@ def made_now(commit: str | None = None) -> dict:
 
 
 def new_result(run_id: str, config: dict, seed: int, preset: str | None = None,
-               data_source: str | None = None, base_model: dict | None = None) -> dict:
+               data_source: str | None = None, base_model: dict | None = None, commit: str | None = None) -> dict:
     """A fresh results document. base_model: the base weights' provenance (models.base_provenance), kept in
-    meta_info so a reader sees e.g. that the embedded model's 16-bit baseline is a dequantized Q4_1 model."""
+    meta_info so a reader sees e.g. that the embedded model's 16-bit baseline is a dequantized Q4_1 model.
+    commit: the git_commit() read when the run started (default: now)."""
     from .paths import project_root
 
     # folders a run wrote to are stored relative to the checkout (portable); a model path is compared on resume
@@ -192,7 +202,8 @@ def new_result(run_id: str, config: dict, seed: int, preset: str | None = None,
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
-        "run_info": {"config": config, "seed": seed, "created": now_iso(), "git_commit": git_commit(),
+        "run_info": {"config": config, "seed": seed, "created": now_iso(),
+                     "git_commit": commit if commit is not None else git_commit(),
                      "preset": preset, "data_source": data_source},
         "train_info": None,
         "eval_info": {},
@@ -208,10 +219,11 @@ RESERVED = ("schema_version", "run_id", "run_info", "train_info", "eval_info", "
 
 def write_trained_run(path: str | Path, run_id: str, config: dict, seed: int, train_info: dict, *,
                       preset: str | None = None, data_source: str | None = None, base_model: dict | None = None,
-                      data_files: dict | list | None = None) -> dict:
+                      data_files: dict | list | None = None, commit: str | None = None) -> dict:
     """A finetuned run's file: train_info filled, eval_info empty until evaluate adds to it. data_files: what the
-    run read (by sha256), kept in run_info so a later reader can tell whether the data changed."""
-    doc = new_result(run_id, config, seed, preset, data_source, base_model)
+    run read (by sha256), kept in run_info so a later reader can tell whether the data changed. commit: the
+    git_commit() read when training started."""
+    doc = new_result(run_id, config, seed, preset, data_source, base_model, commit)
     if data_files is not None:
         doc["run_info"]["data_files"] = data_files
     doc["train_info"] = train_info

@@ -115,3 +115,34 @@ def test_bench_writer_puts_sections_after_the_schema_and_refuses_its_keys(tmp_pa
     with pytest.raises(ValueError, match="run_info"):
         results.write_bench(tmp_path / "c.json", "c", {}, {"run_info": {}})
     assert not (tmp_path / "c.json").exists()
+
+
+def test_git_commit_is_dirty_for_changed_files_and_new_code_only(tmp_path, monkeypatch):
+    """A tracked file changed, or an untracked file where code lives (a new module the package imports), makes
+    the commit '-dirty'; an untracked file elsewhere (a grid's new showcase result) or an ignored one does not."""
+    import subprocess
+
+    from finlora_utils import paths
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")
+    (tmp_path / "finlora_utils").mkdir()
+    (tmp_path / "finlora_utils" / "a.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    monkeypatch.setattr(paths, "project_root", lambda: tmp_path)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert results.git_commit() == head
+    (tmp_path / "reports" / "showcase").mkdir(parents=True)
+    (tmp_path / "reports" / "showcase" / "new.json").write_text("{}")
+    (tmp_path / "finlora_utils" / "__pycache__").mkdir()
+    (tmp_path / "finlora_utils" / "__pycache__" / "a.pyc").write_bytes(b"")
+    assert results.git_commit() == head
+    (tmp_path / "finlora_utils" / "b.py").write_text("y = 2\n")
+    assert results.git_commit() == head + "-dirty"
+    (tmp_path / "finlora_utils" / "b.py").unlink()
+    (tmp_path / "finlora_utils" / "a.py").write_text("x = 2\n")
+    assert results.git_commit() == head + "-dirty"

@@ -352,8 +352,15 @@ def test_adapter_loads_with_plain_peft_and_gives_identical_logits(tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_resume_after_crash_reproduces_uninterrupted_run(tmp_path):
-    ref = run(tiny_config(tmp_path / "a", max_steps=6), tmp_path / "a")
+def test_resume_after_crash_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+    from finlora_utils import results
+
+    commits = iter(["a" * 40] + ["c" * 40] * 10)   # the tree is committed to while the run trains
+    monkeypatch.setattr(results, "git_commit", lambda: next(commits))
+    ref = run(tiny_config(tmp_path / "a", max_steps=6), tmp_path / "a",
+              on_step=lambda step, loss: step == 3 and results.git_commit())
+    assert ref["run_info"]["git_commit"] == "a" * 40   # the code it started with, not the commit made since
+    assert "first_segment_git_commit" not in ref["train_info"]
 
     class Crash(RuntimeError):
         pass
@@ -363,12 +370,17 @@ def test_resume_after_crash_reproduces_uninterrupted_run(tmp_path):
             raise Crash
 
     cfg = tiny_config(tmp_path / "b", max_steps=6, save_every=2)
+    monkeypatch.setattr(results, "git_commit", lambda: "a" * 40)
     with pytest.raises(Crash):
         run(cfg, tmp_path / "b", on_step=crash_at_5)
     ckpt = Path(cfg.output_dir) / cfg.run_id() / "checkpoints"
     assert (ckpt / "latest").read_text() == "step-000004"
+    monkeypatch.setattr(results, "git_commit", lambda: "b" * 40)
     resumed = run(cfg, tmp_path / "b")
     assert resumed["train_info"]["resumed_from_step"] == 4
+    # steps 1-4 ran other code than steps 5-6: both commits are on record
+    assert resumed["run_info"]["git_commit"] == "b" * 40
+    assert resumed["train_info"]["first_segment_git_commit"] == "a" * 40
     assert resumed["train_info"]["first_step"]["step"] == 5   # the resumed process's own first step
     assert resumed["train_info"]["loss_curve"] == ref["train_info"]["loss_curve"]
     wa, wb = adapter_weights(ref["train_info"]["adapter_path"]), adapter_weights(resumed["train_info"]["adapter_path"])
