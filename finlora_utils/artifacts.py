@@ -224,6 +224,34 @@ def save_adapter(peft_model, adapter_dir: Path, card: str) -> int:
     return sum(f.stat().st_size for f in adapter_dir.iterdir() if f.suffix == ".safetensors")
 
 
+# The card's front-matter key naming the base as the kit loaded it: adapter_config.json names SmolLM2's hub id for
+# the embedded (dequantized Q4_1) copy too, so plain peft users can load it; merge reads this key to tell them apart.
+BASE_KEY = "finlora_base"
+
+
+def trained_on(model: str) -> str:
+    """The base as the card's BASE_KEY names it: 'embedded', a hub id, or a local folder's name."""
+    from .models import EMBEDDED
+
+    return model if model == EMBEDDED or not Path(model).exists() else Path(model).name
+
+
+def card_base(adapter_dir: Path) -> str | None:
+    """BASE_KEY from an adapter's card (README.md front matter); None for an adapter without it."""
+    card = Path(adapter_dir) / "README.md"
+    try:
+        text = card.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("---\n"):
+        return None
+    for line in text.split("\n---", 1)[0].splitlines()[1:]:
+        key, _, value = line.partition(":")
+        if key.strip() == BASE_KEY:
+            return value.strip() or None
+    return None
+
+
 def model_card(config: TrainConfig, info: dict, base_id: str) -> str:
     lo = config.lora
     curve = info["loss_curve"]
@@ -231,6 +259,7 @@ def model_card(config: TrainConfig, info: dict, base_id: str) -> str:
     return f"""---
 library_name: peft
 base_model: {base_id}
+{BASE_KEY}: {trained_on(config.model)}
 tags: [lora, finlora, finance, {config.precision}]
 ---
 # {config.run_id()}

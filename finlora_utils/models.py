@@ -121,8 +121,21 @@ def base_provenance(name: str) -> dict:
                 "quantization_config": cfg.get("quantization_config")}
     from .lora import hub_id
 
-    return {"name": name, "id": hub_id(name) or name, "source": "hugging face hub",
+    repo = hub_id(name) or name
+    return {"name": name, "id": repo, "source": "hugging face hub", "revision": hub_revision(repo),
             "weights": "as published (dtype of the checkpoint)"}
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The commit of the hub snapshot from_pretrained reads here (the local cache's copy of the default branch),
+    so a result names the exact weights even after the repository moves on; None when it is not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:   # not a valid repo id (e.g. a local path that does not exist)
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
 
 
 def embedded_model_dir() -> Path:

@@ -100,3 +100,27 @@ def test_an_adapter_without_safetensors_weights_is_refused_everywhere(adapter, t
     with pytest.raises(ValueError, match=f"{pickled}: no adapter_model.safetensors"):
         evaluate.evaluate_runs([path])
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("trained_on, expected", [("embedded", "embedded"), (models.EMBEDDED_HUB_ID, "hub"),
+                                                  (None, "embedded")])
+def test_the_card_tells_the_embedded_copy_from_the_hub_model(adapter, tmp_path, trained_on, expected):
+    """Both record SmolLM2's hub id in adapter_config.json (so plain peft loads either); the kit's card names the
+    base it trained on, and merge loads that one (an adapter trained on the hub model was merged into the embedded,
+    dequantized Q4_1 copy). A plain peft adapter without the card keeps the embedded reading."""
+    from finlora_utils import artifacts
+    from finlora_utils.config import TrainConfig
+
+    d = tmp_path / "adapter"
+    shutil.copytree(adapter, d)
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    (d / "adapter_config.json").write_text(json.dumps(dict(cfg, base_model_name_or_path=models.EMBEDDED_HUB_ID)))
+    (d / "README.md").unlink(missing_ok=True)
+    if trained_on:
+        info = dict(loss_curve=[[1, 2.0]], steps=1, examples=4, target_tokens=8, truncated=0, wall_s=1.0,
+                    peak_mem_bytes=2**20, peak_mem_method="VmHWM")
+        card = artifacts.model_card(TrainConfig(model=trained_on, tasks="fpb"), info, models.EMBEDDED_HUB_ID)
+        assert f"\n{artifacts.BASE_KEY}: {trained_on}\n" in card.split("\n---", 1)[0]
+        (d / "README.md").write_text(card)
+    want = models.EMBEDDED if expected == "embedded" else models.EMBEDDED_HUB_ID
+    assert merge.adapter_base(d) == want

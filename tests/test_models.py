@@ -106,3 +106,18 @@ def test_embedded_gguf_header_provenance_reaches_a_fresh_results_file(tmp_path, 
     saved = results.read_result(path, require=("meta_info.base_model.by_kind",))
     assert saved["meta_info"]["base_model"]["by_kind"] == {"projections": "Q4_1", "embeddings": "Q8_0",
                                                            "norms": "F32"}
+
+
+def test_hub_base_model_records_the_cached_snapshot_commit(tmp_path, monkeypatch):
+    """A hub model's provenance names the commit of the snapshot from_pretrained reads (the hub moves on)."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--org--fin-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert models.base_provenance("org/fin-model")["revision"] == commit
+    assert models.base_provenance("org/other-model")["revision"] is None   # not downloaded here
