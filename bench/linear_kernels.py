@@ -11,7 +11,9 @@ This bench answers whether that would pay here, per shape: forward (x @ W.T, eac
 (g @ W: torch vs oneDNN on W.T as it is). Each timing cycles through --weights different weights, as a forward
 does, so no weight stays in cache; the best of --repeats blocks counts (a shared machine's slow blocks are
 someone else's load). Last lines, one per dtype:
-`onednn vs torch, <dtype>: forward X.XXx (prepacked Y.YYx), input gradient Z.ZZx` (geometric means over shapes).
+`onednn vs torch, <dtype>: forward X.XXx (prepacked Y.YYx), input gradient Z.ZZx` (geometric means over shapes),
+after the results file (every rate with the config, commit and machine: reports/bench/linear_kernels.json; --json).
+Weights and inputs are seeded random tensors in the model's shapes: the figures are the kernels', not the model's.
 """
 from __future__ import annotations
 
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-time", type=float, default=0.3, help="seconds per timed block")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--json", default=None, help="results file: figures, config, commit, machine "
+                                                "(default: reports/bench/linear_kernels.json)")
     a = p.parse_args(argv)
     names = [d.strip() for d in a.dtypes.split(",") if d.strip()]
     bad = [d for d in names if d not in DTYPES]
@@ -90,7 +94,7 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
     shapes = flops.projection_shapes(a.model, a.rows)
-    summary = []
+    summary, measured = [], {}
     for name in names:
         dtype = DTYPES[name]
         ok, why = prepack.supported(dtype)
@@ -100,20 +104,30 @@ def main(argv=None) -> int:
         print(f"\n{name}, GFLOP/s    {'torch':>8s} {'onednn':>8s} {'prepacked':>9s} | "
               f"{'grad torch':>10s} {'grad onednn':>11s}")
         ratios = {"forward": [], "prepacked": [], "grad": []}
+        measured[name] = {"shapes": {}}
         for label, shape in shapes.items():
             r = measure(shape, dtype, a.weights, a.min_time, a.repeats)
+            measured[name]["shapes"][label] = dict(shape=list(shape), flop_per_s=r)
             print(f"{label:10s} {'x'.join(map(str, shape)):>12s} {r['torch'] / 1e9:8.1f} {r['onednn'] / 1e9:8.1f} "
                   f"{r['prepacked'] / 1e9:9.1f} | {r['grad torch'] / 1e9:10.1f} {r['grad onednn'] / 1e9:11.1f}")
             ratios["forward"].append(r["onednn"] / r["torch"])
             ratios["prepacked"].append(r["prepacked"] / r["torch"])
             ratios["grad"].append(r["grad onednn"] / r["grad torch"])
         g = {k: geomean(v) for k, v in ratios.items()}
+        measured[name]["onednn_vs_torch"] = {"forward": g["forward"], "forward_prepacked": g["prepacked"],
+                                             "input_gradient": g["grad"]}
         summary.append(f"onednn vs torch, {name}: forward {g['forward']:.2f}x (prepacked {g['prepacked']:.2f}x), "
                        f"input gradient {g['grad']:.2f}x")
     if not summary:
         print("no dtype could be measured on this machine", file=sys.stderr)
         return 1
-    print()
+    from finlora_utils.paths import reports_dir
+
+    out = Path(a.json) if a.json else reports_dir() / "bench" / "linear_kernels.json"
+    config = dict(vars(a), json=None, threads=torch.get_num_threads(), shapes_of=a.model,
+                  cpu_capability=torch.backends.cpu.get_cpu_capability(), isa=isa)
+    doc = results.write_bench(out, "linear_kernels", config, {"dtypes": measured}, seed=0, portable=True)
+    print(f"\nresults: {out} (commit {doc['run_info']['git_commit']})")
     print("\n".join(summary))
     return 0
 

@@ -14,7 +14,8 @@ quantization (the kit's QLoRA setting), torchao NF4 with blocks of 64 (scaler bl
 do not divide into torchao's default 256), quanto int4 with its default groups. The relative error of each
 output against the bf16 layer's is printed beside the time, so a fast backend cannot hide a worse grid.
 A backend that is not installed is listed as such, with the command above; never timed as zero.
-Last line: `4-bit layer time / bf16: bitsandbytes X.XXx` (and the others measured).
+Last line: `4-bit layer time / bf16: bitsandbytes X.XXx` (and the others measured), after the results file
+(every time and error with the backends' versions, config, commit and machine: reports/bench/nf4_backends.json).
 """
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=488, help="rows of x: batch x padded length")
     ap.add_argument("--calls", type=int, default=10, help="calls per timed block (best of 3 blocks)")
     ap.add_argument("--extra-path", help="a folder holding torchao / optimum-quanto (pip install --target)")
+    ap.add_argument("--json", default=None, help="results file: figures, config, commit, machine "
+                                                 "(default: reports/bench/nf4_backends.json)")
     a = ap.parse_args(argv)
     if a.rows < 1 or a.calls < 1:
         ap.error(f"--rows={a.rows}, --calls={a.calls}: expected integers >= 1")
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
     hw = environment()["hardware"]
     print(f"{hw['cpu']} ({hw['cpu_count']} CPUs), {torch.get_num_threads()} threads; {a.rows} rows; forward + input "
           f"gradient, ms per call (relative output error vs bf16)")
-    total = dict.fromkeys(names, 0.0)
+    total, per_shape = dict.fromkeys(names, 0.0), {}
     for shape, (i, o) in SHAPES.items():
         w = (torch.randn(o, i) * 0.02).to(torch.bfloat16)
         x = torch.randn(a.rows, i, dtype=torch.bfloat16, requires_grad=True)
@@ -115,12 +118,34 @@ def main(argv=None) -> int:
                 err = ((layer(x).float() - ref).norm() / ref.norm()).item()
             ms = best_ms(lambda: layer(x).backward(g), a.calls)
             total[n] += ms
+            per_shape.setdefault(shape, {"in_out": [i, o]})[n] = {"ms_per_call": ms, "relative_error_vs_bf16": err}
             cells.append(f"{n} {ms:.3f} ({err:.4f})")
         print(f"{shape:<10} {i}x{o}: " + ", ".join(cells))
     print("all four shapes: " + ", ".join(f"{n} {v:.2f} ms" for n, v in total.items()))
     ratios = ", ".join(f"{n} {total[n] / total['bf16']:.2f}x" for n in names if n != "bf16")
+    from finlora_utils import results
+    from finlora_utils.paths import reports_dir
+
+    out = Path(a.json) if a.json else reports_dir() / "bench" / "nf4_backends.json"
+    config = dict(vars(a), json=None, extra_path=bool(a.extra_path), threads=torch.get_num_threads())
+    doc = results.write_bench(out, "nf4_backends", config, dict(
+        backends={n: backend_version(n) if callable(b) else b for n, b in built.items()}, shapes=per_shape,
+        total_ms=total, time_vs_bf16={n: total[n] / total["bf16"] for n in names if n != "bf16"}),
+        seed=0, portable=True)
+    print(f"results: {out} (commit {doc['run_info']['git_commit']})")
     print(f"4-bit layer time / bf16: {ratios}")
     return 0
+
+
+def backend_version(name: str) -> str:
+    """The installed version of the package behind a measured backend (the extra ones are not in the pins)."""
+    from importlib import metadata
+
+    package = {"bf16": "torch", "bitsandbytes": "bitsandbytes", "torchao": "torchao", "quanto": "optimum-quanto"}[name]
+    try:
+        return f"{package} {metadata.version(package)}"
+    except metadata.PackageNotFoundError:
+        return f"{package} (version unknown)"
 
 
 if __name__ == "__main__":

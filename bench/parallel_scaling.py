@@ -20,7 +20,9 @@ baseline (python, torch and the libraries, measured in a bare process and shown)
 dominate. Beside it the memory planner's prediction per stage; the planner leaves the baseline out, so it is
 compared with the peak above the baseline. `--model random:<shipped config>` (e.g. random:smollm2-1.7b)
 trains a random-weights model of that shape, written once to the cache: for memory only, where the weights
-dominate. The last line is `ddp efficiency: X.XX` when DDP ran, else the memory ratio.
+dominate. The last line is `ddp efficiency: X.XX` when DDP ran, else the memory ratio. The figures, every row and
+how they were made (config, commit, machine, data and base-model provenance) go to a results file
+(reports/bench/parallel_scaling.json; --json PATH), named on the line before the summary lines.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from finlora_utils import parallel  # noqa: E402
 from finlora_utils.config import LoraSettings, TrainConfig  # noqa: E402
+from finlora_utils.flops import pipeline_bubble  # noqa: E402
 
 
 def run(mode: str, args, out: Path, threads: int, label: str) -> dict:
@@ -140,14 +143,32 @@ def random_model(name: str) -> Path:
     return target
 
 
-def print_schedule_bound(stages: int, micro_batches: int, schedule: str, measured: float) -> None:
+def schedule_bound(stages: int, micro_batches: int, schedule: str, measured: float) -> str:
     """The bubble the schedule itself predicts, so the measured pipeline efficiency has a ceiling beside it."""
-    from finlora_utils.flops import pipeline_bubble
-
     bubble = pipeline_bubble(stages, micro_batches)
-    print(f"{schedule} bubble the schedule predicts: (p-1)/(m+p-1) = ({stages}-1)/({micro_batches}+{stages}-1) = "
-          f"{bubble:.2f}, so pipeline efficiency at most {1 - bubble:.2f} (measured {measured:.2f}; the rest is "
-          f"point-to-point sends, unequal stages and per-micro-batch overhead)")
+    return (f"{schedule} bubble the schedule predicts: (p-1)/(m+p-1) = ({stages}-1)/({micro_batches}+{stages}-1) = "
+            f"{bubble:.2f}, so pipeline efficiency at most {1 - bubble:.2f} (measured {measured:.2f}; the rest is "
+            f"point-to-point sends, unequal stages and per-micro-batch overhead)")
+
+
+def write_results(args, rows: list[dict], baseline: int, figures: dict, cores: int) -> dict:
+    """The figures with how they were made (config, seed 0, commit, machine, data and base-model provenance)."""
+    from finlora_utils import data, models, results
+    from finlora_utils.data.hashes import file_hashes
+
+    if args.model.startswith("random:"):
+        base = {"name": args.model, "source": f"random init (seeded 0) in the shape of the shipped config "
+                f"{args.model.split(':', 1)[1]}: memory and time only", "dtype": "bfloat16"}
+    else:
+        base = models.base_provenance(args.model)
+    config = {k: v for k, v in vars(args).items() if k not in ("json", "model_path", "verbose")}
+    stored = [dict({k: v for k, v in r.items() if k != "config"},
+                   planned_peaks=planned_peaks(r["config"], r["n"], args.max_seq_len, r["shared_prefix"]))
+              for r in rows]
+    return results.write_bench(args.json, "parallel_scaling", config, dict(
+        rows=stored, process_baseline_bytes=baseline, cores=cores, load_average=os.getloadavg()[0],
+        figures=figures), seed=0, data_source=data.data_source(args.task), base_model=base,
+        data_files=file_hashes([args.task], "train"), portable=True)
 
 
 def main(argv=None) -> int:
@@ -172,7 +193,13 @@ def main(argv=None) -> int:
                          "default, so every mode computes the same padded batches")
     ap.add_argument("--cpu-memory", default="exact", choices=("exact", "fast"),
                     help="the ranks' heap (TrainConfig.cpu_memory): exact peaks, or full speed with the heap kept")
+    ap.add_argument("--json", default=None, help="results file: figures, config, commit, machine "
+                                                 "(default: reports/bench/parallel_scaling.json)")
     args = ap.parse_args(argv)
+    if args.json is None:
+        from finlora_utils.paths import reports_dir
+
+        args.json = str(reports_dir() / "bench" / "parallel_scaling.json")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if "none" not in modes or not set(modes) <= {"none", "ddp", "pipeline"}:
         ap.error(f"--modes={args.modes!r}: expected none plus any of ddp, pipeline")
@@ -208,6 +235,7 @@ def main(argv=None) -> int:
         print(f"{r['mode']:<14}{r['step_s']:>9.3f}{r['tokens_per_s']:>11.1f}{speed:>8.2f}x{speed / r['n']:>12.2f}"
               f"{r['final_loss']:>9.4f}   {per}")
     single = rows[0]
+    lines, figures = [], {}   # the summary lines, printed after the results file is named
     if "pipeline" in modes:
         pipe = next(r for r in rows if r["kind"] == "pipeline")
         measured = max(pipe["peaks"]) / max(single["peaks"])
@@ -215,18 +243,26 @@ def main(argv=None) -> int:
         plan_pipe, plan_single = planned_peaks(pipe["config"], args.nproc, args.max_seq_len), \
             planned_peaks(single["config"], 1, args.max_seq_len, single["shared_prefix"])
         err = max(abs(q - (p - baseline)) / (p - baseline) for p, q in zip(pipe["peaks"], plan_pipe))
-        print(f"pipeline x{args.nproc} per-rank peak above baseline / single: {above:.2f} (planner "
-              f"{max(plan_pipe) / max(plan_single):.2f}; planner per stage within {err:.0%} of the measured)")
+        lines.append(f"pipeline x{args.nproc} per-rank peak above baseline / single: {above:.2f} (planner "
+                     f"{max(plan_pipe) / max(plan_single):.2f}; planner per stage within {err:.0%} of the measured)")
+        efficiency = pipe["tokens_per_s"] / base / args.nproc
+        figures.update(pipeline_efficiency=efficiency,
+                       pipeline_bubble=pipeline_bubble(args.nproc, args.micro_batches), pipeline_peak_ratio=measured,
+                       pipeline_peak_ratio_above_baseline=above, planner_stage_error=err)
     if "ddp" in modes:
         ddp = next(r for r in rows if r["kind"] == "ddp")["tokens_per_s"]
         full = rows[-1]["tokens_per_s"]
-        print(f"ddp x{args.nproc} vs single on all {cores} cores: {ddp / full:.2f}x")
+        lines.append(f"ddp x{args.nproc} vs single on all {cores} cores: {ddp / full:.2f}x")
+        figures.update(ddp_efficiency=ddp / base / args.nproc, ddp_vs_single_all_cores=ddp / full)
     if "pipeline" in modes:
-        print_schedule_bound(args.nproc, args.micro_batches, args.schedule, pipe["tokens_per_s"] / base / args.nproc)
-        print(f"pipeline efficiency: {pipe['tokens_per_s'] / base / args.nproc:.2f}")
-        print(f"pipeline x{args.nproc} per-rank peak / single peak: {measured:.2f}")
+        lines.append(schedule_bound(args.nproc, args.micro_batches, args.schedule, efficiency))
+        lines.append(f"pipeline efficiency: {efficiency:.2f}")
+        lines.append(f"pipeline x{args.nproc} per-rank peak / single peak: {measured:.2f}")
     if "ddp" in modes:
-        print(f"ddp efficiency: {ddp / base / args.nproc:.2f}")
+        lines.append(f"ddp efficiency: {figures['ddp_efficiency']:.2f}")
+    doc = write_results(args, rows, baseline, figures, cores)
+    print(f"results: {args.json} (commit {doc['run_info']['git_commit']})")
+    print("\n".join(lines))
     return 0
 
 

@@ -2,17 +2,21 @@
 bf16, a missing one named with the command that installs it (never timed as zero), the ratio line last."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_times_bitsandbytes_and_names_missing_backends():
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "nf4_backends.py"), "--rows", "16", "--calls", "1"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+def test_bench_times_bitsandbytes_and_names_missing_backends(tmp_path):
+    out_json = tmp_path / "nf4.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "nf4_backends.py"), "--rows", "16", "--calls", "1",
+                          "--json", str(out_json)], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout.strip().splitlines()
     rows = [ln for ln in out if re.match(r"(q|k|gate|down)_proj ", ln)]
@@ -24,6 +28,11 @@ def test_bench_times_bitsandbytes_and_names_missing_backends():
         assert any(name in r for r in rows) or any(ln.startswith(f"{name}: not installed: ") and "pip install" in ln
                                                    for ln in out), out
     assert re.fullmatch(r"4-bit layer time / bf16: bitsandbytes \d+\.\d\dx(, \w+ \d+\.\d\dx)*", out[-1]), out[-1]
+    doc = json.loads(out_json.read_text())   # the figures with the backends' versions, commit and machine
+    assert out[-2] == f"results: {out_json} (commit {doc['run_info']['git_commit']})"
+    assert doc["backends"]["bitsandbytes"].startswith("bitsandbytes 0.") and len(doc["shapes"]) == 4
+    assert f"bitsandbytes {doc['time_vs_bf16']['bitsandbytes']:.2f}x" in out[-1]
+    assert doc["shapes"]["q_proj"]["bitsandbytes"]["relative_error_vs_bf16"] == pytest.approx(errs[0], abs=1e-4)
 
 
 def test_bench_rejects_bad_sizes_by_name():

@@ -3,6 +3,7 @@ torchrun, each row printed, the ratio lines the README quotes last (a merge once
 comment and every run died with a KeyError before printing a row)."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -14,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_bench_prints_every_row_and_the_pipeline_lines():
+def test_bench_prints_every_row_and_the_pipeline_lines(tmp_path):
+    out_json = tmp_path / "scaling.json"
     cmd = [sys.executable, str(ROOT / "bench" / "parallel_scaling.py"), "--model", "tiny-random-llama",
            "--modes", "none,pipeline", "--steps", "2", "--batch-size", "4", "--micro-batches", "2",
-           "--max-seq-len", "64", "--timeout", "300"]
+           "--max-seq-len", "64", "--timeout", "300", "--json", str(out_json)]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     out = run.stdout
@@ -27,6 +29,14 @@ def test_bench_prints_every_row_and_the_pipeline_lines():
     last = out.strip().splitlines()[-2:]
     assert re.fullmatch(r"pipeline efficiency: \d+\.\d\d", last[0]), last
     assert re.fullmatch(r"pipeline x2 per-rank peak / single peak: \d+\.\d\d", last[1]), last
+    # the figures are kept with how they were made, and agree with the printed ones
+    doc = json.loads(out_json.read_text())
+    assert f"results: {out_json} (commit {doc['run_info']['git_commit']})" in out
+    assert doc["run_id"] == "parallel_scaling" and doc["run_info"]["config"]["micro_batches"] == 2
+    assert doc["meta_info"]["base_model"]["name"] == "tiny-random-llama" and doc["run_info"]["data_files"]
+    assert [r["mode"] for r in doc["rows"]] == ["single/1t", "pipe x2"] and len(doc["rows"][1]["planned_peaks"]) == 2
+    assert f"{doc['figures']['pipeline_efficiency']:.2f}" == last[0].split(": ")[1]
+    assert doc["figures"]["pipeline_bubble"] == pytest.approx(1 / 3)
 
 
 def test_random_model_is_seeded_and_starts_from_an_empty_cache(tmp_path, monkeypatch):
