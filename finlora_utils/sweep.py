@@ -40,7 +40,7 @@ import pandas as pd
 from .config import PRESETS, ConfigError
 from .errors import cli_entry
 from .paths import project_root
-from .results import atomic_write_text, folder_lock, load_results, now_iso, write_json
+from .results import atomic_write_text, folder_lock, git_commit, load_results, now_iso, write_json
 from .study import NotebookFailed, Progress, notebook_parameters, run_notebook, unknown_parameters
 
 GRID_KEYS = {"name", "preset", "notebooks", "params", "grid", "include", "timeout"}
@@ -140,7 +140,7 @@ def run_point(spec: dict, point: dict, out_root: Path, progress: Progress | None
         return {"point": point, "status": "skipped", "dir": str(pdir)}
     notebooks = point.get("notebooks") or spec["notebooks"]   # an include point may run fewer notebooks
     params = {**spec["params"], **{k: v for k, v in point.items() if k != "notebooks"}}
-    t0 = time.time()
+    t0, started, commit = time.time(), now_iso(), git_commit()   # the code the point runs, read before it runs
     for nb in notebooks:
         try:
             # each notebook gets the parameters it declares (load_grid checked that every name has a taker)
@@ -150,8 +150,8 @@ def run_point(spec: dict, point: dict, out_root: Path, progress: Progress | None
         except NotebookFailed as e:
             return {"point": point, "status": "failed", "notebook": nb, "error": str(e).splitlines()[0],
                     "executed": str(pdir / "executed" / f"{nb}.ipynb"), "dir": str(pdir)}
-    write_json(done, {"point": point, "params": params, "notebooks": list(notebooks),
-                      "finished": now_iso(), "wall_s": round(time.time() - t0, 1)})
+    write_json(done, {"point": point, "params": params, "notebooks": list(notebooks), "started": started,
+                      "finished": now_iso(), "wall_s": round(time.time() - t0, 1), "git_commit": commit})
     return {"point": point, "status": "done", "dir": str(pdir)}
 
 
@@ -448,7 +448,6 @@ def run_sweep(grid_path: str | Path, output_dir: str | Path | None = None,
 def rescore_points(grid_path: str | Path, output_dir: str | Path | None = None) -> list[tuple[Path, dict]]:
     """evaluate.rescore on every results file of every finished point, with the point's test sample."""
     from .evaluate import rescore
-    from .results import git_commit
 
     commit = git_commit()   # before the first rewrite: each rewritten file makes the tree look dirty
     spec = load_grid(grid_path)

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from finlora_utils import report, sweep
+from finlora_utils import report, results, sweep
 from finlora_utils.config import ConfigError
 
 GRID = {
@@ -59,6 +59,8 @@ def test_sweep_resumes_skips_finished_points_and_reports_failures(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)   # killed mid-sweep, as a user's Ctrl-C or a lost machine would
     proc.wait()
     assert first.exists(), "the first point never finished"
+    made = json.loads(first.read_text())   # a point says which code ran it, read when it started
+    assert made["git_commit"] == results.git_commit() and made["started"] <= made["finished"]
     stamp = first.stat().st_mtime_ns
     assert len(list((out / "points").glob("*/DONE.json"))) == 1
 
