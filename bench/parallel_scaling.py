@@ -102,47 +102,6 @@ def process_baseline() -> int:
     return int(out.stdout.strip().splitlines()[-1]) * 1024
 
 
-def random_model(name: str) -> Path:
-    """A seeded random-weights model of a shipped config's shape (bf16 safetensors, one shard per layer, the embedded
-    model's tokenizer), written once to the cache: memory measurements only."""
-    import json
-
-    import torch
-    from accelerate import init_empty_weights
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from finlora_utils.lora import model_config
-    from finlora_utils.models import embedded_model_dir
-    from finlora_utils.paths import cache_dir
-
-    # seeded, so every rerun trains the same weights (the name differs from the unseeded copies of before)
-    target = cache_dir() / "models" / f"random-{name}-sharded-s0"
-    if (target / "model.safetensors.index.json").exists():
-        return target
-    cfg_dict = {k: v for k, v in model_config(name).items() if not k.startswith("_")}
-    target.parent.mkdir(parents=True, exist_ok=True)   # a fresh cache has no models/ folder yet
-    tmp = Path(tempfile.mkdtemp(prefix=f".random-{name}-", dir=target.parent))
-    (tmp / "config.json").write_text(json.dumps(dict(cfg_dict, torch_dtype="bfloat16"), indent=2))
-    AutoTokenizer.from_pretrained(embedded_model_dir()).save_pretrained(tmp)
-    with init_empty_weights():
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp))
-    groups: dict[str, list] = {}
-    for pname, p in skeleton.named_parameters():   # a tied head is stored once, as the checkpoint does
-        layer = pname.split(".")[2] if pname.startswith("model.layers.") else "rest"
-        groups.setdefault(f"model-{layer}.safetensors", []).append((pname, p.shape))
-    weight_map, gen = {}, torch.Generator().manual_seed(0)
-    for file, params in groups.items():   # one shard in memory at a time
-        tensors = {n: (torch.ones(shape) if n.endswith("norm.weight") else torch.randn(shape, generator=gen) * 0.02
-                       ).to(torch.bfloat16)
-                   for n, shape in params}
-        save_file(tensors, str(tmp / file), metadata={"format": "pt"})
-        weight_map.update({n: file for n in tensors})
-    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    os.replace(tmp, target)
-    return target
-
-
 def schedule_bound(stages: int, micro_batches: int, schedule: str, measured: float) -> str:
     """The bubble the schedule itself predicts, so the measured pipeline efficiency has a ceiling beside it."""
     bubble = pipeline_bubble(stages, micro_batches)
@@ -209,7 +168,12 @@ def main(argv=None) -> int:
             ap.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= {low}")
     if args.timeout <= 0:
         ap.error(f"--timeout={args.timeout}: expected seconds > 0")
-    args.model_path = str(random_model(args.model.split(":", 1)[1])) if args.model.startswith("random:") else args.model
+    if args.model.startswith("random:"):   # seeded random weights in a shipped config's shape, built once per cache
+        from finlora_utils.models import random_model_dir
+
+        args.model_path = str(random_model_dir(args.model.split(":", 1)[1]))
+    else:
+        args.model_path = args.model
     cores = os.cpu_count() or 1
     share = max(1, cores // args.nproc)
     runs = [("none", share, f"single/{share}t")] + [(m, share, f"{m[:4]} x{args.nproc}") for m in modes if m != "none"]

@@ -169,14 +169,19 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def _complete(folder: Path) -> bool:
+    """A cached model folder that was published whole: its weights file, or a sharded checkpoint's index."""
+    return (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists()
+
+
 def _publish(tmp: Path, target: Path) -> None:
     """Move a finished cache folder into place atomically; another process may have won the race."""
-    if target.exists() and not (target / "model.safetensors").exists():
+    if target.exists() and not _complete(target):
         shutil.rmtree(target, ignore_errors=True)  # half-written by a killed run
     try:
         os.replace(tmp, target)
     except OSError:
-        if not (target / "model.safetensors").exists():
+        if not _complete(target):
             raise
 
 
@@ -224,29 +229,43 @@ def tiny_model_dir(seed: int = 0) -> Path:
 
 
 def random_model_dir(config_name: str, seed: int = 0) -> Path:
-    """A shipped architecture (finlora_utils/model_configs/<config_name>.json, e.g. smollm2-1.7b) with random
-    bf16 weights and the embedded tokenizer, saved once as safetensors so every precision loads it the way a
-    real checkpoint loads. For memory and time measurements only: its accuracy means nothing."""
-    target = cache_dir() / "models" / f"random-{config_name}-s{seed}"
-    if (target / "model.safetensors").exists() or (target / "model.safetensors.index.json").exists():
+    """A shipped architecture (finlora_utils/model_configs/<config_name>.json, e.g. smollm2-1.7b) with seeded random
+    bf16 weights (normal, std 0.02; norms 1) and the embedded tokenizer, saved once as safetensors so every precision
+    loads it the way a real checkpoint loads. Built one decoder layer at a time on the meta device and written one
+    shard per layer, so a config larger than the memory (an 8B or 70B shape) only needs its disk space. For memory
+    and time measurements only: its accuracy means nothing."""
+    target = cache_dir() / "models" / f"random-{config_name}-sharded-s{seed}"
+    if _complete(target):
         return target
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from .lora import model_config
 
     cfg_dict = {k: v for k, v in model_config(config_name).items() if not k.startswith("_")}
-    cfg = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    if cfg.vocab_size < len(tok):
-        raise ModelLoadError(f"{config_name}: vocab_size {cfg.vocab_size} < the embedded tokenizer's {len(tok)}")
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    if cfg_dict.get("vocab_size", 0) < len(tok):
+        raise ModelLoadError(f"{config_name}: vocab_size {cfg_dict.get('vocab_size')} < the embedded tokenizer's "
+                             f"{len(tok)}")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".random-{config_name}-", dir=target.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "config.json").write_text(json.dumps(dict(cfg_dict, torch_dtype="bfloat16"), indent=2))
         tok.save_pretrained(tmp)
-        del model
+        with init_empty_weights():
+            skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp))
+        shards: dict[str, list] = {}
+        for name, param in skeleton.named_parameters():   # a tied head is stored once, as a checkpoint does
+            layer = name.split(".")[2] if name.startswith("model.layers.") else "rest"
+            shards.setdefault(f"model-{layer}.safetensors", []).append((name, param.shape))
+        weight_map, gen = {}, torch.Generator().manual_seed(seed)
+        for file, params in shards.items():   # one shard in memory at a time
+            tensors = {n: (torch.ones(shape) if n.endswith("norm.weight") else torch.randn(shape, generator=gen) * 0.02
+                           ).to(torch.bfloat16) for n, shape in params}
+            save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(tensors, file))
+        (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
         _publish(tmp, target)
     finally:
         if tmp.exists():

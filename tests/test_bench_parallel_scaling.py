@@ -39,27 +39,6 @@ def test_bench_prints_every_row_and_the_pipeline_lines(tmp_path):
     assert doc["figures"]["pipeline_bubble"] == pytest.approx(1 / 3)
 
 
-def test_random_model_is_seeded_and_starts_from_an_empty_cache(tmp_path, monkeypatch):
-    """`--model random:<config>` writes its weights once per cache: the same bytes in every fresh cache (it once
-    drew them unseeded), and a cache without a models/ folder yet is fine (mkdtemp once failed there)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import parallel_scaling
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    from finlora_utils import models
-
-    tokenizer = models.embedded_model_dir()   # the random model borrows the embedded tokenizer: reuse, not reconvert
-    shards = []
-    for cache in (tmp_path / "a", tmp_path / "b"):
-        monkeypatch.setenv("FINLORA_CACHE_DIR", str(cache))
-        assert not (cache / "models").exists()
-        monkeypatch.setattr(models, "embedded_model_dir", lambda: tokenizer)
-        path = parallel_scaling.random_model("tiny-random-llama")
-        shards.append({p.name: p.read_bytes() for p in sorted(path.glob("*.safetensors"))})
-    assert shards[0] and shards[0] == shards[1]
-
-
 def test_bench_names_a_bad_argument():
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "parallel_scaling.py"), "--nproc", "0"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -121,3 +121,26 @@ def test_hub_base_model_records_the_cached_snapshot_commit(tmp_path, monkeypatch
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     assert models.base_provenance("org/fin-model")["revision"] == commit
     assert models.base_provenance("org/other-model")["revision"] is None   # not downloaded here
+
+
+def test_random_model_is_seeded_sharded_and_starts_from_an_empty_cache(tmp_path, monkeypatch):
+    """A random-weights model of a shipped config: the same bytes in every fresh cache (the bench's copy once drew
+    them unseeded), one shard per layer with an index, loadable as a checkpoint; a cache without a models/ folder
+    yet is fine, and a half-written folder left by a killed build is not taken for a finished one."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = models.embedded_model_dir()   # borrowed by the random model: reuse it, do not reconvert
+    monkeypatch.setattr(models, "embedded_model_dir", lambda: tokenizer)
+    shards = []
+    for cache in (tmp_path / "a", tmp_path / "b"):
+        monkeypatch.setenv("FINLORA_CACHE_DIR", str(cache))
+        assert not (cache / "models").exists()
+        path = models.random_model_dir("tiny-random-llama")
+        shards.append({p.name: p.read_bytes() for p in sorted(path.glob("*.safetensors"))})
+    assert len(shards[0]) == 3 and shards[0] == shards[1]   # rest + 2 decoder layers
+    other = models.random_model_dir("tiny-random-llama", seed=1)
+    assert {p.name: p.read_bytes() for p in sorted(other.glob("*.safetensors"))} != shards[0]
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.dtype == torch.bfloat16 and float(model.model.norm.weight.float().mean()) == 1.0
+    (path / "model.safetensors.index.json").unlink()   # as if killed before the index was written
+    assert models.random_model_dir("tiny-random-llama") == path and (path / "model.safetensors.index.json").exists()
