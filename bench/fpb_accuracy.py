@@ -139,7 +139,10 @@ def run_candidate(cfg, a, scorer, val, epoch_steps: int) -> dict:
                     result["train_info"]["steps"])
     out = dict(run_id=cfg.run_id(), precision=cfg.precision, rank=cfg.lora.rank, lr=cfg.lr, curve=curve,
                train_wall_s=result["train_info"]["wall_s"], total_s=time.time() - t0,
-               final_train_loss=result["train_info"]["loss_curve"][-1][1], config=cfg.to_dict())
+               final_train_loss=result["train_info"]["loss_curve"][-1][1], config=cfg.to_dict(),
+               # the training's memory as train measured it (cpu_memory fast: the heap glibc keeps included)
+               **{k: result["train_info"].get(k) for k in ("peak_mem_bytes", "process_peak_mem_bytes",
+                                                            "peak_mem_method", "memory_plan")})
     results.write_json(keep / "validation.json", out)
     return out
 

@@ -29,6 +29,8 @@ def test_every_epoch_is_scored_with_its_own_adapter(tmp_path, real_data_dir):
     files = doc["run_info"]["data_files"]
     assert set(files) == {"train", "test"} and all(len(h) == 64 for split in files.values() for h in split.values())
     assert [e["epoch"] for e in cand["curve"]] == [1, 2]
+    assert cand["peak_mem_bytes"] > 0 and cand["process_peak_mem_bytes"] >= cand["peak_mem_bytes"]   # its memory
+    assert cand["peak_mem_method"].startswith("vmhwm")
     digest = {e["epoch"]: hashlib.sha256(Path(e["adapter"]).read_bytes()).hexdigest() for e in cand["curve"]}
     assert digest[1] != digest[2], "epoch 2 was scored with epoch 1's weights"
     final = next((out / "runs").glob("*/adapter/adapter_model.safetensors"))
