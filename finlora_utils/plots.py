@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from textwrap import fill
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -309,8 +310,9 @@ def fig_memory_at_scale(table: pd.DataFrame, paper_gb: dict | None = None):
     return fig
 
 
-def metric_bars(data: pd.DataFrame, metric: str, title: str):
-    """A sweep's `<metric>_mean` per task (groups) and configuration (bars), `<metric>_std` as error bars."""
+def metric_bars(data: pd.DataFrame, metric: str, title: str, note: str = ""):
+    """A sweep's `<metric>_mean` per task (groups) and configuration (bars), `<metric>_std` as error bars; `note`
+    (the machines, the base weights) under the title, so the PNG says where its numbers came from on its own."""
     piv = data.pivot(index="task", columns="config", values=f"{metric}_mean")
     err = data.pivot(index="task", columns="config", values=f"{metric}_std").fillna(0.0)
     order = config_order(piv.columns)
@@ -318,6 +320,7 @@ def metric_bars(data: pd.DataFrame, metric: str, title: str):
     piv[order].plot.bar(ax=ax, rot=30, yerr=err.reindex(columns=order, fill_value=0.0), capsize=2, width=0.8)
     ax.set_ylim(0, 1)
     ax.set_ylabel(title)
-    ax.set_title(f"{title} per task (mean over seeds; bars: std)")
+    ax.set_title(f"{title} per task (mean over seeds; bars: std)" + (f"\n{fill(note, 110)}" if note else ""),
+                 fontsize=10 if note else None)
     ax.legend(fontsize=8, ncols=min(len(order), 4))
     return fig

@@ -414,6 +414,27 @@ def header(runs: Sequence[dict]) -> dict:
     }
 
 
+def machine(run: dict) -> str:
+    """The device a run computed on, short enough for a cell or a figure: its GPU, else its CPU's model name
+    without the trademark marks ('Intel Xeon', 'AMD EPYC')."""
+    hw = (run.get("meta_info") or {}).get("hardware") or {}
+    if hw.get("gpu"):
+        return str(hw["gpu"])
+    name = re.sub(r"\((R|TM|tm)\)|\bProcessor\b|\bCPU\b|@.*$", " ", str(hw.get("cpu") or "unknown machine"))
+    return " ".join(name.split()) or "unknown machine"
+
+
+def figure_note(runs: Sequence[dict]) -> str:
+    """What a figure over these runs must say beside its numbers: the machines they came from (with how many runs
+    each, where they differ) and, for the embedded model, that its '16-bit' baseline is a dequantized Q4_1 model."""
+    counts = Counter(machine(r) for r in runs)
+    machines = ", ".join(f"{m} ({n} runs)" if len(counts) > 1 else m for m, n in counts.most_common())
+    note = f"machines: {machines or 'unknown'}"
+    if any(r["run_info"]["config"].get("model") == "embedded" for r in runs):
+        note += "; base: embedded SmolLM2-135M-Instruct, its '16-bit' = the Q4_1 GGUF dequantized"
+    return note
+
+
 def base_weights(run: dict) -> str:
     """How the base weights were stored, from meta_info.base_model (models.base_provenance): for the embedded
     model, that its 'unquantized' baseline is a dequantized Q4_1 model."""

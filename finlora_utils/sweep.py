@@ -161,13 +161,13 @@ def run_point(spec: dict, point: dict, out_root: Path, progress: Progress | None
 SHOWN_PARAMS = {"TASKS", "SEED", "CONFIGS", "notebooks", "COMPARE_GENERATE", "BASE_MODES"}
 AGG_COLUMNS = ["task", "config", "n", "accuracy_mean", "accuracy_std", "f1_weighted_mean", "f1_weighted_std",
                "mode", "test_examples", "majority_baseline", "majority_f1_weighted", "train_truncated",
-               "test_truncated", "train_s", "peak_mem_gib", "note"]
+               "test_truncated", "train_s", "peak_mem_gib", "peak_kind", "peak_machine", "machines", "note"]
 
 
 def _point_rows(done: Path) -> pd.DataFrame:
     """report.eval_table of one finished point: each adapter on the tasks it was trained on, the base in its
     primary mode (score for classification) and, where it ran, calibrated as its own 'base calibrated' column."""
-    from .report import eval_table
+    from .report import eval_table, machine, peak_measures
 
     rdir = done.parent / "results"
     runs = load_results(rdir) if rdir.is_dir() else []
@@ -192,6 +192,9 @@ def _point_rows(done: Path) -> pd.DataFrame:
     train = [by_id[i].get("train_info") or {} for i in df["run_id"]]
     df["train_s"] = [t.get("wall_s") for t in train]
     df["peak_mem_gib"] = [t["peak_mem_bytes"] / 2 ** 30 if t.get("peak_mem_bytes") else None for t in train]
+    df["peak_kind"] = [peak_measures(by_id[i]) if t.get("peak_mem_bytes") else None
+                       for i, t in zip(df["run_id"], train)]
+    df["machine"] = [machine(by_id[i]) for i in df["run_id"]]
     return df.assign(point=done.parent.name)
 
 
@@ -279,7 +282,12 @@ def aggregate(out_root: Path) -> pd.DataFrame:
                 mode=("mode", "first"), test_examples=("n", "first"), majority_baseline=("majority_baseline", "first"),
                 majority_f1_weighted=("majority_f1_weighted", "first"), train_truncated=("train_truncated", "max"),
                 test_truncated=("test_truncated", "max"), train_s=("train_s", "mean"),
-                peak_mem_gib=("peak_mem_gib", "max")).reset_index()
+                peak_mem_gib=("peak_mem_gib", "max"),
+                machines=("machine", lambda m: ", ".join(sorted(set(m))))).reset_index()
+    # the peak shown is the largest: say which definition it follows and where it was measured
+    peaks = df.dropna(subset=["peak_mem_gib"]).sort_values("peak_mem_gib").groupby(["task", "config"]).last()
+    agg = agg.merge(peaks[["peak_kind", "machine"]].rename(columns={"machine": "peak_machine"}).reset_index(),
+                    on=["task", "config"], how="left")
     configs = df.groupby("task")["config"].agg(set)
     agg["note"] = [_task_note(t, configs[t]) for t in agg["task"]]
     return agg[AGG_COLUMNS]
@@ -314,22 +322,26 @@ def paper_layout(agg: pd.DataFrame) -> pd.DataFrame:
 
 
 def cost_layout(agg: pd.DataFrame) -> pd.DataFrame:
-    """Rows = tasks, columns = trained configurations, cells 'train s / peak GiB' (mean time, max peak)."""
+    """Rows = tasks, columns = trained configurations, cells 'train s / peak GiB (definition, machine)': mean time,
+    the largest peak, and which peak that is and where it was measured (runs of two machines or two definitions
+    can share a cell)."""
     from .report import config_order
 
     trained = agg.dropna(subset=["train_s"])
     if trained.empty:
         return pd.DataFrame()
-    cells = trained.assign(cell=[f"{t:.0f} s / {'?' if pd.isna(m) else f'{m:.2f}'} GiB"
-                                 for t, m in zip(trained["train_s"], trained["peak_mem_gib"])])
+    cells = trained.assign(cell=[f"{t:.0f} s / ? GiB" if pd.isna(m) else f"{t:.0f} s / {m:.2f} GiB ({k}; {where})"
+                                 for t, m, k, where in zip(trained["train_s"], trained["peak_mem_gib"],
+                                                           trained["peak_kind"], trained["peak_machine"])])
     table = cells.pivot(index="task", columns="config", values="cell").fillna("")
     table = table[config_order(table.columns)]
     table.columns.name = None
     return table
 
 
-def accuracy_figure(agg: pd.DataFrame, figures_dir: Path) -> list[Path]:
-    """Accuracy and weighted F1 per task and configuration, one grouped bar chart each (PNG + CSV)."""
+def accuracy_figure(agg: pd.DataFrame, figures_dir: Path, note: str = "") -> list[Path]:
+    """Accuracy and weighted F1 per task and configuration, one grouped bar chart each (PNG + CSV); `note`
+    (report.figure_note: machines, base weights) goes under the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,7 +354,7 @@ def accuracy_figure(agg: pd.DataFrame, figures_dir: Path) -> list[Path]:
         data = agg.dropna(subset=[f"{metric}_mean"])[["task", "config", "n", f"{metric}_mean", f"{metric}_std"]]
         if data.empty:
             continue
-        fig = metric_bars(data, metric, title)
+        fig = metric_bars(data, metric, title, note)
         png, _ = save_figure(fig, data, f"sweep_{metric}", figures_dir)
         plt.close(fig)
         pngs.append(png)
@@ -367,17 +379,18 @@ CLAIM_LINKS = {"finetuned_beats_base": "figures/sweep_accuracy.png", "4bit_close
 
 
 def write_report(spec: dict, out_root: Path, outcomes: list[dict]) -> Path:
-    from .report import header, paper_sections_html
+    from .report import figure_note, header, paper_sections_html
 
     agg = aggregate(out_root)
     atomic_write_text(out_root / "aggregate.csv", agg.to_csv(index=False))
     table = paper_layout(agg)
     cost = cost_layout(agg)
-    pngs = accuracy_figure(agg, out_root / "figures") if not agg.empty else []
     runs = []
     for done in sorted((out_root / "points").glob("*/DONE.json")):
         if (done.parent / "results").is_dir():
             runs += load_results(done.parent / "results")
+    note = figure_note(runs) if runs else ""
+    pngs = accuracy_figure(agg, out_root / "figures", note) if not agg.empty else []
     what_ran = pd.Series(header(runs)).to_frame("").to_html(escape=True, header=False) if runs else ""
     paper_check = paper_sections_html(runs, CLAIM_LINKS) if runs else ""
     points = _points_table(out_root, outcomes)
@@ -385,7 +398,7 @@ def write_report(spec: dict, out_root: Path, outcomes: list[dict]) -> Path:
     failed = [o for o in outcomes if o["status"] == "failed"]
     fail_html = "".join(f"<li><code>{html.escape(point_id(o['point']))}</code>: {html.escape(o['notebook'])} — "
                         f"{html.escape(o['error'])}</li>" for o in failed) or "<li>none</li>"
-    figs = "".join(f'<p><img src="figures/{p.name}" style="max-width:100%"> '
+    figs = "".join(f'<p><img src="figures/{p.name}" style="max-width:100%"><br>{html.escape(note)}. '
                    f'<a href="figures/{p.with_suffix(".csv").name}">numbers</a></p>' for p in pngs)
     params = html.escape(", ".join(f"{k}={v}" for k, v in spec["params"].items()))
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>Sweep {html.escape(spec['name'])}</title>
@@ -406,8 +419,12 @@ union of the single-task training sets.</p>
 {table.to_html(escape=True) if not table.empty else '<p>No evaluated results yet.</p>'}
 {figs}
 {bits_rank_section(out_root)}
-<h2 id="cost">Cost</h2><p>Training wall time and peak memory (on CPU: the process's peak resident set, Python and
-torch included) per adapter.</p>
+<h2 id="cost">Cost</h2><p>Training wall time (mean over the points of a cell) and peak memory (the largest) per
+adapter; in brackets which peak that is and the machine it was measured on. <i>training phase</i>: the resident
+set's high-water mark during the training loop above the loaded process (on a GPU, torch's allocator peak);
+<i>whole process</i>: the high-water mark from process start, Python and torch included (results written before
+the training-phase definition); <i>heap kept</i>: freed memory glibc kept for reuse is counted too. Compare
+within a column, not across, where the machines or definitions differ.</p>
 {cost.to_html(escape=True) if not cost.empty else '<p>No finetuned runs.</p>'}
 <h2 id="what-ran">What ran</h2>{what_ran}
 <h2>Points</h2>{points.to_html(escape=True, index=False) if not points.empty else ''}

@@ -135,9 +135,12 @@ def test_aggregate_keeps_multitask_adapters_apart_and_counts_a_repeated_base_onc
                                              "calibrated": dict(base_fpb["eval_info"]["fpb"], mode="calibrated",
                                                                 accuracy=0.19)}
     base_fiqa = _result("fiqa_base", ["fiqa"], "fp32", None, {"fiqa": (0.20, 0.10, "score")}, trained=False)
+    int8 = _result("fpb_8bit_r8", ["fpb"], "int8", 8, {"fpb": (0.72, 0.71, "score")})
+    int8["train_info"].update(peak_mem_bytes=2 ** 30, peak_mem_method="vmhwm",   # which peak: shown beside it
+                              peak_mem_definition="training phase: high-water mark during the training loop")
     _point(tmp_path, {"TASKS": "fpb", "SEED": 0}, [
         base_fpb, _result("fpb_4bit_r4", ["fpb"], "nf4", 4, {"fpb": (0.70, 0.68, "score")}, truncated={"fpb": 2}),
-        _result("fpb_8bit_r8", ["fpb"], "int8", 8, {"fpb": (0.72, 0.71, "score")})])
+        int8])
     _point(tmp_path, {"TASKS": "fpb,fiqa", "SEED": 0}, [
         base_fpb, base_fiqa,
         # a multi-task adapter scored on both of its tasks and - by 05 - on nothing else
@@ -163,6 +166,8 @@ def test_aggregate_keeps_multitask_adapters_apart_and_counts_a_repeated_base_onc
     cost = sweep.cost_layout(agg)
     assert list(cost.columns) == ["8-bit r8", "4-bit r4", "4-bit r4 multi-task"] and "base" not in cost.columns
     assert cost.loc["fpb", "4-bit r4"] == "1 s / ? GiB" and cost.loc["fiqa", "8-bit r8"] == ""
+    assert cost.loc["fpb", "8-bit r8"] == f"1 s / 1.00 GiB (training phase; {report.machine(int8)})"
+    assert report.machine(int8) and "(R)" not in report.machine(int8)
     pngs = sweep.accuracy_figure(agg, tmp_path / "figures")
     assert [p.name for p in pngs] == ["sweep_accuracy.png", "sweep_f1_weighted.png"]
     assert (tmp_path / "figures" / "sweep_accuracy.csv").read_text().count("\n") == len(agg) + 1
@@ -171,6 +176,9 @@ def test_aggregate_keeps_multitask_adapters_apart_and_counts_a_repeated_base_onc
     page = sweep.write_report({"name": "t", "preset": "cpu", "notebooks": ["03_finetune"], "params": {}},
                               tmp_path, outcomes).read_text()
     assert 'src="figures/sweep_accuracy.png"' in page and "4-bit r4 multi-task" in page and "What ran" in page
+    # every figure says where its numbers came from and what the embedded base's "16-bit" is
+    assert f"machines: {report.machine(int8)}; base: embedded SmolLM2-135M-Instruct" in page
+    assert "the Q4_1 GGUF dequantized" in page and "training phase</i>: the resident" in page
     # the paper check at the top: every claim with a verdict (the parallel ones: evidence missing), the paper's
     # numbers beside ours with both F1s, and the setting differences
     assert page.index("The paper's claims") < page.index("Every task and configuration")
