@@ -26,6 +26,11 @@ def save_figure(fig, data: pd.DataFrame, stem: str, figures_dir: str | Path = "r
     return png, csv
 
 
+def wrapped(title: str, width: int) -> str:
+    """A title's lines wrapped to `width` characters (a figure note naming machines and base weights is long)."""
+    return "\n".join(fill(line, width) for line in title.split("\n"))
+
+
 def bar(data: pd.DataFrame, x: str, y: str, title: str, ylabel: str | None = None, hue: str | None = None):
     """A plain (grouped) bar chart; returns the figure."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -34,7 +39,7 @@ def bar(data: pd.DataFrame, x: str, y: str, title: str, ylabel: str | None = Non
         piv.plot.bar(ax=ax, rot=0)
     else:
         ax.bar(data[x].astype(str), data[y])
-    ax.set_title(title)
+    ax.set_title(wrapped(title, 90), fontsize=10 if "\n" in title else None)
     ax.set_ylabel(ylabel or y)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -280,7 +285,7 @@ def fig_confusions(frames: dict[str, pd.DataFrame], title: str = ""):
         ax.set_xlabel("predicted", fontsize=7)
     axes[0][0].set_ylabel("gold", fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(wrapped(title, max(60, 40 * n)), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -320,7 +325,7 @@ def metric_bars(data: pd.DataFrame, metric: str, title: str, note: str = ""):
     piv[order].plot.bar(ax=ax, rot=30, yerr=err.reindex(columns=order, fill_value=0.0), capsize=2, width=0.8)
     ax.set_ylim(0, 1)
     ax.set_ylabel(title)
-    ax.set_title(f"{title} per task (mean over seeds; bars: std)" + (f"\n{fill(note, 110)}" if note else ""),
+    ax.set_title(f"{title} per task (mean over seeds; bars: std)" + (f"\n{wrapped(note, 110)}" if note else ""),
                  fontsize=10 if note else None)
     ax.legend(fontsize=8, ncols=min(len(order), 4))
     return fig

@@ -428,7 +428,7 @@ def figure_note(runs: Sequence[dict]) -> str:
     """What a figure over these runs must say beside its numbers: the machines they came from (with how many runs
     each, where they differ) and, for the embedded model, that its '16-bit' baseline is a dequantized Q4_1 model."""
     counts = Counter(machine(r) for r in runs)
-    machines = ", ".join(f"{m} ({n} runs)" if len(counts) > 1 else m for m, n in counts.most_common())
+    machines = ", ".join(f"{m} ({n} run{'s' * (n > 1)})" if len(counts) > 1 else m for m, n in counts.most_common())
     note = f"machines: {machines or 'unknown'}"
     if any(r["run_info"]["config"].get("model") == "embedded" for r in runs):
         note += "; base: embedded SmolLM2-135M-Instruct, its '16-bit' = the Q4_1 GGUF dequantized"

@@ -81,3 +81,24 @@ def test_planner_accuracy_points_in_mib_with_the_band():
     points = np.vstack([c.get_offsets() for c in ax.collections if c.get_label() in ("a", "b")])
     assert points.tolist() == [[100.0, 110.0], [200.0, 150.0]]
     assert any(c.get_label() == "±10 %" for c in ax.collections)
+
+
+def test_figure_titles_carry_the_machines_and_the_base_weights():
+    """A figure saved alone must say where its numbers came from: report.figure_note names each machine (with its
+    run count when they differ) and, for the embedded model, that its '16-bit' is the dequantized Q4_1 GGUF."""
+    from finlora_utils import report
+
+    def run(cpu, model="embedded"):
+        return {"run_info": {"config": {"model": model}}, "meta_info": {"hardware": {"cpu": cpu, "gpu": None}}}
+
+    runs = [run("Intel(R) Xeon(R) Processor"), run("AMD EPYC"), run("AMD EPYC")]
+    note = report.figure_note(runs)
+    assert note.startswith("machines: AMD EPYC (2 runs), Intel Xeon (1 run); base: embedded")
+    assert "Q4_1 GGUF dequantized" in note
+    assert report.figure_note([run("AMD EPYC 7763 64-Core Processor", "meta-llama/Llama-3.1-8B")]) == \
+        "machines: AMD EPYC 7763 64-Core"
+    cm = pd.DataFrame([[3, 1], [0, 4]], index=["neg", "pos"], columns=["neg", "pos"])
+    fig = plots.fig_confusions({"base": cm, "4-bit r4": cm}, f"fpb: confusion matrices\n{note}")
+    assert fig._suptitle.get_text().replace("\n", " ").endswith(note.split(";")[1].strip().replace("\n", " "))
+    title = plots.bar(pd.DataFrame({"c": ["a", "b"], "y": [1.0, 2.0]}), "c", "y", f"speed\n{note}").axes[0].get_title()
+    assert title.startswith("speed\nmachines: AMD EPYC (2 runs)") and all(len(t) <= 90 for t in title.split("\n"))
