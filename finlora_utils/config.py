@@ -156,6 +156,9 @@ class LoraSettings:
         _check(self.variant in VARIANTS, "variant", self.variant, f"one of {', '.join(VARIANTS)}")
 
 
+DEFAULT_OUTPUT_DIR = "reports/runs"
+
+
 @dataclass
 class TrainConfig:
     """One finetuning run: model x tasks x precision x LoRA shape x optimisation."""
@@ -184,7 +187,7 @@ class TrainConfig:
     optimizer: str = "adamw"           # adamw | adamw_8bit | paged_adamw_8bit (CUDA)
     save_every: int = 0                # checkpoint every N optimizer steps, 0 = only at the end
     log_every: int = 10
-    output_dir: str = "reports/runs"
+    output_dir: str = DEFAULT_OUTPUT_DIR   # the checkout's reports/runs (FINLORA_REPORTS_DIR/runs), not ./reports
     parallel: str = "none"
     nproc: int = 1
     micro_batches: int = 2
@@ -203,6 +206,8 @@ class TrainConfig:
     task_name: str = ""                # default: from the train file's name
     instruction: str = ""              # prompt instruction for CSV rows (default: choose from the labels)
     max_labels: int = DEFAULT_MAX_LABELS   # <= this many distinct train targets: a label set, scored
+    text_column: str = ""              # CSV/TSV: the text column (default: text, sentence, ... as validate finds)
+    label_column: str = ""             # CSV/TSV: the label column (default: label, target or answer)
 
     def __post_init__(self):
         _check_types(self)
@@ -219,6 +224,10 @@ class TrainConfig:
             self.lora = LoraSettings(**self.lora)
         _check(isinstance(self.lora, LoraSettings), "lora", self.lora,
                f"a mapping of LoraSettings fields ({', '.join(f.name for f in dataclasses.fields(LoraSettings))})")
+        if self.output_dir == DEFAULT_OUTPUT_DIR:   # beside the results (reports/results), from any folder
+            from .paths import reports_dir
+
+            self.output_dir = str(reports_dir() / "runs")
         for f in ("train_file", "test_file"):   # absolute: evaluation and torchrun ranks may run elsewhere
             if getattr(self, f):
                 setattr(self, f, str(Path(getattr(self, f)).expanduser().resolve()))
@@ -259,7 +268,7 @@ class TrainConfig:
                "includes freed memory the heap keeps)")
         _check(isinstance(self.max_labels, int) and self.max_labels >= 0, "max_labels", self.max_labels,
                "an integer >= 0 (0: never a label set)")
-        for f in ("test_file", "task_name", "instruction"):
+        for f in ("test_file", "task_name", "instruction", "text_column", "label_column"):
             _check(not getattr(self, f) or bool(self.train_file), f, getattr(self, f),
                    "to be given with train_file (a task read from files)")
         if self.lora.variant == "dora" and self.precision == "int8":

@@ -140,6 +140,10 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
     results_path = Path(results_dir or results_default_dir()) / f"{config.run_id()}.json"
     done = None if force else finished_result(config, results_path, run_dir)
     if done is not None:
+        changed = data_changed(config, done, data_dir)
+        if changed:
+            raise ConfigError(f"{changed}: the data changed since {results_path} was trained on it; expected "
+                              "force=True to retrain on the data as it is now (or a variant_tag for a new run id)")
         say(f"{tag} finished earlier: {results_path} (force=True retrains)")
         return dict(done, _path=str(results_path)) if rank == 0 else {}
     memory.set_heap_mode(config.cpu_memory)   # before data and model: see memory.pin_mmap_threshold
@@ -242,6 +246,33 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
         f"{peaks['process_peak_mem_bytes'] / 2**30:.2f} GiB whole process ({peaks['peak_mem_method']}), "
         f"results {results_path}")
     return dict(res, _path=str(results_path))
+
+
+def data_changed(config: TrainConfig, done: dict, data_dir=None) -> str | None:
+    """The first training file whose content differs from what the finished run `done` read (by its stored
+    sha256; a real file that appeared or vanished since counts, as the loader would then read the other one),
+    None when all match or the run predates the record. Own data: the train file as the config names it."""
+    from . import data
+    from .data.hashes import file_hashes
+
+    stored = done.get("run_info", {}).get("data_files")
+    if not stored:
+        return None
+    if isinstance(stored, list):   # own data: one provenance per file task, each with its files
+        data.register_config(config)   # the validator's FILE:LINE errors come here, as in build_data
+        now = {f["path"]: f["sha256"] for p in data.provenance(config.tasks) for f in p["files"]}
+        for p in stored:
+            for f in p.get("files", []):
+                if f.get("path") in now and now[f["path"]] != f.get("sha256"):
+                    return f"{f['split']}_file={f['path']!r}"
+                if f.get("path") not in now:
+                    return f"{f['split']}_file={f.get('path')!r} (not read now)"
+        return None
+    now = file_hashes(config.tasks, config.train_split, data_dir)
+    for key, sha in stored.items():
+        if key in now and now[key] != sha:
+            return f"{key} in {'FINLORA_DATA_DIR' if not key.startswith('sample-') else 'the sample set'}"
+    return None
 
 
 def base_model_id(name: str) -> str:

@@ -209,3 +209,55 @@ def test_texts_to_label_are_read_whole_or_refused_with_the_line(tmp_path):
         bad.write_bytes(b"text\nfine\ncaf\xe9\n" if csv_file else b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
         with pytest.raises(ConfigError, match=rf"{bad}:(2|3): not valid UTF-8 \(byte 0xe9\)"):
             read_texts(bad)
+
+
+@pytest.mark.slow
+def test_named_columns_train_and_a_changed_file_is_not_passed_off_as_the_finished_run(tmp_path, capsys):
+    """A CSV whose columns are not text/label trains with --text-column/--label-column (validate took them, train
+    once did not). Rerunning the same command reuses the finished run only while the file is the one it trained on:
+    an edited file (new labels) is refused by name, not answered with the old adapter's results."""
+    import csv
+
+    memos = tmp_path / "memos_train.csv"
+    with ESG_TRAIN.open(encoding="utf-8") as f, memos.open("w", encoding="utf-8", newline="") as g:
+        w = csv.writer(g)
+        w.writerow(["memo", "pillar"])
+        w.writerows([r["text"], r["label"]] for r in csv.DictReader(f))
+    args = ["train", "--model", "tiny-random-llama", "--precision", "fp32", "--train-file", str(memos),
+            "--text-column", "memo", "--label-column", "pillar", "--max-steps", "2", "--batch-size", "4",
+            "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    assert cli(["validate", str(memos), "--text-column", "memo", "--label-column", "pillar", "--no-tokens"]) == 0
+    assert cli(args) == 0, capsys.readouterr().err
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    r = json.loads(path.read_text())
+    assert r["run_info"]["config"]["label_column"] == "pillar" and r["train_info"]["examples_per_task"]["memos"] > 0
+    assert cli(args) == 0 and "finished earlier" in capsys.readouterr().out   # the same file: nothing to redo
+    memos.write_text(memos.read_text(encoding="utf-8").replace(",governance", ",social"), encoding="utf-8")
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert f"train_file={str(memos.resolve())!r}: the data changed since {path}" in err and "force=True" in err
+    assert cli(args + ["--force"]) == 0
+    assert json.loads(path.read_text())["run_info"]["data_files"][0]["files"][0]["sha256"] == \
+        hashlib.sha256(memos.read_bytes()).hexdigest()
+
+
+def test_a_finished_builtin_run_whose_data_file_changed_is_named(real_data_dir):
+    from finlora_utils import engine
+    from finlora_utils.data.hashes import file_hashes
+
+    cfg = TrainConfig(model="tiny-random-llama", tasks="fpb")
+    stored = file_hashes(["fpb"], "train", real_data_dir)
+    assert engine.data_changed(cfg, {"run_info": {"data_files": stored}}, real_data_dir) is None
+    key = next(k for k, v in stored.items() if v)
+    changed = engine.data_changed(cfg, {"run_info": {"data_files": dict(stored, **{key: "0" * 64})}}, real_data_dir)
+    assert changed == f"{key} in FINLORA_DATA_DIR"
+    assert engine.data_changed(cfg, {"run_info": {}}, real_data_dir) is None   # results from before the record
+
+
+def test_default_run_folder_sits_beside_the_results_from_any_folder(tmp_path, monkeypatch):
+    """Adapters went to ./reports/runs of whatever folder a user stood in, results to the checkout's reports/."""
+    from finlora_utils.paths import reports_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert TrainConfig().output_dir == str(reports_dir() / "runs")
+    assert TrainConfig(output_dir="mine").output_dir == "mine"   # a folder the user names stays theirs

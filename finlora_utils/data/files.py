@@ -184,7 +184,8 @@ def register_config(config) -> Task | None:
     if not get("train_file"):
         return None
     return register_files(get("train_file"), get("test_file") or None, get("task_name") or None,
-                          get("instruction") or None, get("max_labels", DEFAULT_MAX_LABELS))
+                          get("instruction") or None, get("max_labels", DEFAULT_MAX_LABELS),
+                          text_column=get("text_column") or None, label_column=get("label_column") or None)
 
 
 def is_file_task(name: str) -> bool:
