@@ -219,6 +219,7 @@ def save_adapter(peft_model, adapter_dir: Path, card: str) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(tmp, safe_serialization=True)
     (tmp / "README.md").write_text(card, encoding="utf-8")
+    results.usual_permissions(tmp)   # safetensors writes owner-only files: an adapter is meant to be shared
     shutil.rmtree(adapter_dir, ignore_errors=True)
     os.replace(tmp, adapter_dir)
     return sum(f.stat().st_size for f in adapter_dir.iterdir() if f.suffix == ".safetensors")

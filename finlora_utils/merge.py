@@ -164,6 +164,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
         tok.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
         results.write_json(tmp / "finlora_merge.json", record)
+        results.usual_permissions(tmp)   # mkdtemp and safetensors make it owner-only; a merged model is for sharing
         if out.exists():
             shutil.rmtree(out)
         tmp.replace(out)

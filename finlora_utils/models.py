@@ -175,7 +175,11 @@ def _complete(folder: Path) -> bool:
 
 
 def _publish(tmp: Path, target: Path) -> None:
-    """Move a finished cache folder into place atomically; another process may have won the race."""
+    """Move a finished cache folder into place atomically; another process may have won the race. The cache may
+    be shared (FINLORA_CACHE_DIR), so the folder gets the umask's permissions, not mkdtemp's owner-only ones."""
+    from .results import usual_permissions
+
+    usual_permissions(tmp)
     if target.exists() and not _complete(target):
         shutil.rmtree(target, ignore_errors=True)  # half-written by a killed run
     try:

@@ -86,8 +86,33 @@ def folder_lock(folder: str | Path, what: str):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def _umask() -> int:
+    try:   # read, not set: os.umask(0) would briefly open every file other threads create to everyone
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_permissions(path: str | Path) -> Path:
+    """Give a file or a folder tree the permissions a plain open() / mkdir() would have given it under this
+    process's umask. mkstemp / mkdtemp and safetensors' writer make everything owner-only (0600 / 0700), so a
+    results file, an adapter or a merged model written through them could not be read by a colleague."""
+    path = Path(path)
+    mask = _umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write through a temp file in the same folder and os.replace: readers never see half a file."""
+    """Write through a temp file in the same folder and os.replace: readers never see half a file (with the
+    permissions a plain write would give it)."""
     path = Path(path)
     make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -96,6 +121,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -51,6 +51,13 @@ def test_merged_model_loads_plainly_and_equals_base_plus_adapter(adapter, tmp_pa
         assert str(adapter.resolve().parent) not in text and str(project_root()) not in text
     rec = json.loads((out / "finlora_merge.json").read_text())
     assert rec["adapter"]["config"]["r"] == 4 and rec["check"]["probe_max_abs_logit_diff"] < 1e-3
+    # readable by others as any file the umask allows (mkdtemp and safetensors alone make it owner-only)
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out.stat().st_mode & 0o777, (out / "model.safetensors").stat().st_mode & 0o777) == \
+        (0o777 & ~mask, 0o666 & ~mask)
 
     merged = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)

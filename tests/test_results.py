@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,27 @@ def test_git_commit_is_dirty_for_changed_files_and_new_code_only(tmp_path, monke
     (tmp_path / "finlora_utils" / "b.py").unlink()
     (tmp_path / "finlora_utils" / "a.py").write_text("x = 2\n")
     assert results.git_commit() == head + "-dirty"
+
+
+def test_written_files_get_the_umask_permissions_not_owner_only(tmp_path):
+    """mkstemp / mkdtemp / safetensors write owner-only (0600 / 0700): a results file, an adapter or a merged model
+    a colleague should read came out unreadable to them under the usual umask 022."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        path = results.write_json(tmp_path / "r.json", {"a": 1})
+        assert path.stat().st_mode & 0o777 == 0o644
+        folder = Path(tempfile.mkdtemp(dir=tmp_path))
+        save_file({"w": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))
+        assert (folder / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o600   # what the writer does
+        results.usual_permissions(folder)
+        assert folder.stat().st_mode & 0o777 == 0o755
+        assert (folder / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)   # a user who wants private files keeps them private
+        assert results.write_json(tmp_path / "p.json", {}).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -424,7 +424,16 @@ def test_sigkill_mid_step_loses_only_steps_since_checkpoint(tmp_path):
 
 def test_finished_run_is_skipped_unless_forced(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, max_steps=2)
-    first = run(cfg, tmp_path)
+    old_mask = os.umask(0o022)
+    try:
+        first = run(cfg, tmp_path)
+    finally:
+        os.umask(old_mask)
+    adapter = Path(first["train_info"]["adapter_path"])
+    # an adapter and its results are for sharing: the umask's permissions, not safetensors' owner-only file
+    assert [(p.name, p.stat().st_mode & 0o777) for p in sorted([adapter, *adapter.iterdir()])] == \
+        [(p.name, 0o755 if p.is_dir() else 0o644) for p in sorted([adapter, *adapter.iterdir()])]
+    assert Path(first["_path"]).stat().st_mode & 0o777 == 0o644
 
     def no_model(*a, **k):
         raise AssertionError("a finished run must not load the model again")
