@@ -212,11 +212,16 @@ def safetensors_adapter(folder: str | os.PathLike) -> str:
     return str(folder)
 
 
-def save_adapter(peft_model, adapter_dir: Path, card: str) -> int:
-    """save_pretrained (plain peft can load it) + our model card, written beside and renamed into place."""
+def save_adapter(peft_model, adapter_dir: Path, card: str, base_id: str | None = None) -> int:
+    """save_pretrained (plain peft can load it) + our model card, written beside and renamed into place.
+    base_id: what adapter_config.json names as the base (peft takes the loaded model's path, which for the
+    embedded model is a cache folder on this machine; its hub id is what a colleague can load)."""
     adapter_dir = Path(adapter_dir)
     tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    if base_id:
+        for cfg in peft_model.peft_config.values():
+            cfg.base_model_name_or_path = base_id
     peft_model.save_pretrained(tmp, safe_serialization=True)
     (tmp / "README.md").write_text(card, encoding="utf-8")
     results.usual_permissions(tmp)   # safetensors writes owner-only files: an adapter is meant to be shared

@@ -234,7 +234,8 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
         # two writes below then leaves no results, so the next call retrains instead of trusting a stale pair
         results_path.unlink(missing_ok=True)
         adapter_dir = run_dir / "adapter"
-        info["adapter_bytes"] = save_adapter(adapter, adapter_dir, model_card(config, info, base_model_id(config.model)))
+        base_id = base_model_id(config.model)
+        info["adapter_bytes"] = save_adapter(adapter, adapter_dir, model_card(config, info, base_id), base_id)
         info["adapter_path"] = results.portable_path(adapter_dir)
         res = results.write_trained_run(results_path, config.run_id(), as_stored(config), config.seed, info,
                                         preset=preset, commit=commit, **provenance)

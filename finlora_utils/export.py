@@ -129,7 +129,7 @@ def export_gguf(model: str | Path, out: str | Path, qtype: str = "f16", overwrit
     import numpy as np
 
     from .models import resolve_model_path
-    from .results import git_commit
+    from .results import git_commit, shareable_path
 
     if qtype not in TYPES:
         raise ExportError(f"type={qtype!r}: expected one of {', '.join(TYPES)}")
@@ -182,7 +182,7 @@ def export_gguf(model: str | Path, out: str | Path, qtype: str = "f16", overwrit
     gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     merge_rec = model_dir / "finlora_merge.json"
-    prov = {"source": str(model), "git_commit": git_commit(), "type": qtype}
+    prov = {"source": shareable_path(model), "git_commit": git_commit(), "type": qtype}   # a GGUF travels
     if merge_rec.is_file():
         rec = json.loads(merge_rec.read_text())
         prov.update(base_model=rec.get("base_model"), adapter={k: rec["adapter"].get(k) for k in ("path", "sha256", "config")})

@@ -64,15 +64,6 @@ def _adapter_config(adapter_dir: Path) -> dict:
         raise MergeError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
 
 
-def _shown(path: str | Path) -> str:
-    """A local path as the merged model's card shows it: relative to the checkout when inside it, else the folder's
-    name alone (the card is meant to travel with the model: no home folder or user name in it)."""
-    from .results import portable_path
-
-    p = portable_path(path)
-    return p if not Path(p).is_absolute() else Path(p).name
-
-
 def _card_text(path: Path) -> str | None:
     """The adapter's own card, with paths inside the checkout made relative (a base model in the kit's cache)."""
     from .paths import project_root
@@ -144,11 +135,11 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     hub = acfg.get("base_model_name_or_path")
     record = {
         "created": results.now_iso(),
-        "base_model": {"name": _shown(base) if Path(base).exists() else base,
-                       "path": _shown(base_path) if Path(base_path).exists() else None,
-                       "hub_id": _shown(hub) if hub and Path(hub).exists() else hub,
+        "base_model": {"name": results.shareable_path(base) if Path(base).exists() else base,
+                       "path": results.shareable_path(base_path) if Path(base_path).exists() else None,
+                       "hub_id": results.shareable_path(hub) if hub and Path(hub).exists() else hub,
                        "loaded_as": "fp32, unquantized"},
-        "adapter": {"path": _shown(adapter), "sha256": sha256_file(adapter / ADAPTER_WEIGHTS),
+        "adapter": {"path": results.shareable_path(adapter), "sha256": sha256_file(adapter / ADAPTER_WEIGHTS),
                     "config": {k: acfg.get(k) for k in ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules",
                                                         "target_parameters", "use_rslora", "use_dora")}},
         "training_card": _card_text(adapter / "README.md"),

@@ -389,6 +389,13 @@ def portable_path(path: str | Path) -> str:
         return str(p)
 
 
+def shareable_path(path: str | Path) -> str:
+    """A local path as a file meant to travel shows it (a merged model's card, a GGUF's metadata): relative to the
+    checkout when inside it, else the folder's or file's name alone (no home folder or user name in it)."""
+    p = portable_path(path)
+    return p if not Path(p).is_absolute() else Path(p).name
+
+
 def absolute_paths(obj: Any, where: str = "") -> list[tuple[str, str]]:
     """(dotted field, path) for every absolute path in obj's strings (binary notebook outputs skipped)."""
     if isinstance(obj, str):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,9 @@ def test_tensors_and_metadata_read_back(qtype, tiny_dir, tmp_path):
     assert fields["tokenizer.ggml.model"].contents() == "gpt2" and fields["tokenizer.ggml.pre"].contents() == "smollm"
     assert len(fields["tokenizer.ggml.tokens"].data) == 49152 and len(fields["tokenizer.ggml.merges"].data) > 40000
     assert fields["tokenizer.ggml.eos_token_id"].contents() == 2 and "tokenizer.chat_template" in fields
-    assert json.loads(fields["finlora.provenance"].contents())["type"] == qtype
+    prov = json.loads(fields["finlora.provenance"].contents())
+    # the file travels: its source is named inside the checkout, or by folder name, never by an absolute path
+    assert prov["type"] == qtype and not Path(prov["source"]).is_absolute() and prov["source"].endswith(tiny_dir.name)
     cfg = json.loads((tiny_dir / "config.json").read_text())
     hf = load_file(tiny_dir / "model.safetensors")
     tensors = {t.name: t for t in r.tensors}

@@ -131,3 +131,16 @@ def test_the_card_tells_the_embedded_copy_from_the_hub_model(adapter, tmp_path, 
         (d / "README.md").write_text(card)
     want = models.EMBEDDED if expected == "embedded" else models.EMBEDDED_HUB_ID
     assert merge.adapter_base(d) == want
+
+
+def test_adapter_config_names_the_base_a_colleague_can_load(tmp_path):
+    """peft records the loaded model's path: for the embedded model a cache folder of this machine. The kit
+    names the hub id there (what plain peft elsewhere can load), and merge still reads it as the embedded copy."""
+    from finlora_utils import artifacts, lora
+
+    model, _ = models.load_model(models.TINY, "fp32")
+    pm = lora.apply_lora(model, LoraSettings(rank=2, alpha=4))
+    artifacts.save_adapter(pm, tmp_path / "a", "a card without the kit's front matter", models.EMBEDDED_HUB_ID)
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == models.EMBEDDED_HUB_ID
+    assert merge.adapter_base(tmp_path / "a") == models.EMBEDDED
