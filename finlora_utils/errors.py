@@ -18,11 +18,16 @@ def is_kit_error(e: BaseException) -> bool:
 
 
 def cli_entry(main):
-    """Decorate ``main(argv) -> int``: a kit error becomes ``error: ...`` on stderr and exit status 2."""
+    """Decorate ``main(argv) -> int``: a kit error becomes ``error: ...`` on stderr and exit status 2; Ctrl-C one
+    line and 130 (the shell's code for SIGINT), not a traceback of wherever the loop happened to be."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("interrupted (Ctrl-C): files are written whole or not at all; a training run resumes from its "
+                  "last checkpoint (save_every) when the same command runs again", file=sys.stderr)
+            return 130
         except Exception as e:  # noqa: BLE001 - re-raised unless it is the kit's own
             if not is_kit_error(e):
                 raise

@@ -34,7 +34,10 @@ def classification_metrics(gold: Sequence[str], pred: Sequence[str | None], labe
     gold = list(gold)
     # sklearn order is (y_true, y_pred); weighted F1 weights classes by their *gold* support.
     f1w = f1_score(gold, pred, labels=labels, average="weighted", zero_division=0)
-    f1m = f1_score(gold, pred, labels=labels, average="macro", zero_division=0)
+    # macro over the labels the test sample has or the model answered (sklearn's own default): a label with
+    # neither would enter the mean as an F1 of 0 that says nothing about the model
+    seen = set(gold) | set(pred)
+    f1m = f1_score(gold, pred, labels=[x for x in labels if x in seen] or labels, average="macro", zero_division=0)
     p, r, f, s = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
     cm_labels = labels + ([UNPARSEABLE] if UNPARSEABLE in pred else [])
     extra = sorted(set(gold) - set(labels))  # gold outside the label set: show it, never hide it

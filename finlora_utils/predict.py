@@ -168,15 +168,23 @@ def compare(result_paths, texts, task: str, batch_size: int = 8, precision: str 
     return out[["run_id"] + [c for c in out.columns if c != "run_id"]]
 
 
+def with_input_fields(row: dict, fields: dict) -> dict:
+    """A prediction with its input row's other columns first (an id to join back on); an input column whose name
+    the prediction uses (a gold 'label', 'text') is kept as 'input_<name>'."""
+    taken = {"text", "label", "probs", *row["probs"]}
+    return {**{(f"input_{k}" if k in taken else k): v for k, v in fields.items()}, **row}
+
+
 def write_predictions(rows: list[dict], path: str | Path) -> Path:
-    """JSONL (one prediction per line), or CSV with one probability column per label for a .csv path."""
+    """JSONL (one prediction per line), or CSV with the input's other columns, the text, the label and one
+    probability column per label for a .csv path."""
     from .results import atomic_write_text
 
     path = Path(path)
     if path.suffix.lower() == ".csv":
         import pandas as pd
 
-        frame = pd.DataFrame([{"text": r["text"], "label": r["label"], **r["probs"]} for r in rows])
+        frame = pd.DataFrame([{**{k: v for k, v in r.items() if k != "probs"}, **r["probs"]} for r in rows])
         return atomic_write_text(path, frame.to_csv(index=False))
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -205,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write predictions here (.jsonl, or .csv) instead of stdout")
     ns = ap.parse_intermixed_args(argv)   # texts may follow the options
     try:
-        texts = list(ns.texts) + (read_texts(ns.file, ns.text_column) if ns.file else [])
+        texts, fields = read_texts(ns.file, ns.text_column, with_fields=True) if ns.file else ([], [])
+        texts, fields = list(ns.texts) + texts, [{}] * len(ns.texts) + fields
         if not texts:
             raise ConfigError("texts: expected texts to label (arguments or --file)")
         if ns.out and Path(ns.out).is_dir():   # found out before the model loads, not after the predictions
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.train_file:
             task = task or data.register_files(ns.train_file, instruction=ns.instruction).name
         p = load(ns.source, ns.model, ns.precision, task, ns.labels, ns.instruction, ns.batch_size, ns.max_len)
-        rows = p.predict(texts)
+        rows = [with_input_fields(r, f) for r, f in zip(p.predict(texts), fields)]
     except (ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -226,3 +226,16 @@ def test_a_bad_cell_timeout_or_an_output_folder_is_named_before_any_work(tmp_pat
     monkeypatch.setattr(predict, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     assert predict.main(["embedded", "Sales fell.", "--task", "fpb", "--out", str(tmp_path)]) == 2
     assert f"out={str(tmp_path)!r}: is a folder" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    """A user's Ctrl-C in a long train printed a 111-line KeyboardInterrupt traceback."""
+    from finlora_utils.errors import cli_entry
+
+    @cli_entry
+    def main(argv=None):
+        raise KeyboardInterrupt
+
+    assert main([]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted (Ctrl-C)") and "resumes from its last checkpoint" in err and "Traceback" not in err

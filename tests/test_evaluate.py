@@ -407,3 +407,12 @@ def test_base_result_file_has_every_mode_and_no_train_info(tmp_path, tiny, monke
     e = r["eval_info"]["fpb"]
     assert set(e["modes"]) == {"score", "calibrated", "generate"} and e["mode"] == "score"
     assert e["majority_baseline"] == pytest.approx(3 / 9) and "predictions" not in e
+
+
+def test_macro_f1_leaves_out_a_label_neither_in_the_test_sample_nor_answered():
+    from finlora_utils.metrics import classification_metrics
+
+    m = classification_metrics(["flat", "up", "flat"], ["flat", "up", "flat"], ["down", "flat", "up"])
+    assert m["accuracy"] == 1.0 and m["f1_macro"] == 1.0 and m["per_class"]["down"]["support"] == 0
+    answered = classification_metrics(["flat", "up"], ["down", "up"], ["down", "flat", "up"])   # down: answered
+    assert answered["f1_macro"] == pytest.approx((0 + 0 + 1) / 3)

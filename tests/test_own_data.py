@@ -261,3 +261,49 @@ def test_default_run_folder_sits_beside_the_results_from_any_folder(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert TrainConfig().output_dir == str(reports_dir() / "runs")
     assert TrainConfig(output_dir="mine").output_dir == "mine"   # a folder the user names stays theirs
+
+
+def test_table_checks_name_duplicates_case_variants_spreadsheets_and_test_rows_seen_in_training(tmp_path):
+    """What validate says of a CSV as of a JSONL (it checked duplicates in JSONL only), labels a user would read as
+    one class, an .xlsx handed over as is, and a test file that repeats training rows (a leak)."""
+    from finlora_utils.data.validate import check_file, check_table
+
+    f = tmp_path / "dup_train.csv"
+    f.write_text("text,label\nRates rose.,Up\nRates fell.,down\nRates rose.,Up\nRates held.,up\n", encoding="utf-8")
+    rep = check_table(f)
+    assert rep.ok and rep.warnings == [(4, "duplicate text (first on line 2)"),
+                                       (5, "label 'up' differs from 'Up' (line 2) only in case or spaces: they are two "
+                                           "classes")]
+    assert [ln for ln, _ in check_table(f, strict=True).errors] == [4, 5]
+    xlsx = tmp_path / "bank.xlsx"
+    xlsx.write_bytes(b"PK\x03\x04" + bytes(60))
+    for rep in (check_table(xlsx), check_file(xlsx)):
+        assert rep.errors == [(1, "an Excel workbook (.xlsx) or another zip archive, not text; save it as CSV UTF-8 "
+                                  "(Excel: Save As)")]
+    with pytest.raises(ConfigError, match=r"bank\.xlsx:1: an Excel workbook"):
+        data.register_files(xlsx)
+    test = tmp_path / "leak_test.csv"
+    test.write_text("text,label\nRates fell.,down\nNew text.,Up\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"1 of 2 test rows are also in the train file \(first on line 2\)"):
+        data.register_files(f, test=test, name="leak")
+    assert data.provenance("leak")[0]["test_rows_in_train"] == 1
+
+
+def test_predict_keeps_the_input_columns_and_refuses_a_row_without_text(tmp_path):
+    from finlora_utils.data.files import read_texts
+    from finlora_utils.predict import with_input_fields, write_predictions
+
+    f = tmp_path / "new.csv"
+    f.write_text("id,text,label\n7,Loan approved.,card\n9,Card blocked.,fraud\n", encoding="utf-8")
+    texts, fields = read_texts(f, with_fields=True)
+    assert texts == ["Loan approved.", "Card blocked."] and fields == [{"id": "7", "label": "card"},
+                                                                       {"id": "9", "label": "fraud"}]
+    pred = {"text": "Loan approved.", "label": "loan", "probs": {"card": 0.2, "loan": 0.8}}
+    row = with_input_fields(pred, fields[0])   # the gold 'label' column is kept beside the predicted one
+    assert list(row) == ["id", "input_label", "text", "label", "probs"] and row["input_label"] == "card"
+    out = write_predictions([row], tmp_path / "out.csv").read_text(encoding="utf-8")
+    assert out.splitlines() == ["id,input_label,text,label,card,loan", "7,card,Loan approved.,loan,0.2,0.8"]
+    gap = tmp_path / "gap.csv"
+    gap.write_text("id,text\n1,hello\n2,\n3,world\n", encoding="utf-8")   # row 2 has no text: named, not dropped
+    with pytest.raises(ConfigError, match=rf"{gap}:3: empty text in column 'text'"):
+        read_texts(gap)

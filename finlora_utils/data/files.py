@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from . import tasks as registry
 from .sources import sha256_file
 from .tasks import Task, format_prompt, split_prompt
 from .validate import (CSV_SUFFIXES, LABEL_COLUMNS, MAX_SHOWN, TEXT_COLUMNS, check_file, check_table,  # noqa: F401
-                       find_column, missing_column)
+                       find_column, missing_column, not_text)
 SOURCE = "file"     # the Dataset's `source` column for own data (built-ins: real | sample)
 
 
@@ -153,8 +154,14 @@ def register_files(train, test=None, name: str | None = None, instruction: str |
                                 f"max_labels={max_labels}) needs an instruction for its prompts")
         instruction = default_instruction(labels)
     _prompts(train_rows, instruction)
+    overlap = []
     if test_rows is not None:
         _prompts(test_rows, instruction)
+        trained = {r["context"] for r in train_rows}
+        overlap = [r["line"] for r in test_rows if r["context"] in trained]
+        if overlap:   # a leak a user should hear of: it inflates every test figure of the run
+            warnings.warn(f"test_file={str(test)!r}: {len(overlap)} of {len(test_rows)} test rows are also in the "
+                          f"train file (first on line {overlap[0]}); their test score measures memory", stacklevel=2)
         if labels is not None:
             unknown = sorted({r["target"] for r in test_rows} - set(labels))
             if unknown:
@@ -172,7 +179,8 @@ def register_files(train, test=None, name: str | None = None, instruction: str |
     prov = {"task": name, "files": [_file_info(Path(train), "train", train_fmt, train_rows)]
             + ([_file_info(Path(test), "test", test_fmt, test_rows)] if test else []),
             "labels": list(labels) if labels else None, "labels_inferred": bool(labels) and inferred,
-            "max_labels": max_labels, "test": "file" if test else "validation holdout of train"}
+            "max_labels": max_labels, "test": "file" if test else "validation holdout of train",
+            "test_rows_in_train": len(overlap)}
     _FILES[name] = FileTask(task, _plain(train_rows), _plain(test_rows) if test_rows is not None else None, prov)
     registry.FILE_TASKS[name] = task
     return task
@@ -205,59 +213,64 @@ def provenance(names) -> list[dict]:
     return [_FILES[n].provenance for n in names if n in _FILES]
 
 
-def read_texts(path, text_column: str | None = None) -> list[str]:
+def read_texts(path, text_column: str | None = None, with_fields: bool = False):
     """Texts to label (predict): a JSONL of objects with "text" (or a FinLoRA "context"), or a CSV/TSV with a
-    text column, or plain text with one input per line (.txt)."""
+    text column, or plain text with one input per line (.txt). A row or object without text is an error naming
+    its line (dropping it would misalign the output with the input). with_fields: (texts, the other columns /
+    keys of each row), so the output can carry an id back."""
     import json
 
     path = Path(path)
     if not path.is_file():
         raise FileTaskError(f"file={str(path)!r}: no such file")
     raw = path.read_bytes()
+    if not_text(raw):
+        raise _fail(path, [(1, not_text(raw))], "file")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise _fail(path, [(line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8")],
                     "file") from None
+    texts, fields, problems = [], [], []
     if path.suffix.lower() in CSV_SUFFIXES:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         header = next(reader, None) or []
         i = find_column(header, text_column, TEXT_COLUMNS)
         if i is None:
             raise _fail(path, [(1, missing_column(header, text_column, TEXT_COLUMNS, "text"))], "file")
-        texts, problems = [], []
         for row in reader:
             if not any(c.strip() for c in row):
                 continue
             if len(row) != len(header):   # a lost quote or comma: say so rather than label a shifted row
                 problems.append((reader.line_num, f"{len(row)} fields, the header has {len(header)}"))
-            elif row[i].strip():
+            elif not row[i].strip():
+                problems.append((reader.line_num, f"empty text in column {header[i]!r}"))
+            else:
                 texts.append(row[i])
-        if problems:
-            raise _fail(path, problems, "file")
-        return texts
-    lines = text.split("\n")
-    if path.suffix.lower() == ".txt":
-        return [line.rstrip("\r") for line in lines if line.strip()]
-    out, problems = [], []
-    key = text_column or "text"
-    for ln, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append((ln, f"malformed JSON: {e.msg} (column {e.colno})"))
-            continue
-        v = obj.get(key, obj.get("context")) if isinstance(obj, dict) else None
-        if not isinstance(v, str) or not v.strip():
-            problems.append((ln, f"expected an object with a non-empty string {key!r} (or \"context\")"))
-        else:
-            out.append(v)
+                fields.append({h: v for j, (h, v) in enumerate(zip(header, row)) if j != i})
+    elif path.suffix.lower() == ".txt":
+        texts = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+        fields = [{} for _ in texts]
+    else:
+        key = text_column or "text"
+        for ln, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append((ln, f"malformed JSON: {e.msg} (column {e.colno})"))
+                continue
+            v = obj.get(key, obj.get("context")) if isinstance(obj, dict) else None
+            if not isinstance(v, str) or not v.strip():
+                problems.append((ln, f"expected an object with a non-empty string {key!r} (or \"context\")"))
+            else:
+                texts.append(v)
+                fields.append({k: x for k, x in obj.items() if k not in (key, "context")})
     if problems:
         raise _fail(path, problems, "file")
-    return out
+    return (texts, fields) if with_fields else texts
 
 
 def task_list(tasks, train_file: str = "", test_file: str = "", task_name: str = "", instruction: str = "",

@@ -57,11 +57,35 @@ def _typename(v) -> str:
             type(None): "null"}.get(type(v), type(v).__name__)
 
 
+def not_text(raw: bytes) -> str | None:
+    """What a binary file most likely is, where a user handed the kit a spreadsheet instead of text; else None."""
+    if raw.startswith(b"PK\x03\x04"):
+        return "an Excel workbook (.xlsx) or another zip archive, not text; save it as CSV UTF-8 (Excel: Save As)"
+    if raw.startswith(b"\xd0\xcf\x11\xe0"):
+        return "an old Excel workbook (.xls), not text; save it as CSV UTF-8 (Excel: Save As)"
+    return None
+
+
+def _label_variants(rep: Report, warn: list) -> None:
+    """Labels that differ only in case or surrounding space ('Up' / 'up ') are two classes to the kit: say so."""
+    first: dict[str, tuple[str, int]] = {}
+    for label, ln in zip(rep.targets, rep.lines):
+        key = label.strip().casefold()
+        if key in first and first[key][0] != label:
+            warn.append((ln, f"label {label!r} differs from {first[key][0]!r} (line {first[key][1]}) only in case or "
+                             "spaces: they are two classes"))
+            first[key] = (label, ln)   # each further spelling is named once
+        first.setdefault(key, (label, ln))
+
+
 def check_file(path: str | Path, task: str | None = None, strict: bool = False) -> Report:
     """Validate ``path``; raises OSError if it cannot be read (the CLI reports that)."""
     t = get_task(task) if task else None
     rep = Report(str(path))
     raw = Path(path).read_bytes()
+    if not_text(raw):
+        rep.errors.append((1, not_text(raw)))
+        return rep
     if not raw.strip():
         rep.errors.append((1, "file is empty (expected one JSON object per line)"))
         return rep
@@ -127,6 +151,7 @@ def check_file(path: str | Path, task: str | None = None, strict: bool = False) 
         rep.contexts.append(ctx)
         rep.targets.append(tgt)
         rep.lines.append(ln)
+    _label_variants(rep, warn)
     if rep.rows == 0 and not rep.errors:
         rep.errors.append((1, "no JSON objects in the file"))
     return rep
@@ -144,14 +169,19 @@ def missing_column(header: list[str], wanted: str | None, names: tuple[str, ...]
 
 
 def check_table(path: str | Path, text_column: str | None = None, label_column: str | None = None,
-                task: str | None = None) -> Report:
+                task: str | None = None, strict: bool = False) -> Report:
     """Validate a CSV (.tsv: tab-separated) with a header: a text and a label column (TEXT_COLUMNS /
     LABEL_COLUMNS unless named), no empty cell in them, every row as many fields as the header; Excel's UTF-8
-    byte-order mark is accepted. The report's contexts are the texts. Raises OSError if it cannot be read."""
+    byte-order mark is accepted. Warnings (errors with strict): a repeated text, labels that differ only in
+    case. The report's contexts are the texts. Raises OSError if it cannot be read."""
     t = get_task(task) if task else None
     path = Path(path)
     rep = Report(str(path), text_name="text")
+    warn = rep.errors if strict else rep.warnings
     raw = path.read_bytes()
+    if not_text(raw):
+        rep.errors.append((1, not_text(raw)))
+        return rep
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -169,6 +199,7 @@ def check_table(path: str | Path, text_column: str | None = None, label_column: 
             rep.errors.append((1, missing_column(header, wanted, names, kind)))
     if rep.errors:
         return rep
+    seen: dict[str, int] = {}
     try:
         for row in reader:
             ln = reader.line_num
@@ -189,11 +220,16 @@ def check_table(path: str | Path, text_column: str | None = None, label_column: 
                 hint = f"; did you mean {near!r}?" if near else ""
                 rep.errors.append((ln, f"label {label!r} is not a label of task {t.name} "
                                        f"({', '.join(t.labels)}){hint}"))
+            if row[ti] in seen:
+                warn.append((ln, f"duplicate text (first on line {seen[row[ti]]})"))
+            else:
+                seen[row[ti]] = ln
             rep.contexts.append(row[ti])
             rep.targets.append(label)
             rep.lines.append(ln)
     except csv.Error as e:
         rep.errors.append((reader.line_num, f"malformed CSV: {e}"))
+    _label_variants(rep, warn)
     if rep.rows == 0 and not rep.errors:
         rep.errors.append((2, "no data rows after the header"))
     return rep
@@ -267,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if not table and (args.text_column or args.label_column):
         ap.error("--text-column / --label-column: only for a .csv or .tsv file")
     try:
-        rep = (check_table(args.file, args.text_column, args.label_column, args.task) if table
+        rep = (check_table(args.file, args.text_column, args.label_column, args.task, args.strict) if table
                else check_file(args.file, args.task, args.strict))
     except OSError as e:
         print(f"error: {args.file}: cannot read file ({e.strerror or e})", file=sys.stderr)
