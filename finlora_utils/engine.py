@@ -261,14 +261,8 @@ def data_changed(config: TrainConfig, done: dict, data_dir=None) -> str | None:
         return None
     if isinstance(stored, list):   # own data: one provenance per file task, each with its files
         data.register_config(config)   # the validator's FILE:LINE errors come here, as in build_data
-        now = {f["path"]: f["sha256"] for p in data.provenance(config.tasks) for f in p["files"]}
-        for p in stored:
-            for f in p.get("files", []):
-                if f.get("path") in now and now[f["path"]] != f.get("sha256"):
-                    return f"{f['split']}_file={f['path']!r}"
-                if f.get("path") not in now:
-                    return f"{f['split']}_file={f.get('path')!r} (not read now)"
-        return None
+        changed = data.changed_files(stored, config.tasks)
+        return f"{changed[0]['split']}_file={changed[0]['path']!r}" if changed else None
     now = file_hashes(config.tasks, config.train_split, data_dir)
     for key, sha in stored.items():
         if key in now and now[key] != sha:

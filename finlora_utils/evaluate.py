@@ -324,7 +324,7 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
                             "expected the adapter saved by training (restore it, or retrain the run)")
         safetensors_adapter(_adapter_dir(p, r))   # every adapter checked before any base model loads
         cfg = r["run_info"]["config"]
-        data.register_config(cfg)   # a run on own data: its task comes back from the files it names
+        data.register_run(r)   # a run on own data: its task comes back from the files it names, unchanged
         groups.setdefault((cfg["model"], precision or cfg["precision"]), []).append((Path(p), r))
     _check_tasks(groups, tasks, trained_only)
     out = {}

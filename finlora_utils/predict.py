@@ -105,8 +105,9 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
         from .evaluate import run_adapter_dir
         from .results import read_result
 
-        cfg = read_result(src, require=("run_info.config.model", "train_info.adapter_path"))["run_info"]["config"]
-        data.register_config(cfg)   # a run on own data brings its task (and label set) back from its files
+        run = read_result(src, require=("run_info.config.model", "train_info.adapter_path"))
+        cfg = run["run_info"]["config"]
+        data.register_run(run)   # a run on own data brings its task (and label set) back from its files, unchanged
         model = model or cfg["model"]
         precision = precision or cfg["precision"]
         if not task and len(cfg.get("tasks") or []) == 1:

@@ -236,9 +236,14 @@ def test_named_columns_train_and_a_changed_file_is_not_passed_off_as_the_finishe
     assert cli(args) == 2
     err = capsys.readouterr().err
     assert f"train_file={str(memos.resolve())!r}: the data changed since {path}" in err and "force=True" in err
+    # predict and evaluate take the run's labels from its file: an edited one is named, not silently used
+    for verb in (["predict", str(path), "Rates rose."], ["evaluate", str(path)]):
+        assert cli(verb) == 2
+        assert f"train_file={str(memos.resolve())!r}: changed since run memos_" in capsys.readouterr().err
     assert cli(args + ["--force"]) == 0
     assert json.loads(path.read_text())["run_info"]["data_files"][0]["files"][0]["sha256"] == \
         hashlib.sha256(memos.read_bytes()).hexdigest()
+    assert cli(["predict", str(path), "Rates rose."]) == 0   # retrained on the file as it is: usable again
 
 
 def test_a_finished_builtin_run_whose_data_file_changed_is_named(real_data_dir):

@@ -11,7 +11,8 @@ Files resolve from FINLORA_DATA_DIR, then data/cache/, then a sha256-verified do
 only) a generated synthetic sample set. See data/README.md for sources, splits and how they were checked.
 CLI: ``python -m finlora_utils.data {validate FILE [--task T] | fetch [TASK...] | sample | tasks}``.
 """
-from .files import FileTaskError, is_file_task, provenance, register_config, register_files, task_list
+from .files import (FileTaskError, changed_files, is_file_task, provenance, register_config, register_files,
+                    register_run, task_list)
 from .loader import (NoSplitError, availability, data_source, describe_source, fetch_hint, files_for, load_task,
                      load_tasks, source_of)
 from .sources import ChecksumError, DataError, DataUnavailableError, DownloadError
@@ -22,6 +23,6 @@ __all__ = [
     "TASKS", "Task", "KINDS", "METRICS", "NWGI_LABELS", "SENTIMENT_TASKS", "task_names", "get_task", "load_task",
     "load_tasks", "data_source", "source_of", "describe_source", "files_for", "format_prompt", "split_prompt",
     "normalize_label", "nwgi_to_3class", "register_files", "register_config", "is_file_task", "provenance",
-    "FileTaskError", "task_list",
+    "FileTaskError", "task_list", "register_run", "changed_files",
     "availability", "fetch_hint", "DataError", "DataUnavailableError", "DownloadError", "ChecksumError", "NoSplitError",
 ]

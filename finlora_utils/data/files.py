@@ -196,6 +196,32 @@ def register_config(config) -> Task | None:
                           text_column=get("text_column") or None, label_column=get("label_column") or None)
 
 
+def changed_files(stored: list[dict], names, splits=("train", "test")) -> list[dict]:
+    """The files of `stored` (a run's run_info.data_files: one provenance per file task) in `splits` whose content
+    differs from the registered task's file now, or which the task no longer reads; register the tasks first."""
+    now = {f["path"]: f["sha256"] for p in provenance(names) for f in p["files"]}
+    return [f for p in stored for f in p.get("files", [])
+            if f.get("split") in splits and now.get(f.get("path")) != f.get("sha256")]
+
+
+def register_run(run: dict) -> Task | None:
+    """register_config for a finished run (its results dict), refusing a train file whose content is no longer what
+    the run trained on: its labels and instruction made the adapter's prompts, so predictions and scores against
+    the file as it is now could use a label set the adapter never saw. A changed test file is fine (evaluation
+    reads it as it is and records its sha256)."""
+    info = run.get("run_info") or {}
+    cfg = info.get("config") or {}
+    task = register_config(cfg)
+    stored = info.get("data_files")
+    if task is None or not isinstance(stored, list):
+        return task
+    for f in changed_files(stored, cfg.get("tasks") or [task.name], splits=("train",)):
+        raise FileTaskError(f"train_file={f['path']!r}: changed since run {run.get('run_id')} trained on it (sha256 "
+                            f"{f['sha256'][:12]}..., now another); its labels and instruction made the adapter's "
+                            "prompts: restore the file, or retrain on it (train ... --force)")
+    return task
+
+
 def is_file_task(name: str) -> bool:
     return name in _FILES
 
