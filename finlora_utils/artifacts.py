@@ -22,6 +22,9 @@ from .config import ConfigError, TrainConfig
 
 CKPT_DIR = "checkpoints"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"   # what save_pretrained writes and the only adapter weights loaded
+# Beside the weights: the tasks the adapter was trained on, with the label set and instruction its prompts used, so
+# an adapter folder or a model merged from it can be asked to label text without the kit's results or the data.
+TASK_FILE = "finlora_task.json"
 KEEP_CHECKPOINTS = 2   # the newest and the one before: a damaged newest one falls back to its predecessor
 # Config fields that change nothing in the trained adapter: a resume or a finished run may differ in them.
 COSMETIC = ("save_every", "log_every", "output_dir", "nproc", "parallel", "cpu_memory", "pipeline_split")
@@ -212,10 +215,39 @@ def safetensors_adapter(folder: str | os.PathLike) -> str:
     return str(folder)
 
 
-def save_adapter(peft_model, adapter_dir: Path, card: str, base_id: str | None = None) -> int:
-    """save_pretrained (plain peft can load it) + our model card, written beside and renamed into place.
-    base_id: what adapter_config.json names as the base (peft takes the loaded model's path, which for the
-    embedded model is a cache folder on this machine; its hub id is what a colleague can load)."""
+def task_record(tasks) -> dict:
+    """TASK_FILE's content: each task's kind, label set, instruction and prompt format (registered tasks: built-in
+    or own data), as the adapter's training prompts had them."""
+    from .data import get_task
+
+    out = {}
+    for name in tasks:
+        t = get_task(name)
+        out[name] = {"kind": t.kind, "labels": list(t.labels) if t.labels else None, "instruction": t.instruction,
+                     "prompt_format": t.prompt_format}
+    return {"tasks": out}
+
+
+def read_task_record(folder: str | Path) -> dict | None:
+    """The tasks of an adapter or merged-model folder (TASK_FILE), or None for a folder without one."""
+    from .config import read_json_object
+
+    path = Path(folder) / TASK_FILE
+    if not path.is_file():
+        return None
+    rec = read_json_object(path, "the kit's task record ({\"tasks\": {name: {labels, instruction, ...}}})",
+                           AdapterError)
+    if not isinstance(rec.get("tasks"), dict):
+        raise AdapterError(f"{path}: expected a \"tasks\" mapping")
+    return rec
+
+
+def save_adapter(peft_model, adapter_dir: Path, card: str, base_id: str | None = None,
+                 extra_files: dict[str, str] | None = None) -> int:
+    """save_pretrained (plain peft can load it) + our model card (+ extra_files: name -> text, e.g. TASK_FILE),
+    written beside and renamed into place. base_id: what adapter_config.json names as the base (peft takes the
+    loaded model's path, which for the embedded model is a cache folder on this machine; its hub id is what a
+    colleague can load)."""
     adapter_dir = Path(adapter_dir)
     tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -224,6 +256,8 @@ def save_adapter(peft_model, adapter_dir: Path, card: str, base_id: str | None =
             cfg.base_model_name_or_path = base_id
     peft_model.save_pretrained(tmp, safe_serialization=True)
     (tmp / "README.md").write_text(card, encoding="utf-8")
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text, encoding="utf-8")
     results.usual_permissions(tmp)   # safetensors writes owner-only files: an adapter is meant to be shared
     shutil.rmtree(adapter_dir, ignore_errors=True)
     os.replace(tmp, adapter_dir)

@@ -30,6 +30,7 @@ replica per rank) and `pipeline.Stage` (one pipeline stage per rank). Its interf
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -39,8 +40,8 @@ from pathlib import Path
 import torch
 
 from . import dropout, memory, results
-from .artifacts import (CKPT_DIR, as_stored, differences, finished_result, load_checkpoint, model_card,
-                        save_adapter, save_checkpoint)
+from .artifacts import (CKPT_DIR, TASK_FILE, as_stored, differences, finished_result, load_checkpoint, model_card,
+                        save_adapter, save_checkpoint, task_record)
 from .config import ConfigError, TrainConfig
 from .tokenization import IGNORE, batch_plan, encode_dataset
 
@@ -235,7 +236,8 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
         results_path.unlink(missing_ok=True)
         adapter_dir = run_dir / "adapter"
         base_id = base_model_id(config.model)
-        info["adapter_bytes"] = save_adapter(adapter, adapter_dir, model_card(config, info, base_id), base_id)
+        info["adapter_bytes"] = save_adapter(adapter, adapter_dir, model_card(config, info, base_id), base_id,
+                                             {TASK_FILE: json.dumps(task_record(config.tasks), indent=2) + "\n"})
         info["adapter_path"] = results.portable_path(adapter_dir)
         res = results.write_trained_run(results_path, config.run_id(), as_stored(config), config.seed, info,
                                         preset=preset, commit=commit, **provenance)

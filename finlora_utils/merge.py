@@ -102,7 +102,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     from transformers import AutoModelForCausalLM
 
     from . import results
-    from .artifacts import ADAPTER_WEIGHTS, safetensors_adapter
+    from .artifacts import ADAPTER_WEIGHTS, TASK_FILE, read_task_record, safetensors_adapter
     from .data.sources import sha256_file
     from .models import load_tokenizer, resolve_model_path
 
@@ -143,6 +143,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
                     "config": {k: acfg.get(k) for k in ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules",
                                                         "target_parameters", "use_rslora", "use_dora")}},
         "training_card": _card_text(adapter / "README.md"),
+        "tasks": (read_task_record(adapter) or {}).get("tasks"),   # labels and instruction (also in TASK_FILE)
         "dtype": dtype,
         "check": {"probe_max_abs_logit_diff": diff, "tolerance": tolerance},
         "git_commit": results.git_commit(),
@@ -155,6 +156,8 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
         tok.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
         results.write_json(tmp / "finlora_merge.json", record)
+        if (adapter / TASK_FILE).is_file():   # the labels and instruction the merged model's prompts need
+            shutil.copyfile(adapter / TASK_FILE, tmp / TASK_FILE)
         results.usual_permissions(tmp)   # mkdtemp and safetensors make it owner-only; a merged model is for sharing
         if out.exists():
             shutil.rmtree(out)

@@ -86,6 +86,24 @@ def _label_set(task: str | None, labels, instruction: str | None) -> tuple[list[
     return list(t.labels), instruction or t.instruction, task
 
 
+def _recorded_task(folder: Path, task: str | None, labels, instruction: str | None):
+    """(labels, instruction, task) from the folder's task record (artifacts.TASK_FILE) when it settles them: the
+    one classification task it holds, or --task among its tasks; else the arguments unchanged."""
+    from .artifacts import read_task_record
+
+    rec = read_task_record(folder) if folder.is_dir() else None
+    if rec is None:
+        return labels, instruction, task
+    tasks = {k: v for k, v in rec["tasks"].items() if v.get("labels")}
+    if task is None and len(tasks) == 1:
+        task = next(iter(tasks))
+    if task in tasks:   # the adapter's own label set, even where a task of that name now reads otherwise
+        return tasks[task]["labels"], instruction or tasks[task]["instruction"], task
+    if task is None and len(tasks) > 1:
+        raise ConfigError(f"task: {folder} was trained on {', '.join(tasks)}; choose one with --task")
+    return labels, instruction, task
+
+
 def load(source: str | Path, model: str | None = None, precision: str | None = None, task: str | None = None,
          labels=None, instruction: str | None = None, batch_size: int = 8, max_len: int | None = None) -> Predictor:
     """A Predictor from a run's results JSON, an adapter folder, or a model (merged folder or name)."""
@@ -126,6 +144,8 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
         from .artifacts import safetensors_adapter
 
         safetensors_adapter(adapter)   # before the base model loads: a refused adapter fails at once
+    if not labels:   # an adapter or merged-model folder names the tasks it was trained on, with their prompts
+        labels, instruction, task = _recorded_task(adapter or Path(str(source)), task, labels, instruction)
     labels, instruction, task = _label_set(task, labels, instruction)
     from transformers.utils import logging as hf_logging
 

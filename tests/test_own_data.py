@@ -244,6 +244,18 @@ def test_named_columns_train_and_a_changed_file_is_not_passed_off_as_the_finishe
     assert json.loads(path.read_text())["run_info"]["data_files"][0]["files"][0]["sha256"] == \
         hashlib.sha256(memos.read_bytes()).hexdigest()
     assert cli(["predict", str(path), "Rates rose."]) == 0   # retrained on the file as it is: usable again
+    capsys.readouterr()
+    # the adapter folder, and a model merged from it, carry the labels and instruction their prompts need
+    adapter = Path(json.loads(path.read_text())["train_info"]["adapter_path"])
+    record = json.loads((adapter / "finlora_task.json").read_text())["tasks"]["memos"]
+    assert record["labels"] == ["environmental", "social"]   # as retrained: the edited file has no governance
+    assert record["instruction"].startswith("What is the label of this text?")
+    merged = tmp_path / "merged"
+    assert cli(["merge", str(adapter), "--out", str(merged)]) == 0
+    assert json.loads((merged / "finlora_merge.json").read_text())["tasks"]["memos"] == record
+    capsys.readouterr()
+    assert cli(["predict", str(merged), "--precision", "fp32", "Rates rose."]) == 0   # no --labels to guess
+    assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["probs"]) == set(record["labels"])
 
 
 def test_a_finished_builtin_run_whose_data_file_changed_is_named(real_data_dir):
