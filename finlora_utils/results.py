@@ -64,6 +64,7 @@ def folder_lock(folder: str | Path, what: str):
     except ImportError:   # Windows
         yield
         return
+    created = not Path(folder).exists()
     path = make_folder(folder) / ".lock"
     with open(path, "a+", encoding="utf-8") as f:
         try:
@@ -83,6 +84,8 @@ def folder_lock(folder: str | Path, what: str):
             # removed while still held, so a finished folder holds only what the run wrote (adapter, results)
             with contextlib.suppress(OSError):
                 path.unlink()
+                if created:   # a run refused before it wrote anything leaves no empty folder behind
+                    Path(folder).rmdir()
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 

@@ -108,10 +108,11 @@ def test_train_cli_reports_a_bad_file_before_any_model_loads(tmp_path, monkeypat
     monkeypatch.setattr(models, "load_model", no_model)
     bad = tmp_path / "bad_train.jsonl"
     bad.write_text(SUPPORT_TRAIN.read_text() + "{not json}\n")
-    rc = cli(["train", "--model", "tiny-random-llama", "--train-file", str(bad), "--output-dir", str(tmp_path),
+    rc = cli(["train", "--model", "tiny-random-llama", "--train-file", str(bad), "--output-dir", str(tmp_path / "runs"),
               "--results-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: train_file=") and f"{bad}:28: malformed JSON" in err
+    assert not list((tmp_path / "runs").glob("*"))   # no empty run folder left behind by the refused run
 
 
 def test_cli_lists_the_verbs_and_refuses_unknown_ones(capsys, monkeypatch):
