@@ -474,5 +474,9 @@ class _Gathered:
     def __init__(self, peft_model, state_dict: dict):
         self.peft_model, self.state_dict = peft_model, state_dict
 
+    @property
+    def peft_config(self):   # artifacts.save_adapter names the base in it; the skeleton saves that config
+        return self.peft_model.peft_config
+
     def save_pretrained(self, path, **kw):
         save_adapter(self.peft_model, self.state_dict, path)
