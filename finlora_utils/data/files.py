@@ -215,10 +215,11 @@ def register_run(run: dict) -> Task | None:
     stored = info.get("data_files")
     if task is None or not isinstance(stored, list):
         return task
-    for f in changed_files(stored, cfg.get("tasks") or [task.name], splits=("train",)):
-        raise FileTaskError(f"train_file={f['path']!r}: changed since run {run.get('run_id')} trained on it (sha256 "
-                            f"{f['sha256'][:12]}..., now another); its labels and instruction made the adapter's "
-                            "prompts: restore the file, or retrain on it (train ... --force)")
+    changed = changed_files(stored, cfg.get("tasks") or [task.name], splits=("train",))
+    if changed:
+        raise FileTaskError(f"train_file={changed[0]['path']!r}: changed since run {run.get('run_id')} trained on it "
+                            f"(sha256 {changed[0]['sha256'][:12]}..., now another); its labels and instruction made "
+                            "the adapter's prompts: restore the file, or retrain on it (train ... --force)")
     return task
 
 
