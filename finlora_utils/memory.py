@@ -33,6 +33,7 @@ from pathlib import Path
 from .config import CPU_MEMORY_MODES, PIPELINE_SPLITS, PRECISION, ConfigError, LoraSettings, paper_settings
 from . import arch as _arch
 from .errors import cli_entry
+from . import hardware
 from . import lora as _lora
 
 GIB = 2 ** 30
@@ -145,14 +146,6 @@ def training_bytes(breakdown: dict) -> int:
 
 # ------------------------------------------------------------------ building blocks
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def dtype_bytes(bits: int, device: str, compute_bytes: int | None = None, base_bytes: int | None = None,
                 autocast: bool = True) -> dict:
     """Bytes per element of each kind of tensor, as the kit trains (finlora_utils.train):
@@ -165,7 +158,7 @@ def dtype_bytes(bits: int, device: str, compute_bytes: int | None = None, base_b
            dtype (int8 on a bf16 CPU keeps them fp32): saved for the input gradient, so it lives from the
            head's forward to its backward, beside the logits
     """
-    native = device == "cuda" or _cpu_has_bf16()
+    native = device == "cuda" or hardware.cpu_bf16_native()
     # a 16-bit (bf16) model computes in bf16 whether or not the CPU has bf16 instructions; a quantized
     # one in bitsandbytes' compute dtype, which the kit sets to bf16 only where it is native
     act = compute_bytes or (2 if bits == 16 or native else 4)

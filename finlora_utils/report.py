@@ -403,7 +403,7 @@ def header(runs: Sequence[dict]) -> dict:
         "model": distinct(r["run_info"]["config"]["model"] for r in runs),
         "data": distinct(r["run_info"].get("data_source") for r in runs),
         "preset": distinct(r["run_info"].get("preset") for r in runs),
-        "hardware": distinct((h.get("gpu") or f"CPU: {h.get('cpu')} x{h.get('cpu_count')}") for h in hw),
+        "hardware": distinct((h.get("gpu") or f"CPU: {h.get('cpu')} x{h.get('cpu_count')}{isa_cap(h)}") for h in hw),
         "versions": distinct(", ".join(f"{k} {p.get(k)}" for k in ("torch", "transformers", "peft", "bitsandbytes"))
                              for p in pk),
         "python": distinct(r["meta_info"].get("python") for r in runs),
@@ -416,12 +416,21 @@ def header(runs: Sequence[dict]) -> dict:
 
 def machine(run: dict) -> str:
     """The device a run computed on, short enough for a cell or a figure: its GPU, else its CPU's model name
-    without the trademark marks ('Intel Xeon', 'AMD EPYC')."""
+    without the trademark marks ('Intel Xeon', 'AMD EPYC'), and the instruction-set cap it ran under, if any (a
+    Zen 4 capped at AVX2 stands in for an AVX2-only CPU and must say so)."""
     hw = (run.get("meta_info") or {}).get("hardware") or {}
     if hw.get("gpu"):
         return str(hw["gpu"])
     name = re.sub(r"\((R|TM|tm)\)|\bProcessor\b|\bCPU\b|@.*$", " ", str(hw.get("cpu") or "unknown machine"))
-    return " ".join(name.split()) or "unknown machine"
+    name = " ".join(name.split()) or "unknown machine"
+    return name + isa_cap(hw)
+
+
+def isa_cap(hardware: dict) -> str:
+    """' capped at AVX2' where a result's process ran under an instruction-set cap (results.environment), else ''."""
+    caps = hardware.get("isa_caps") or {}
+    cap = caps.get("ONEDNN_MAX_CPU_ISA") or caps.get("DNNL_MAX_CPU_ISA") or caps.get("ATEN_CPU_CAPABILITY")
+    return f" capped at {cap.upper()}" if cap else ""
 
 
 def figure_note(runs: Sequence[dict]) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import PRECISION, model_slug, read_json_object  # noqa: F401 - model_slug: results API (run ids)
+from . import hardware
 
 SCHEMA_VERSION = 1
 PATH_FIELDS = ("output_dir", "out", "data_dir", "results_dir")   # config fields that name folders
@@ -204,7 +205,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "packages": pkgs,
         "hardware": {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": threads,
-                     "gpu": gpu, "gpus": gpus},
+                     "gpu": gpu, "gpus": gpus, "isa_caps": hardware.isa_caps()},
     }
 
 

@@ -91,6 +91,27 @@ def test_auto_precision_resolves_to_what_the_hardware_computes_natively(monkeypa
     assert TrainConfig(precision="nf4").precision == "nf4"   # explicit precisions are kept
 
 
+@pytest.mark.parametrize("cap, native", [(None, True), ("AVX2", False), ("avx512_core", False),
+                                         ("AVX512_CORE_BF16", True), ("AVX10_1_512_AMX", True)])
+def test_an_isa_cap_below_bf16_makes_the_kit_compute_in_fp32(monkeypatch, cap, native):
+    """ONEDNN_MAX_CPU_ISA=AVX2 on a bf16 CPU leaves oneDNN's bf16 matmul at ~1 GFLOP/s, as on an AVX2-only CPU:
+    the kit then computes in fp32, as it would there, and every result records the cap."""
+    import torch
+
+    from finlora_utils import hardware, results
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_flag", lambda flag: flag == "avx512_bf16")
+    for var in hardware.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert hardware.default_compute_dtype() == (torch.bfloat16 if native else torch.float32)
+    assert results.environment()["hardware"]["isa_caps"] == ({"ONEDNN_MAX_CPU_ISA": cap} if cap else {})
+    monkeypatch.setattr(hardware, "cpu_flag", lambda flag: False)   # an AVX2 CPU: no cap makes bf16 native
+    assert hardware.default_compute_dtype() == torch.float32
+
+
 def test_precision_is_one_value_that_every_consumer_reads():
     """Bits, planner bits and labels come from config.PRECISION: fp32 is a 32-bit run id but a 16-bit plan with
     4-byte tensors (pipeline.stage_split once passed 32 to the planner, which raised, and fell back to even)."""

@@ -27,7 +27,7 @@ def test_activation_dtypes_follow_what_the_kit_trains_in(monkeypatch, native):
     """A bf16 model computes in bf16 even on a CPU without bf16 instructions (the planner once assumed fp32
     there: +56% / +97% on the embedded 16-bit rows of bench/planner_accuracy.py on an AVX2-only CPU);
     quantized models compute in bf16 only where it is native, and autocast runs only there."""
-    monkeypatch.setattr(memory, "_cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(memory.hardware, "cpu_bf16_native", lambda: native)
     assert memory.dtype_bytes(16, "cpu")["act"] == 2
     assert memory.dtype_bytes(4, "cpu")["act"] == (2 if native else 4)
     assert memory.dtype_bytes(16, "cpu")["lora"] == (2 if native else 4)   # peft's fp32 cast kept without autocast

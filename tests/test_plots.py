@@ -97,6 +97,10 @@ def test_figure_titles_carry_the_machines_and_the_base_weights():
     assert "Q4_1 GGUF dequantized" in note
     assert report.figure_note([run("AMD EPYC 7763 64-Core Processor", "meta-llama/Llama-3.1-8B")]) == \
         "machines: AMD EPYC 7763 64-Core"
+    capped = run("AMD EPYC")
+    capped["meta_info"]["hardware"]["isa_caps"] = {"ONEDNN_MAX_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert report.figure_note([capped, run("AMD EPYC")]).startswith(
+        "machines: AMD EPYC capped at AVX2 (1 run), AMD EPYC (1 run)")   # a capped run never reads as uncapped
     cm = pd.DataFrame([[3, 1], [0, 4]], index=["neg", "pos"], columns=["neg", "pos"])
     fig = plots.fig_confusions({"base": cm, "4-bit r4": cm}, f"fpb: confusion matrices\n{note}")
     assert fig._suptitle.get_text().replace("\n", " ").endswith(note.split(";")[1].strip().replace("\n", " "))
