@@ -254,7 +254,9 @@ def save_adapter(peft_model, adapter_dir: Path, card: str, base_id: str | None =
     if base_id:
         for cfg in peft_model.peft_config.values():
             cfg.base_model_name_or_path = base_id
-    peft_model.save_pretrained(tmp, safe_serialization=True)
+    # the kit never resizes the vocabulary, and "auto" asks the hub whether the base's config exists (a network
+    # lookup, and a warning on every offline save, once the config names a hub id)
+    peft_model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
     (tmp / "README.md").write_text(card, encoding="utf-8")
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text, encoding="utf-8")

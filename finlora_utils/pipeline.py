@@ -267,7 +267,7 @@ def save_adapter(peft_model, state_dict: dict, path) -> None:
     missing = sorted(n for n, p in skeleton.named_parameters() if p.requires_grad and n not in state_dict)
     if missing:
         raise RuntimeError(f"adapter reassembly: no stage sent {missing[0]} ({len(missing)} tensors missing)")
-    skeleton.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
+    skeleton.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True, save_embedding_layers=False)
 
 
 # ---------------------------------------------------------------- the schedule

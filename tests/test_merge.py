@@ -133,10 +133,18 @@ def test_the_card_tells_the_embedded_copy_from_the_hub_model(adapter, tmp_path, 
     assert merge.adapter_base(d) == want
 
 
-def test_adapter_config_names_the_base_a_colleague_can_load(tmp_path):
+def test_adapter_config_names_the_base_a_colleague_can_load(tmp_path, monkeypatch):
     """peft records the loaded model's path: for the embedded model a cache folder of this machine. The kit
-    names the hub id there (what plain peft elsewhere can load), and merge still reads it as the embedded copy."""
+    names the hub id there (what plain peft elsewhere can load), and merge still reads it as the embedded copy.
+    Saving asks the hub nothing (peft's default looks the hub id up: a network call and a warning offline)."""
+    from peft.utils import save_and_load
+
     from finlora_utils import artifacts, lora
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError(f"save_adapter asked the hub: {args}")
+
+    monkeypatch.setattr(save_and_load, "check_file_exists_on_hf_hub", no_lookup)
 
     model, _ = models.load_model(models.TINY, "fp32")
     pm = lora.apply_lora(model, LoraSettings(rank=2, alpha=4))
