@@ -65,6 +65,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None,
                     help="results file: figures, config, commit, machine (default: reports/bench/eval_speed.json)")
     args = ap.parse_args(argv)
+    commit = results_io.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     for name in ("n", "batch_size", "repeats", "max_new_tokens"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= 1")
@@ -148,7 +149,7 @@ def main(argv=None):
     doc = results_io.write_bench(out, "eval_speed", vars(args), dict(
         seconds=times, figures=figures, flops={"score": f_score, "generate": f_gen}, peak=peak, prepack=info),
         data_source=data.source_of(ds), base_model=models.base_provenance(args.model),
-        data_files=file_hashes([args.task], "test"), portable=True)
+        data_files=file_hashes([args.task], "test"), portable=True, commit=commit)
     print(f"results: {out} (commit {doc['run_info']['git_commit']})")
     print(f"score speedup vs generate: {t_gen / t_score:.2f}x (this machine allows about {t_gen / at_peak:.1f}x)")
     print(f"score MFU: {100 * figures['score_mfu']:.1f} %")

@@ -162,6 +162,8 @@ def _keep_epoch(src: Path, keep: Path, epoch: int, curve: list, cfg, scorer, val
 def main(argv=None) -> int:
     a = _args(argv)
     from finlora_utils import data, models, results
+
+    commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     from finlora_utils.data.hashes import file_hashes
 
     val, test = data.load_task("fpb", "validation", allow_sample=False), data.load_task("fpb", "test", allow_sample=False)
@@ -202,7 +204,7 @@ def main(argv=None) -> int:
               f"{r['test_accuracy']:.4f}    {r['test_weighted_f1']:.4f}    {r['test_macro_f1']:.4f}")
     best = max(rows, key=lambda r: r["val_accuracy"])   # chosen on validation only
     path = Path(a.out).with_suffix(".json")
-    results.write_bench(path, "fpb_accuracy", dict(vars(a)), seed=a.seed, data_source="real",
+    results.write_bench(path, "fpb_accuracy", dict(vars(a)), seed=a.seed, data_source="real", commit=commit,
                         base_model=models.base_provenance(a.model),
                         data_files={split: file_hashes(["fpb"], split) for split in ("train", "test")},
                         eval_info=dict(candidates=cands, selected=rows, headline=best, majority_baseline=base_rate,

@@ -285,6 +285,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", help=f"results JSON (default {SHOWCASE.relative_to(ROOT)}; dry run "
                                  f"{DRY_RUN.relative_to(ROOT)})")
     a = p.parse_args(argv)
+    from finlora_utils import results as results_io
+
+    commit = results_io.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.dry_run:
         import os
 
@@ -306,7 +309,7 @@ def main(argv=None) -> int:
     # portable: the showcase copy is committed, so no path of this machine may stay in it
     results.write_bench(path, "gpu_check" + ("_dry_run" if a.dry_run else ""), vars(a),
                         dict(checks=checks, summary=s), seed=a.seed, data_source=data.data_source(a.task),
-                        portable=True)
+                        portable=True, commit=commit)
     print(f"gpu check: {len(s['ok'])} ok, {len(s['failed'])} failed, {len(s['skipped'])} skipped in "
           f"{s['wall_s']:.0f}s -> {path}")
     return 1 if s["failed"] else 0

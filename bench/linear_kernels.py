@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="results file: figures, config, commit, machine "
                                                 "(default: reports/bench/linear_kernels.json)")
     a = p.parse_args(argv)
+    commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     names = [d.strip() for d in a.dtypes.split(",") if d.strip()]
     bad = [d for d in names if d not in DTYPES]
     if bad or not names:
@@ -126,7 +127,8 @@ def main(argv=None) -> int:
     out = Path(a.json) if a.json else reports_dir() / "bench" / "linear_kernels.json"
     config = dict(vars(a), json=None, threads=torch.get_num_threads(), shapes_of=a.model,
                   cpu_capability=torch.backends.cpu.get_cpu_capability(), isa=isa)
-    doc = results.write_bench(out, "linear_kernels", config, {"dtypes": measured}, seed=0, portable=True)
+    doc = results.write_bench(out, "linear_kernels", config, {"dtypes": measured}, seed=0, portable=True,
+                               commit=commit)
     print(f"\nresults: {out} (commit {doc['run_info']['git_commit']})")
     print("\n".join(summary))
     return 0

@@ -157,6 +157,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=600, help="seconds per configuration before it is abandoned")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "memory_at_scale.json"))
     a = ap.parse_args()
+    from finlora_utils.results import git_commit
+
+    commit = git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
         return 0
@@ -235,7 +238,8 @@ def main() -> int:
                           "above_loaded = the same minus RSS after loading + LoRA + warm-up step; process_peak = the "
                           "process's VmHWM over its life (load transients included)"),
                 base_model={"source": "random init (bf16, seed 0) of the shipped configs "
-                                      f"{', '.join(names)}: memory and time only, no accuracy"}, portable=True)
+                                      f"{', '.join(names)}: memory and time only, no accuracy"},
+                portable=True, commit=commit)
     import csv, io  # noqa: E401 - the CSV twin for spreadsheets
     flat = [{k: v for k, v in r.items() if k != "predicted_breakdown"} for r in rows]
     buf = io.StringIO()

@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="results file: figures, config, commit, machine "
                                                  "(default: reports/bench/nf4_backends.json)")
     a = ap.parse_args(argv)
+    from finlora_utils import results as results_io
+
+    commit = results_io.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.rows < 1 or a.calls < 1:
         ap.error(f"--rows={a.rows}, --calls={a.calls}: expected integers >= 1")
     if a.extra_path:
@@ -131,7 +134,7 @@ def main(argv=None) -> int:
     doc = results.write_bench(out, "nf4_backends", config, dict(
         backends={n: backend_version(n) if callable(b) else b for n, b in built.items()}, shapes=per_shape,
         total_ms=total, time_vs_bf16={n: total[n] / total["bf16"] for n in names if n != "bf16"}),
-        seed=0, portable=True)
+        seed=0, portable=True, commit=commit)
     print(f"results: {out} (commit {doc['run_info']['git_commit']})")
     print(f"4-bit layer time / bf16: {ratios}")
     return 0

@@ -110,7 +110,7 @@ def schedule_bound(stages: int, micro_batches: int, schedule: str, measured: flo
             f"point-to-point sends, unequal stages and per-micro-batch overhead)")
 
 
-def write_results(args, rows: list[dict], baseline: int, figures: dict, cores: int) -> dict:
+def write_results(args, rows: list[dict], baseline: int, figures: dict, cores: int, commit: str | None) -> dict:
     """The figures with how they were made (config, seed 0, commit, machine, data and base-model provenance)."""
     from finlora_utils import data, models, results
     from finlora_utils.data.hashes import file_hashes
@@ -127,7 +127,7 @@ def write_results(args, rows: list[dict], baseline: int, figures: dict, cores: i
     return results.write_bench(args.json, "parallel_scaling", config, dict(
         rows=stored, process_baseline_bytes=baseline, cores=cores, load_average=os.getloadavg()[0],
         figures=figures), seed=0, data_source=data.data_source(args.task), base_model=base,
-        data_files=file_hashes([args.task], "train"), portable=True)
+        data_files=file_hashes([args.task], "train"), portable=True, commit=commit)
 
 
 def main(argv=None) -> int:
@@ -155,6 +155,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="results file: figures, config, commit, machine "
                                                  "(default: reports/bench/parallel_scaling.json)")
     args = ap.parse_args(argv)
+    from finlora_utils.results import git_commit
+
+    commit = git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if args.json is None:
         from finlora_utils.paths import reports_dir
 
@@ -224,7 +227,7 @@ def main(argv=None) -> int:
         lines.append(f"pipeline x{args.nproc} per-rank peak / single peak: {measured:.2f}")
     if "ddp" in modes:
         lines.append(f"ddp efficiency: {figures['ddp_efficiency']:.2f}")
-    doc = write_results(args, rows, baseline, figures, cores)
+    doc = write_results(args, rows, baseline, figures, cores, commit)
     print(f"results: {args.json} (commit {doc['run_info']['git_commit']})")
     print("\n".join(lines))
     return 0

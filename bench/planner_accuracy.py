@@ -224,6 +224,9 @@ def main() -> int:
     ap.add_argument("--no-study", action="store_true", help="only the controlled grid")
     ap.add_argument("--out", default=str(ROOT / "reports" / "results" / "planner_accuracy.json"))
     a = ap.parse_args()
+    from finlora_utils.results import git_commit
+
+    commit = git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
         return 0
@@ -268,7 +271,8 @@ def main() -> int:
                  "study": study_grid(a.quick, a.study_steps) if not a.no_study else []},
                 dict(rows=rows, study_rows=study_rows, max_abs_error_pct=worst, method=rows[0]["method"],
                      note="grid: measured = VmHWM during the 2nd training step minus RSS before loading; study: "
-                          "train_info.peak_mem_bytes (memory.PEAK_DEFINITION) vs train_info.memory_plan"))
+                          "train_info.peak_mem_bytes (memory.PEAK_DEFINITION) vs train_info.memory_plan"),
+                commit=commit)
     print("\nFinLoRA's reported GPU memory (Llama-3.1-8B, NER) vs the planner:")
     for sc in memory.PAPER_SCENARIOS:
         for r in memory.paper_comparison(sc):

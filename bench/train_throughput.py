@@ -237,6 +237,9 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", choices=("finlora", "ours"), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    from finlora_utils import results as results_io
+
+    commit = results_io.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.repeats < 1:
         p.error(f"--repeats={a.repeats}: expected at least 1")
     if a.steps < 2:
@@ -305,7 +308,8 @@ def main(argv=None) -> int:
         seconds_per_repeat=walls, heldout_loss=losses, figures=figures,
         flops={"run": need, "after_first_step": after_first}, peak=peak), seed=a.seed,
         data_source=data.data_source(a.task), base_model=models.base_provenance(a.model),
-        data_files={s: file_hashes([a.task], s) for s in ("train", "test")}, portable=True)   # trained, held out
+        data_files={s: file_hashes([a.task], s) for s in ("train", "test")}, portable=True,   # trained, held out
+        commit=commit)
     print(f"results: {out} (commit {doc['run_info']['git_commit']})")
     print(f"train speedup vs finlora recipe: {steady['ours'] / steady['finlora']:.2f}x "
           f"(steps 2-{a.steps}; whole run {speedup:.2f}x)")

@@ -274,14 +274,16 @@ def write_base_eval(path: str | Path, run_id: str, config: dict, seed: int, task
 
 def write_bench(path: str | Path, name: str, config: dict, sections: dict[str, Any] | None = None, *,
                 seed: int = 0, data_source: str | None = None, base_model: dict | None = None,
-                eval_info: dict | None = None, data_files: dict | None = None, portable: bool = False) -> dict:
+                eval_info: dict | None = None, data_files: dict | None = None, portable: bool = False,
+                commit: str | None) -> dict:
     """A bench's file: the common run_info / meta_info, then the bench's own top-level sections (rows, checks,
     ...) after them. data_files: what it read (by sha256), in run_info as a trained run keeps it. portable:
-    every path under the checkout made relative, for files that get committed."""
+    every path under the checkout made relative, for files that get committed. commit: git_commit() read when
+    the bench started (required: a bench runs minutes, and read at the end it would name code edited meanwhile)."""
     clash = sorted(set(sections or {}) & set(RESERVED))
     if clash:
         raise ValueError(f"sections: {', '.join(clash)} belong to the results schema; pass eval_info= or rename")
-    doc = new_result(name, config, seed, data_source=data_source, base_model=base_model)
+    doc = new_result(name, config, seed, data_source=data_source, base_model=base_model, commit=commit)
     if data_files is not None:
         doc["run_info"]["data_files"] = data_files
     if eval_info is not None:

@@ -108,13 +108,16 @@ def test_bench_writer_puts_sections_after_the_schema_and_refuses_its_keys(tmp_pa
 
     inside = f"{project_root()}/reports/x.csv"
     doc = results.write_bench(tmp_path / "b.json", "planner_accuracy", {"grid": [1, 2]},
-                              {"rows": [{"a": 1}], "csv": inside}, portable=True)
+                              {"rows": [{"a": 1}], "csv": inside}, portable=True, commit="abc123")
     r = results.read_result(tmp_path / "b.json")
     assert r == doc and list(r)[-2:] == ["rows", "csv"] and r["csv"] == "reports/x.csv"
     assert r["train_info"] is None and r["eval_info"] == {} and r["run_info"]["seed"] == 0
-    assert results.write_bench(tmp_path / "k.json", "k", {}, eval_info={"n": 3})["eval_info"] == {"n": 3}
+    assert r["run_info"]["git_commit"] == "abc123"   # read when the bench started, not when it wrote
+    assert results.write_bench(tmp_path / "k.json", "k", {}, eval_info={"n": 3}, commit=None)["eval_info"] == {"n": 3}
     with pytest.raises(ValueError, match="run_info"):
-        results.write_bench(tmp_path / "c.json", "c", {}, {"run_info": {}})
+        results.write_bench(tmp_path / "c.json", "c", {}, {"run_info": {}}, commit=None)
+    with pytest.raises(TypeError, match="commit"):   # every bench must say which code it started with
+        results.write_bench(tmp_path / "d.json", "d", {})
     assert not (tmp_path / "c.json").exists()
 
 
