@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if hardware.cpu_flag(f)]
     print(f"machine: {results.environment()['hardware']['cpu']} ({', '.join(isa) or 'no AVX2'}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+          f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+          + "".join(f", {k}={v}" for k, v in hardware.isa_caps().items()))   # a capped run says so
     shapes = flops.projection_shapes(a.model, a.rows)
     summary, measured = [], {}
     for name in names:
