@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable, Sequence
 
+from . import hardware
 from . import lora as _lora
 from .config import LoraSettings
 
@@ -266,12 +267,14 @@ def measure_peak(model: Any = None, tokens: int = 512, dtype=None, threads: int 
         shapes.update({f"{name} {m}x{k}x{n}": (m, k, n) for name, (m, k, n) in projection_shapes(model, tokens).items()})
     rates = {name: matmul_rate(*mkn, dtype=dtype, threads=threads, min_time_s=min_time_s, repeats=repeats,
                                device=device) for name, mkn in shapes.items()}
+    # the caps belong to the peak: a Zen 4 capped at AVX2 has another limit than the same Zen 4 uncapped
     return dict(dtype=str(dtype).replace("torch.", ""), threads=threads or torch.get_num_threads(), device=device,
-                flops_per_s=rates, peak=max(rates.values()))
+                flops_per_s=rates, peak=max(rates.values()), isa_caps=hardware.isa_caps() if device == "cpu" else {})
 
 
 def peak_summary(peak: dict) -> str:
     """One line: the peak and each shape's rate in GFLOP/s."""
     parts = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak["flops_per_s"].items())
+    caps = "".join(f", {k}={v}" for k, v in (peak.get("isa_caps") or {}).items())
     return (f"matmul peak {peak['peak'] / 1e9:.0f} GFLOP/s ({peak['dtype']}, {peak['threads']} threads, "
-            f"{peak['device']}; GFLOP/s by shape: {parts})")
+            f"{peak['device']}{caps}; GFLOP/s by shape: {parts})")

@@ -93,9 +93,13 @@ def test_pipeline_bubble_and_mfu():
     assert flops.mfu(50e9, 2.0, 100e9) == pytest.approx(0.25)
 
 
-def test_measure_peak_reports_every_shape():
+def test_measure_peak_reports_every_shape(monkeypatch):
+    # a capped peak is another machine's limit, so it says so (the env var itself is not set here: oneDNN reads it
+    # once, at its first use in the process, and every later test would run capped)
+    monkeypatch.setattr(flops.hardware, "isa_caps", lambda: {"ONEDNN_MAX_CPU_ISA": "AVX2"})
     peak = flops.measure_peak(TINY, tokens=16, dtype=torch.float32, threads=1, min_time_s=0.01, repeats=1)
     assert peak["dtype"] == "float32" and peak["threads"] == 1
+    assert peak["isa_caps"]["ONEDNN_MAX_CPU_ISA"] == "AVX2" and "ONEDNN_MAX_CPU_ISA=AVX2;" in flops.peak_summary(peak)
     assert "2048^3" in peak["flops_per_s"] and any(k.startswith("q_proj 16x64x64") for k in peak["flops_per_s"])
     assert peak["peak"] == max(peak["flops_per_s"].values()) > 1e8
     assert torch.get_num_threads() >= 1
