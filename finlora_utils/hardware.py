@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# oneDNN ISA caps below AVX512_CORE_BF16: with one of these set, oneDNN runs a bf16 matmul without bf16
-# instructions (measured on a Zen 4 EPYC, 2 threads: ONEDNN_MAX_CPU_ISA=AVX2 0.4-1.8 GFLOP/s, as the AVX2-only
+# oneDNN ISA caps without AVX512_CORE_BF16's instructions: with one of these set, oneDNN runs a bf16 matmul without
+# them (measured on a Zen 4 EPYC, 2 threads: ONEDNN_MAX_CPU_ISA=AVX2 0.4-1.8 GFLOP/s, as the AVX2-only
 # EPYC's ~1; AVX512_CORE 74-76; uncapped 367-385), so the kit must compute in fp32 there as on such a CPU
 NO_BF16_ISAS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
-# the variables that restrict what instructions torch's CPU kernels use; recorded with every result
+# recorded with every result, since each one changes what the same CPU computes how fast
 ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
@@ -30,8 +30,10 @@ def isa_caps() -> dict:
 
 def cpu_bf16_native() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX-512-BF16 or AMX) and oneDNN, which runs torch's
-    bf16 matmuls, is allowed to use those instructions."""
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    bf16 matmuls, is allowed to use those instructions. oneDNN reads its cap once, at its first use in a process,
+    so set it before the process starts (as the README's commands do), not from inside it."""
+    # oneDNN compares the value case-insensitively and does not strip it: neither does this
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
     return (cpu_flag("avx512_bf16") or cpu_flag("amx_bf16")) and cap not in NO_BF16_ISAS
 
 

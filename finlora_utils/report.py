@@ -427,9 +427,12 @@ def machine(run: dict) -> str:
 
 
 def isa_cap(hardware: dict) -> str:
-    """' capped at AVX2' where a result's process ran under an instruction-set cap (results.environment), else ''."""
-    caps = hardware.get("isa_caps") or {}
-    cap = caps.get("ONEDNN_MAX_CPU_ISA") or caps.get("DNNL_MAX_CPU_ISA") or caps.get("ATEN_CPU_CAPABILITY")
+    """' capped at AVX2' where a result's process ran under an instruction-set cap (results.environment), else ''.
+    oneDNN's cap comes first (it decides bf16 matmul speed); its ALL / DEFAULT mean no cap."""
+    caps = {k: v for k, v in (hardware.get("isa_caps") or {}).items()
+            if not (k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") and v.upper() in ("ALL", "DEFAULT"))}
+    cap = next((caps[k] for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                                  "MKL_ENABLE_INSTRUCTIONS") if caps.get(k)), None)
     return f" capped at {cap.upper()}" if cap else ""
 
 
@@ -616,7 +619,7 @@ def _peaks(runs: Sequence[dict], labels: Sequence[str]) -> dict[tuple, list[int]
         if is_trained(r) and config_label(r) in labels and cfg.get("parallel", "none") == "none" \
                 and r["train_info"].get("peak_mem_bytes"):
             hw = (r.get("meta_info") or {}).get("hardware") or {}
-            key = (cfg.get("model"), tuple(cfg.get("tasks") or ()), peak_measures(r), str(hw.get("gpus") or hw.get("cpu")))
+            key = (cfg.get("model"), tuple(cfg.get("tasks") or ()), peak_measures(r), str(hw.get("gpus") or machine(r)))
             out.setdefault(key, []).append(r["train_info"]["peak_mem_bytes"])
     return out
 

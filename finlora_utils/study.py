@@ -327,13 +327,15 @@ def write_index(html_dir: Path, pages: list[Path], preset: str, out_root: Path, 
     fig_rows = "\n".join(f'<li><a href="figures/{f.name}">{html.escape(f.stem)}</a> '
                          f'(<a href="figures/{f.stem}.csv">csv</a>)</li>' for f in figs)
     banner = data_banner_html(plan) if plan else ""
+    # a capped run's figures are not the uncapped CPU's (README: the AVX2 kind emulated)
+    caps = html.escape("".join(f", {k}={v}" for k, v in (env["hardware"].get("isa_caps") or {}).items()))
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>FinLoRA study report</title></head>
 <body style="font-family:sans-serif;max-width:900px;margin:2em auto">
 <h1>FinLoRA study report</h1>
 {banner}
 <p>Preset <b>{html.escape(preset)}</b>, generated {now_iso()}, commit {html.escape(str(git_commit()))},
 python {env['python']}, torch {env['packages'].get('torch')}, transformers {env['packages'].get('transformers')},
-hardware: {html.escape(str(env['hardware']['cpu']))}, GPUs: {env['hardware']['gpus']}.</p>
+hardware: {html.escape(str(env['hardware']['cpu']))}{caps}, GPUs: {env['hardware']['gpus']}.</p>
 <h2>Notebooks</h2><ol>{rows}</ol>
 <h2>Figures</h2><ul>{fig_rows}</ul>
 <p>Every number comes from <code>results/*.json</code> written by this run.</p>

@@ -101,6 +101,11 @@ def test_figure_titles_carry_the_machines_and_the_base_weights():
     capped["meta_info"]["hardware"]["isa_caps"] = {"ONEDNN_MAX_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2"}
     assert report.figure_note([capped, run("AMD EPYC")]).startswith(
         "machines: AMD EPYC capped at AVX2 (1 run), AMD EPYC (1 run)")   # a capped run never reads as uncapped
+    for caps, label in (({"ONEDNN_MAX_CPU_ISA": "all"}, "AMD EPYC"), ({"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+                        "AMD EPYC capped at AVX2"), ({"ONEDNN_MAX_CPU_ISA": "DEFAULT", "ATEN_CPU_CAPABILITY": "avx2"},
+                        "AMD EPYC capped at AVX2")):   # oneDNN's ALL / DEFAULT are no cap
+        capped["meta_info"]["hardware"]["isa_caps"] = caps
+        assert report.machine(capped) == label, caps
     cm = pd.DataFrame([[3, 1], [0, 4]], index=["neg", "pos"], columns=["neg", "pos"])
     fig = plots.fig_confusions({"base": cm, "4-bit r4": cm}, f"fpb: confusion matrices\n{note}")
     assert fig._suptitle.get_text().replace("\n", " ").endswith(note.split(";")[1].strip().replace("\n", " "))
