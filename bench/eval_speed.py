@@ -126,8 +126,9 @@ def main(argv=None):
     laid_out = (f"{info['layers']} linear layers' weights laid out once for oneDNN ({info['bytes'] / 2**20:.0f} MiB)"
                 if info["layers"] else f"weights not prepacked: {info['why']}")
     unpacked = results["unpacked"]
+    same_layout = int((unpacked.argmax(1) == shared.argmax(1)).sum())
     print(f"{laid_out}; score with them {t_score:.1f} s, with the plain layout {t_unpacked:.1f} s "
-          f"({t_unpacked / t_score:.2f}x); predictions identical: {int((unpacked.argmax(1) == shared.argmax(1)).sum())}"
+          f"({t_unpacked / t_score:.2f}x); predictions identical: {same_layout}"
           f"/{n} (max |dlogp| {np.abs(unpacked - shared).max():.2e}); generate uses them too")
     print("seconds per repeat: " + "; ".join(f"{k} " + ", ".join(f"{t:.1f}" for t in v) for k, v in times.items()))
     print(f"plain score speedup vs generate: {t_gen / t_plain:.2f}x")
@@ -143,6 +144,7 @@ def main(argv=None):
                    prepack_speedup=t_unpacked / t_score,
                    score_mfu=flops.mfu(f_score["total"], t_score, peak["peak"]),
                    generate_mfu=flops.mfu(f_gen["total"], t_gen, peak["peak"]), identical_with_prefix_cache=same,
+                   identical_with_plain_layout=same_layout,
                    n=n, accuracy={k: m["accuracy"] for k, m in (("generate", m_gen), ("plain", m_plain),
                                                                    ("shared", m_score))})
     out = Path(args.json) if args.json else reports_dir() / "bench" / "eval_speed.json"

@@ -162,9 +162,9 @@ def _keep_epoch(src: Path, keep: Path, epoch: int, curve: list, cfg, scorer, val
 def main(argv=None) -> int:
     a = _args(argv)
     from finlora_utils import data, models, results
+    from finlora_utils.data.hashes import file_hashes
 
     commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
-    from finlora_utils.data.hashes import file_hashes
 
     val, test = data.load_task("fpb", "validation", allow_sample=False), data.load_task("fpb", "test", allow_sample=False)
     n_fit = len(data.load_task("fpb", "fit", allow_sample=False))

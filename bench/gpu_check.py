@@ -285,9 +285,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", help=f"results JSON (default {SHOWCASE.relative_to(ROOT)}; dry run "
                                  f"{DRY_RUN.relative_to(ROOT)})")
     a = p.parse_args(argv)
-    from finlora_utils import results as results_io
+    from finlora_utils import results
 
-    commit = results_io.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
+    commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.dry_run:
         import os
 
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         a.batch = min(a.batch, 4)
     if not a.dry_run and not _cuda():
         p.error("no CUDA device visible: expected a GPU (or --dry-run to check the script on CPU)")
-    from finlora_utils import data, results
+    from finlora_utils import data
 
     t0 = time.time()
     checks = run_checks(a)

@@ -157,12 +157,12 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=600, help="seconds per configuration before it is abandoned")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "memory_at_scale.json"))
     a = ap.parse_args()
-    from finlora_utils.results import git_commit
-
-    commit = git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
         return 0
+    from finlora_utils.results import git_commit
+
+    commit = git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     from finlora_utils import models
     from finlora_utils.config import resolve_precision
     from finlora_utils.lora import shipped_models

@@ -87,9 +87,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="results file: figures, config, commit, machine "
                                                  "(default: reports/bench/nf4_backends.json)")
     a = ap.parse_args(argv)
-    from finlora_utils import results as results_io
+    from finlora_utils import results
 
-    commit = results_io.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
+    commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.rows < 1 or a.calls < 1:
         ap.error(f"--rows={a.rows}, --calls={a.calls}: expected integers >= 1")
     if a.extra_path:
@@ -126,7 +126,6 @@ def main(argv=None) -> int:
         print(f"{shape:<10} {i}x{o}: " + ", ".join(cells))
     print("all four shapes: " + ", ".join(f"{n} {v:.2f} ms" for n, v in total.items()))
     ratios = ", ".join(f"{n} {total[n] / total['bf16']:.2f}x" for n in names if n != "bf16")
-    from finlora_utils import results
     from finlora_utils.paths import reports_dir
 
     out = Path(a.json) if a.json else reports_dir() / "bench" / "nf4_backends.json"

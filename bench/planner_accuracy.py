@@ -224,15 +224,15 @@ def main() -> int:
     ap.add_argument("--no-study", action="store_true", help="only the controlled grid")
     ap.add_argument("--out", default=str(ROOT / "reports" / "results" / "planner_accuracy.json"))
     a = ap.parse_args()
-    from finlora_utils.results import git_commit
-
-    commit = git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
         return 0
     if a.train_one:
         print(json.dumps(train_one(*a.train_one)))
         return 0
+    from finlora_utils.results import git_commit
+
+    commit = git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     from finlora_utils import memory
     from finlora_utils.results import atomic_write_text, write_bench
 

@@ -237,15 +237,15 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", choices=("finlora", "ours"), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    from finlora_utils import results as results_io
-
-    commit = results_io.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.repeats < 1:
         p.error(f"--repeats={a.repeats}: expected at least 1")
     if a.steps < 2:
         p.error(f"--steps={a.steps}: expected at least 2 (the first step is timed apart)")
     if a.recipe:
         return _child(a)
+    from finlora_utils import results
+
+    commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     extra = ["--model", a.model, "--task", a.task, "--steps", str(a.steps), "--batch", str(a.batch),
              "--max-seq-len", str(a.max_seq_len), "--seed", str(a.seed)]
     with tempfile.TemporaryDirectory(prefix="finlora-bench-") as tmp:
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
     print(f"first step (warm-up: page faults and kernel builds): finlora {fin['first_step']['wall_s']:.1f} s of "
           f"{fin['wall_s']:.1f}, ours {ours['first_step']['wall_s']:.1f} s of {ours['wall_s']:.1f}; steps 2-{a.steps}: "
           f"target tok/s finlora {steady['finlora']:.2f}, ours {steady['ours']:.2f}")
-    from finlora_utils import data, models, results
+    from finlora_utils import data, models
     from finlora_utils.data.hashes import file_hashes
     from finlora_utils.paths import reports_dir
 

@@ -33,6 +33,7 @@ def test_bench_compares_layouts_and_prints_the_speedup_and_mfu_last(tmp_path):
     # the figures are kept with how they were made (commit, machine, config, data and model provenance)
     doc = json.loads((tmp_path / "eval_speed.json").read_text())
     assert f"{doc['figures']['score_speedup']:.2f}x" in speedup and doc["run_info"]["config"]["n"] == 16
+    assert doc["figures"]["identical_with_plain_layout"] == int(layout[2])   # the printed agreement is kept too
     assert doc["meta_info"]["hardware"]["cpu"] and doc["meta_info"]["base_model"]["name"] == "tiny-random-llama"
     assert doc["run_info"]["git_commit"] and doc["run_info"]["data_files"] and doc["peak"]["peak"] > 0
 
