@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     print(f"machine: {results.environment()['hardware']['cpu']} ({', '.join(isa) or 'no AVX2'}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
-          + "".join(f", {k}={v}" for k, v in hardware.isa_caps().items()))   # a capped run says so
+          + hardware.caps_text())   # a capped run is not the CPU's own figure
     shapes = flops.projection_shapes(a.model, a.rows)
     summary, measured = [], {}
     for name in names:

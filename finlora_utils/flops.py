@@ -275,6 +275,6 @@ def measure_peak(model: Any = None, tokens: int = 512, dtype=None, threads: int 
 def peak_summary(peak: dict) -> str:
     """One line: the peak and each shape's rate in GFLOP/s."""
     parts = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak["flops_per_s"].items())
-    caps = "".join(f", {k}={v}" for k, v in (peak.get("isa_caps") or {}).items())
+    caps = hardware.caps_text(peak.get("isa_caps") or {})
     return (f"matmul peak {peak['peak'] / 1e9:.0f} GFLOP/s ({peak['dtype']}, {peak['threads']} threads, "
             f"{peak['device']}{caps}; GFLOP/s by shape: {parts})")

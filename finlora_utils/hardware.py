@@ -28,6 +28,11 @@ def isa_caps() -> dict:
     return {k: os.environ[k] for k in ISA_CAP_VARIABLES if os.environ.get(k)}
 
 
+def caps_text(caps: dict | None = None) -> str:
+    """', ONEDNN_MAX_CPU_ISA=AVX2, ...' for a printed line (this process's caps unless given), '' without any."""
+    return "".join(f", {k}={v}" for k, v in (isa_caps() if caps is None else caps).items())
+
+
 def cpu_bf16_native() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX-512-BF16 or AMX) and oneDNN, which runs torch's
     bf16 matmuls, is allowed to use those instructions. oneDNN reads its cap once, at its first use in a process,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .config import PRESETS, ConfigError, load_preset
 from .errors import cli_entry
+from . import hardware
 from .paths import project_root
 from .results import atomic_write_text, folder_lock
 
@@ -328,7 +329,7 @@ def write_index(html_dir: Path, pages: list[Path], preset: str, out_root: Path, 
                          f'(<a href="figures/{f.stem}.csv">csv</a>)</li>' for f in figs)
     banner = data_banner_html(plan) if plan else ""
     # a capped run's figures are not the uncapped CPU's (README: the AVX2 kind emulated)
-    caps = html.escape("".join(f", {k}={v}" for k, v in (env["hardware"].get("isa_caps") or {}).items()))
+    caps = html.escape(hardware.caps_text(env["hardware"].get("isa_caps") or {}))
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>FinLoRA study report</title></head>
 <body style="font-family:sans-serif;max-width:900px;margin:2em auto">
 <h1>FinLoRA study report</h1>

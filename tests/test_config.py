@@ -109,6 +109,7 @@ def test_an_isa_cap_below_bf16_makes_the_kit_compute_in_fp32(monkeypatch, cap, n
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
     assert hardware.default_compute_dtype() == (torch.bfloat16 if native else torch.float32)
     assert results.environment()["hardware"]["isa_caps"] == ({"ONEDNN_MAX_CPU_ISA": cap} if cap else {})
+    assert hardware.caps_text() == (f", ONEDNN_MAX_CPU_ISA={cap}" if cap else "")   # what printed lines append
     monkeypatch.setattr(hardware, "cpu_flag", lambda flag: False)   # an AVX2 CPU: no cap makes bf16 native
     assert hardware.default_compute_dtype() == torch.float32
 
