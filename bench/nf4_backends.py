@@ -1,5 +1,6 @@
 """4-bit base layers on this machine: bitsandbytes (what the kit uses) vs torchao's NF4 tensor (torchtune's QLoRA)
-vs optimum-quanto's qint4, against the unquantized bf16 layer, at the embedded model's projection shapes.
+vs optimum-quanto's qint4, against the unquantized layer, at the embedded model's projection shapes, in the dtype
+the kit computes a 4-bit model in here (bf16 where the CPU has it natively, else fp32; `--dtype` to choose).
 
     .venv/bin/python bench/nf4_backends.py                 # 488 rows (a batch of 8 FPB prompts), 2 threads
     .venv/bin/python bench/nf4_backends.py --rows 128
@@ -8,13 +9,14 @@ vs optimum-quanto's qint4, against the unquantized bf16 layer, at the embedded m
     .venv/bin/python bench/nf4_backends.py --extra-path /tmp/nf4-backends
 
 What a LoRA step asks of a frozen 4-bit layer: its forward and its input gradient (no weight gradient), so each
-row times y = layer(x); y.backward(g) with x of `rows` x in_features in bf16, the best of 3 blocks of calls.
+row times y = layer(x); y.backward(g) with x of `rows` x in_features, the best of 3 blocks of calls.
 Each backend quantizes the same random weight (normal, std 0.02): bitsandbytes NF4 with blocks of 64 and double
 quantization (the kit's QLoRA setting), torchao NF4 with blocks of 64 (scaler blocks of 64: 576 x 576 / 64 scalers
 do not divide into torchao's default 256), quanto int4 with its default groups. The relative error of each
-output against the bf16 layer's is printed beside the time, so a fast backend cannot hide a worse grid.
+output against the unquantized layer's is printed beside the time, so a fast backend cannot hide a worse grid.
 A backend that is not installed is listed as such, with the command above; never timed as zero.
-Last line: `4-bit layer time / bf16: bitsandbytes X.XXx` (and the others measured), after the results file
+Last line: `4-bit layer time / bf16: bitsandbytes X.XXx` (`/ fp32` where the kit computes in fp32; the others
+measured after it), after the results file
 (every time and error with the backends' versions, config, commit and machine: reports/bench/nf4_backends.json).
 """
 from __future__ import annotations
@@ -41,11 +43,12 @@ def best_ms(fn, calls: int = 10, blocks: int = 3) -> float:
     return best
 
 
-def backends():
-    """name -> build(weight) returning a callable x -> y, or a string saying why it is unavailable."""
+def backends(plain: str):
+    """name -> build(weight) returning a callable x -> y, or a string saying why it is unavailable. plain: the
+    unquantized layer's name, its dtype's ('bf16' or 'fp32')."""
     import torch
 
-    out = {"bf16": lambda w: (lambda x: torch.nn.functional.linear(x, w))}
+    out = {plain: lambda w: (lambda x: torch.nn.functional.linear(x, w))}
     try:
         import bitsandbytes as bnb
         import bitsandbytes.functional as bf
@@ -83,6 +86,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=488, help="rows of x: batch x padded length")
     ap.add_argument("--calls", type=int, default=10, help="calls per timed block (best of 3 blocks)")
+    ap.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="compute dtype: auto = the kit's for a 4-bit model here (bf16 only where native)")
     ap.add_argument("--extra-path", help="a folder holding torchao / optimum-quanto (pip install --target)")
     ap.add_argument("--json", default=None, help="results file: figures, config, commit, machine "
                                                  "(default: reports/bench/nf4_backends.json)")
@@ -96,22 +101,27 @@ def main(argv=None) -> int:
         sys.path.append(a.extra_path)   # after the venv's own packages: it cannot shadow torch or the kit's pins
     import torch
 
+    from finlora_utils.hardware import caps_text
     from finlora_utils.results import environment
 
+    from finlora_utils.hardware import default_compute_dtype
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(a.dtype) or default_compute_dtype()
+    plain = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     torch.manual_seed(0)
-    built = backends()
+    built = backends(plain)
     names = [n for n, b in built.items() if callable(b)]
     for n, b in built.items():
         if not callable(b):
             print(f"{n}: {b}")
     hw = environment()["hardware"]
-    print(f"{hw['cpu']} ({hw['cpu_count']} CPUs), {torch.get_num_threads()} threads; {a.rows} rows; forward + input "
-          f"gradient, ms per call (relative output error vs bf16)")
+    print(f"{hw['cpu']} ({hw['cpu_count']} CPUs{caps_text()}), {torch.get_num_threads()} threads; {a.rows} rows, "
+          f"{plain}; forward + input gradient, ms per call (relative output error vs {plain})")
     total, per_shape = dict.fromkeys(names, 0.0), {}
     for shape, (i, o) in SHAPES.items():
-        w = (torch.randn(o, i) * 0.02).to(torch.bfloat16)
-        x = torch.randn(a.rows, i, dtype=torch.bfloat16, requires_grad=True)
-        g = torch.randn(a.rows, o, dtype=torch.bfloat16)
+        w = (torch.randn(o, i) * 0.02).to(dtype)
+        x = torch.randn(a.rows, i, dtype=dtype, requires_grad=True)
+        g = torch.randn(a.rows, o, dtype=dtype)
         with torch.no_grad():
             ref = torch.nn.functional.linear(x, w).float()
         cells = []
@@ -121,21 +131,22 @@ def main(argv=None) -> int:
                 err = ((layer(x).float() - ref).norm() / ref.norm()).item()
             ms = best_ms(lambda: layer(x).backward(g), a.calls)
             total[n] += ms
-            per_shape.setdefault(shape, {"in_out": [i, o]})[n] = {"ms_per_call": ms, "relative_error_vs_bf16": err}
+            per_shape.setdefault(shape, {"in_out": [i, o]})[n] = {"ms_per_call": ms, "relative_error_vs_plain": err}
             cells.append(f"{n} {ms:.3f} ({err:.4f})")
         print(f"{shape:<10} {i}x{o}: " + ", ".join(cells))
     print("all four shapes: " + ", ".join(f"{n} {v:.2f} ms" for n, v in total.items()))
-    ratios = ", ".join(f"{n} {total[n] / total['bf16']:.2f}x" for n in names if n != "bf16")
+    ratios = ", ".join(f"{n} {total[n] / total[plain]:.2f}x" for n in names if n != plain)
     from finlora_utils.paths import reports_dir
 
     out = Path(a.json) if a.json else reports_dir() / "bench" / "nf4_backends.json"
-    config = dict(vars(a), json=None, extra_path=bool(a.extra_path), threads=torch.get_num_threads())
+    config = dict(vars(a), json=None, extra_path=bool(a.extra_path), threads=torch.get_num_threads(),
+                  compute_dtype=plain)
     doc = results.write_bench(out, "nf4_backends", config, dict(
         backends={n: backend_version(n) if callable(b) else b for n, b in built.items()}, shapes=per_shape,
-        total_ms=total, time_vs_bf16={n: total[n] / total["bf16"] for n in names if n != "bf16"}),
+        total_ms=total, plain=plain, time_vs_plain={n: total[n] / total[plain] for n in names if n != plain}),
         seed=0, portable=True, commit=commit)
     print(f"results: {out} (commit {doc['run_info']['git_commit']})")
-    print(f"4-bit layer time / bf16: {ratios}")
+    print(f"4-bit layer time / {plain}: {ratios}")
     return 0
 
 
@@ -143,7 +154,8 @@ def backend_version(name: str) -> str:
     """The installed version of the package behind a measured backend (the extra ones are not in the pins)."""
     from importlib import metadata
 
-    package = {"bf16": "torch", "bitsandbytes": "bitsandbytes", "torchao": "torchao", "quanto": "optimum-quanto"}[name]
+    package = {"bf16": "torch", "fp32": "torch", "bitsandbytes": "bitsandbytes", "torchao": "torchao",
+               "quanto": "optimum-quanto"}[name]
     try:
         return f"{package} {metadata.version(package)}"
     except metadata.PackageNotFoundError:
