@@ -50,6 +50,8 @@ BITS_TO_PRECISION = {32: "fp32", 16: "bf16", 8: "int8", 4: "nf4"}
 PRECISION_BITS = {n: p.bits for n, p in PRECISION.items()}
 VARIANTS = ("lora", "rslora", "dora")
 PARALLEL = ("none", "ddp", "pipeline")
+SCHEDULES = ("gpipe", "1f1b")          # pipeline schedules (parallel="pipeline")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 CPU_MEMORY_MODES = ("exact", "fast")   # how a CPU run measures its peak: memory.set_heap_mode
 EVAL_MODES = ("score", "generate", "calibrated")
 PRESETS = ("smoke", "cpu", "gpu", "paper")
@@ -253,14 +255,14 @@ class TrainConfig:
                "train (all of it) or fit (train minus the validation holdout)")
         _check(self.grad_checkpointing in ("auto", "on", "off"), "grad_checkpointing", self.grad_checkpointing, "auto, on or off")
         _check(isinstance(self.share_prefix, bool), "share_prefix", self.share_prefix, "true or false")
-        _check(self.optimizer in ("adamw", "adamw_8bit", "paged_adamw_8bit"), "optimizer", self.optimizer, "adamw, adamw_8bit or paged_adamw_8bit")
+        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "in [0, 1)")
         _check(self.save_every >= 0, "save_every", self.save_every, ">= 0")
         _check(self.log_every >= 1, "log_every", self.log_every, ">= 1")
         _check(self.parallel in PARALLEL, "parallel", self.parallel, f"one of {', '.join(PARALLEL)}")
         _check(self.nproc >= 1, "nproc", self.nproc, ">= 1")
         _check(self.micro_batches >= 1, "micro_batches", self.micro_batches, ">= 1")
-        _check(self.schedule in ("gpipe", "1f1b"), "schedule", self.schedule, "gpipe or 1f1b")
+        _check(self.schedule in SCHEDULES, "schedule", self.schedule, " or ".join(SCHEDULES))
         _check(self.pipeline_split in PIPELINE_SPLITS, "pipeline_split", self.pipeline_split,
                f"one of {', '.join(PIPELINE_SPLITS)}")
         _check(self.cpu_memory in CPU_MEMORY_MODES, "cpu_memory", self.cpu_memory,

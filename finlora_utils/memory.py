@@ -30,7 +30,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import CPU_MEMORY_MODES, PIPELINE_SPLITS, PRECISION, ConfigError, LoraSettings, paper_settings
+from .config import (CPU_MEMORY_MODES, PARALLEL, PIPELINE_SPLITS, PRECISION, SCHEDULES, VARIANTS, ConfigError,
+                     LoraSettings, paper_settings)
 from . import arch as _arch
 from .errors import cli_entry
 from . import hardware
@@ -38,7 +39,6 @@ from . import lora as _lora
 
 GIB = 2 ** 30
 BITS = (16, 8, 4)
-PARALLEL = ("none", "ddp", "pipeline")
 DEVICES = ("cuda", "cpu")
 OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
 BLOCK_4BIT = 64          # bitsandbytes 4-bit blocksize (absmax per 64 weights)
@@ -337,7 +337,7 @@ def _validate(bits, rank, seq_len, batch, gpus, parallel, optimizer, device, mic
     check(device in DEVICES, "device", device, f"one of {', '.join(DEVICES)}")
     check(isinstance(micro_batches, int) and 1 <= micro_batches <= batch, "micro_batches", micro_batches,
           f"an integer in [1, batch={batch}]")
-    check(schedule in ("gpipe", "1f1b"), "schedule", schedule, "gpipe or 1f1b")
+    check(schedule in SCHEDULES, "schedule", schedule, " or ".join(SCHEDULES))
 
 
 def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=("q_proj", "k_proj", "v_proj"),
@@ -509,10 +509,15 @@ def max_seq_len_that_fits(gpu_gib: float, model="llama-3.1-8b", **kw) -> int:
 
 
 def max_batch_that_fits(gpu_gib: float, model="llama-3.1-8b", **kw) -> int:
+    """Largest batch whose predicted peak fits in gpu_gib (0 if none does); with micro_batches, a multiple of
+    it, since a pipeline splits its batch evenly (training refuses any other)."""
     if not gpu_gib > 0:
         raise ConfigError(f"gpu_gib={gpu_gib!r}: expected > 0")
     kw.pop("batch", None)
-    return _largest(lambda b: plan(model, batch=b, **kw).total_bytes <= gpu_gib * GIB, 1, 4096)
+    m = kw.get("micro_batches", 1)
+    if not (isinstance(m, int) and m >= 1):
+        raise ConfigError(f"micro_batches={m!r}: expected an integer >= 1")
+    return m * _largest(lambda k: plan(model, batch=k * m, **kw).total_bytes <= gpu_gib * GIB, 1, max(1, 4096 // m))
 
 
 # ------------------------------------------------------------------ the paper's numbers
@@ -815,21 +820,26 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("estimate", help="predict peak training memory")
     e.add_argument("--model", default="llama-3.1-8b", help="shipped name, hub id, local dir or config.json")
-    e.add_argument("--bits", type=int, default=4)
+    e.add_argument("--bits", type=int, default=4, help="base weights: 16, 8 (int8) or 4 (NF4)")
     e.add_argument("--rank", type=int, default=None, help="default: 8 for 16/8-bit, 4 for 4-bit (the paper)")
-    e.add_argument("--targets", default="q_proj,k_proj,v_proj")
-    e.add_argument("--seq-len", type=int, default=512)
-    e.add_argument("--batch", type=int, default=1)
-    e.add_argument("--grad-checkpointing", action="store_true")
-    e.add_argument("--label-only-logits", action="store_true")
-    e.add_argument("--gpus", type=int, default=1)
-    e.add_argument("--parallel", default="none")
-    e.add_argument("--micro-batches", type=int, default=1)
-    e.add_argument("--optimizer", default="adamw")
-    e.add_argument("--variant", default="lora")
-    e.add_argument("--double-quant", action="store_true")
+    e.add_argument("--targets", default="q_proj,k_proj,v_proj",
+                   help="LoRA target modules, comma-separated (all-linear: every projection)")
+    e.add_argument("--seq-len", type=int, default=512, help="padded tokens per example")
+    e.add_argument("--batch", type=int, default=1, help="examples per step (per rank under DDP)")
+    e.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+    e.add_argument("--label-only-logits", action="store_true",
+                   help="the LM head only at label positions (the kit's training), not every position")
+    e.add_argument("--gpus", type=int, default=1, help="devices (ranks); > 1 without --parallel means ddp")
+    e.add_argument("--parallel", default="none", choices=PARALLEL)
+    e.add_argument("--micro-batches", type=int, default=1, help="pipeline micro-batches per batch")
+    e.add_argument("--schedule", default="gpipe", choices=SCHEDULES,
+                   help="pipeline schedule: gpipe keeps every micro-batch's activations in flight, 1f1b at most "
+                        "(stages - s) on stage s")
+    e.add_argument("--optimizer", default="adamw", choices=tuple(OPTIMIZER_BYTES))
+    e.add_argument("--variant", default="lora", choices=VARIANTS)
+    e.add_argument("--double-quant", action="store_true", help="4-bit: quantize the quantization constants too")
     e.add_argument("--zero1", action="store_true", help="shard optimizer states over the DDP ranks")
-    e.add_argument("--device", default="cuda")
+    e.add_argument("--device", default="cuda", choices=DEVICES)
     e.add_argument("--fit", type=float, default=None, metavar="GPU_GIB",
                    help="instead: the longest seq len (and largest batch) that fits in GPU_GIB")
     e.add_argument("--json", action="store_true")
@@ -842,7 +852,7 @@ def main(argv=None) -> int:
     kw = dict(bits=a.bits, rank=a.rank, targets=a.targets, batch=a.batch, grad_checkpointing=a.grad_checkpointing,
               label_only_logits=a.label_only_logits, gpus=a.gpus, parallel=a.parallel, optimizer=a.optimizer,
               variant=a.variant, double_quant=a.double_quant, zero1=a.zero1, device=a.device,
-              micro_batches=a.micro_batches)
+              micro_batches=a.micro_batches, schedule=a.schedule)
     if a.gpus > 1 and a.parallel == "none":
         kw["parallel"] = "ddp"
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,15 @@ def test_max_seq_len_that_fits_is_tight():
     assert memory.max_seq_len_that_fits(1, **kw) == 0     # the weights alone do not fit
     b = memory.max_batch_that_fits(24, "llama-3.1-8b", bits=4, seq_len=512)
     assert memory.plan("llama-3.1-8b", bits=4, seq_len=512, batch=b).total_gib <= 24
+    assert memory.plan("llama-3.1-8b", bits=4, seq_len=512, batch=b + 1).total_gib > 24
+
+
+def test_max_batch_of_a_pipeline_is_a_multiple_of_its_micro_batches():
+    kw = dict(bits=4, seq_len=512, gpus=2, parallel="pipeline", micro_batches=4, schedule="1f1b")
+    b = memory.max_batch_that_fits(24, "llama-3.1-8b", **kw)
+    assert b >= 4 and b % 4 == 0
+    assert memory.plan("llama-3.1-8b", batch=b, **kw).total_gib <= 24 < memory.plan("llama-3.1-8b", batch=b + 4,
+                                                                                    **kw).total_gib
 
 
 def test_a_shared_prefix_plans_fewer_rows_and_the_per_example_keys():
@@ -180,6 +190,14 @@ def test_cli_json_and_fit():
     assert d["total_gib"] > 5 and len(d["per_device"]) == 4 and d["trainable_params"] == 2_359_296
     fit = _cli("--model", "llama-3.1-8b", "--bits", "4", "--batch", "4", "--fit", "24", "--json")
     assert fit.returncode == 0 and json.loads(fit.stdout)["max_seq_len"] > 0
+    # a pipeline's schedule reaches the planner: 1F1B keeps fewer micro-batches in flight than GPipe
+    pipe = ("--model", "llama-3.1-8b", "--gpus", "2", "--parallel", "pipeline", "--batch", "8", "--micro-batches", "4")
+    peaks = {s: json.loads(_cli(*pipe, "--schedule", s, "--json").stdout)["total_gib"] for s in ("gpipe", "1f1b")}
+    assert peaks["1f1b"] < peaks["gpipe"], peaks
+    fit = _cli(*pipe, "--schedule", "1f1b", "--fit", "24")   # the batch search starts at one micro-batch each
+    assert fit.returncode == 0, fit.stderr
+    assert re.fullmatch(r"24 GiB: max seq len \d+ at batch 8; max batch (\d+) at seq len 512\n", fit.stdout)
+    assert int(fit.stdout.split("max batch ")[1].split()[0]) % 4 == 0
 
 
 @pytest.mark.parametrize("args,start", [
