@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -41,6 +42,9 @@ GIB = 2 ** 30
 BITS = (16, 8, 4)
 DEVICES = ("cuda", "cpu")
 OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
+# bitsandbytes' 8-bit optimizers keep 32-bit state for a tensor of fewer elements (their min_8bit_size): a small
+# model's LoRA tensors (the embedded model's 576 x 4) are all below it
+BNB_MIN_8BIT_SIZE = 4096
 BLOCK_4BIT = 64          # bitsandbytes 4-bit blocksize (absmax per 64 weights)
 BLOCK_DQ = 256           # double quantization: absmax quantized to 8 bit in blocks of 256
 CUDA_CONTEXT = 512 * 2 ** 20   # context + cuBLAS workspace on an Ampere GPU with torch 2.x
@@ -323,6 +327,16 @@ def pipeline_split(n_layers: int, n_stages: int, first_extra: float = 0.0, last_
     return list(best(0, n_layers)[1])
 
 
+def optimizer_state_bytes(shapes, optimizer: str) -> int:
+    """The optimizer's state for tensors of these shapes: AdamW's two fp32 moments, 8-bit AdamW's two uint8 ones
+    except for tensors below BNB_MIN_8BIT_SIZE, which bitsandbytes keeps in fp32."""
+    per = OPTIMIZER_BYTES[optimizer]
+    sizes = [math.prod(s) for s in shapes]
+    if not optimizer.endswith("_8bit"):
+        return sum(sizes) * per
+    return sum(n * (OPTIMIZER_BYTES["adamw"] if n < BNB_MIN_8BIT_SIZE else per) for n in sizes)
+
+
 def _validate(bits, rank, seq_len, batch, gpus, parallel, optimizer, device, micro_batches, schedule):
     def check(ok, param, value, expected):
         if not ok:
@@ -393,6 +407,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     L = _lora.n_layers(cfg)
     trainable = _lora.trainable_params(cfg, settings)
     per_layer_trainable = trainable // L
+    per_layer_optimizer = optimizer_state_bytes(_lora.adapter_shapes(cfg, settings).values(), optimizer) / L
 
     if not 0 <= shared_prefix < seq_len:
         raise ConfigError(f"shared_prefix={shared_prefix!r}: expected 0 <= shared_prefix < seq_len ({seq_len})")
@@ -426,7 +441,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
         b = dict(w)
         b["lora"] = n_train * 4                  # peft keeps adapters in fp32 (autocast_adapter_dtype)
         b["gradients"] = n_train * 4
-        b["optimizer"] = -(-n_train * OPTIMIZER_BYTES[optimizer] // shards)
+        b["optimizer"] = math.ceil(per_layer_optimizer * layers / shards)
         if parallel == "ddp":
             b["ddp_buckets"] = n_train * 4       # DDP's flat gradient buckets
         b["activations"] = saved + live

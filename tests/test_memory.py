@@ -397,3 +397,20 @@ def test_breakdown_fits_and_paper_tables():
     paper = memory.paper_comparison_table()
     assert list(dict.fromkeys(paper.scenario)) == list(memory.PAPER_SCENARIOS)
     assert len(paper) == len(memory.PAPER_SCENARIOS) * len(memory.PAPER_MEMORY)
+
+
+def test_8bit_adamw_keeps_fp32_state_for_tensors_below_bitsandbytes_minimum():
+    """bitsandbytes' min_8bit_size: the embedded model's LoRA tensors (576 x 4 and smaller) all stay fp32, so 8-bit
+    AdamW saves nothing there; Llama-3.1-8B's (4096 x 4 and up) are all 8-bit."""
+    import inspect
+
+    import bitsandbytes as bnb
+
+    assert inspect.signature(bnb.optim.PagedAdamW8bit).parameters["min_8bit_size"].default == \
+        memory.BNB_MIN_8BIT_SIZE
+    state = {m: {o: memory.plan(m, bits=4, rank=4, optimizer=o, device="cuda").breakdown["optimizer"]
+                 for o in ("adamw", "adamw_8bit", "paged_adamw_8bit")} for m in ("smollm2-135m", "llama-3.1-8b")}
+    small, large = state["smollm2-135m"], state["llama-3.1-8b"]
+    assert small["adamw_8bit"] == small["paged_adamw_8bit"] == small["adamw"] > 0, small
+    assert large["adamw_8bit"] == large["paged_adamw_8bit"] == large["adamw"] // 4, large
+    assert memory.optimizer_state_bytes([(4, 1024), (1024, 4), (4, 1000)], "adamw_8bit") == 2 * 4096 * 2 + 4000 * 8
