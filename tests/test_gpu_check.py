@@ -26,10 +26,15 @@ def test_dry_run_runs_every_check_and_skips_only_cuda_items(tmp_path):
     for bits, precision in ((16, "bf16"), (8, "int8"), (4, "nf4")):
         c = checks[f"lora_step_{bits}bit"]
         assert c["status"] == "ok" and c["precision"] == precision and c["steps"] == 2
-        assert math.isfinite(c["loss_last"]) and c["peak_mem_bytes"] > 0 and c["planner"]["total_bytes"] > 0
+        assert math.isfinite(c["loss_last"]) and c["peak_mem_bytes"] > 0
+        # measured and planned are both the training phase at the run's own costliest batch
+        plan = c["memory_plan"]
+        assert plan["predicted_peak_mem_bytes"] > 0 and plan["batch"] == 4 and plan["shared_prefix"] > 0
+        assert c["measured_over_planned"] == round(c["peak_mem_bytes"] / plan["predicted_peak_mem_bytes"], 3)
+        assert c["tokens_per_s_after_first_step"] > 0 and 0 < c["first_step_s"] < c["wall_s"]
         assert c["share_prefix"] is True, c["share_prefix_reason"]
     shared = checks["shared_prefix"]
-    assert shared["status"] == "ok" and shared["layout"][0] > 0 and shared["max_rel_grad_diff"] < 5e-2
+    assert shared["status"] == "ok" and shared["layout"][0] > 0 and shared["rel_grad_diff"] < 5e-2
     for name in ("paged_adamw_8bit", "ddp_nccl"):
         assert checks[name]["status"] == "skipped" and checks[name]["reason"].startswith("no CUDA")
     auto = checks["autocast"]
@@ -39,4 +44,41 @@ def test_dry_run_runs_every_check_and_skips_only_cuda_items(tmp_path):
     assert score["status"] == "ok" and score["nf4"]["identical_predictions"] == f"{score['n']}/{score['n']}"
     # provenance from the results helpers
     assert res["run_info"]["git_commit"] and res["meta_info"]["packages"]["torch"]
-    assert res["meta_info"]["hardware"]["gpus"] == 0 and res["summary"]["failed"] == []
+    assert res["meta_info"]["hardware"]["gpus"] == 0 and res["summary"]["failed"] == res["summary"]["pending"] == []
+
+
+def _module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_are_written_after_every_check_so_a_crash_keeps_the_ones_before(tmp_path, monkeypatch):
+    mod = _module()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+    def crash(a, tmp):   # what a segfault or a timeout's kill looks like to the checks after it: nothing
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "CHECKS", {"first": lambda a, tmp: {"value": 1},
+                                        "broken": lambda a, tmp: 1 / 0, "crash": crash, "never": lambda a, tmp: {}})
+    out = tmp_path / "g.json"
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(["--dry-run", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["checks"]["first"] == {"status": "ok", "value": 1, "seconds": res["checks"]["first"]["seconds"]}
+    assert res["checks"]["broken"]["status"] == "failed" and "ZeroDivisionError" in res["checks"]["broken"]["error"]
+    assert res["summary"]["pending"] == ["crash", "never"] and res["summary"]["failed"] == ["broken"]
+
+
+def test_errors_keep_no_absolute_path_and_the_commit_is_checked(capsys):
+    mod = _module()
+    tb = 'File "/usr/lib/python3/site-packages/peft/tuners/lora.py", line 3\nin /tmp/finlora-gpu-check-ab12/x/y'
+    text = mod.scrub(tb, "/tmp/finlora-gpu-check-ab12")
+    assert text == 'File ".../tuners/lora.py", line 3\nin <tmp>/x/y', text
+    with pytest.raises(SystemExit):
+        mod.main(["--dry-run", "--commit", "abc"])
+    assert "--commit='abc': expected a full 40-hex-digit commit" in capsys.readouterr().err
