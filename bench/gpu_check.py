@@ -56,7 +56,7 @@ def _config(a, tmp: Path, bits: int, **kw):
     from finlora_utils.config import TrainConfig, paper_settings
 
     precision, lora = paper_settings(bits)   # the paper's rank per bit width (8 / 8 / 4), alpha 16, dropout 0.05
-    base = dict(model=a.model, tasks=(a.task,), precision=precision, lora=lora, batch_size=a.batch, max_steps=a.steps,
+    base = dict(model=a.model_path, tasks=(a.task,), precision=precision, lora=lora, batch_size=a.batch, max_steps=a.steps,
                 max_train_samples=a.steps * a.batch,
                 max_seq_len=a.max_seq_len, seed=a.seed, output_dir=str(tmp / "runs"), log_every=a.steps,
                 warmup_ratio=0.0)
@@ -257,7 +257,7 @@ def check_label_scoring(a, tmp: Path) -> dict:
     prompts, gold, labels = list(ds["context"]), list(ds["target"]), list(task.labels)
     out = dict(n=len(prompts), data_source=data.source_of(ds))
     for precision in ("auto", "nf4"):
-        model, tok = models.load_model(a.model, precision=precision)
+        model, tok = models.load_model(a.model_path, precision=precision)
         ev.score_labels(model, tok, prompts[:a.batch], labels, a.batch)   # warm-up
         t0 = time.perf_counter()
         shared = ev.score_labels(model, tok, prompts, labels, a.batch)
@@ -337,7 +337,9 @@ def run_checks(a, names=None, after_each=None) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny random model, 2 steps: checks the script")
-    p.add_argument("--model", help="default: embedded (dry run: tiny-random-llama)")
+    p.add_argument("--model", help="default: embedded (dry run: tiny-random-llama); random:<shipped config> (e.g. "
+                                   "random:smollm2-135m): seeded random weights of that shape, which need only the "
+                                   "embedded tokenizer (paths, memory and time; accuracy means nothing)")
     p.add_argument("--task", default="fpb")
     p.add_argument("--steps", type=int, help="optimizer steps per training check (default 20; dry run 2)")
     p.add_argument("--batch", type=int, default=8)
@@ -364,6 +366,11 @@ def main(argv=None) -> int:
 
         os.environ["CUDA_VISIBLE_DEVICES"] = ""   # the CPU path even on a GPU machine
     a.model = a.model or ("tiny-random-llama" if a.dry_run else "embedded")
+    from finlora_utils import models
+
+    random_model = a.model.startswith(models.RANDOM_PREFIX)
+    a.model_path = str(models.random_model_dir(a.model.removeprefix(models.RANDOM_PREFIX))) if random_model \
+        else a.model
     a.steps = a.steps or (2 if a.dry_run else 20)
     a.n_score = a.n_score or (8 if a.dry_run else 200)
     if a.dry_run:
@@ -374,15 +381,17 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     path = a.out or (DRY_RUN if a.dry_run else SHOWCASE)
+    base = models.random_model_provenance(a.model) if random_model else models.base_provenance(a.model)
 
     def write(checks: dict) -> dict:
         s = dict(wall_s=round(time.time() - t0, 1), pending=[k for k in CHECKS if k not in checks],
                  **{st: sorted(k for k, v in checks.items() if v["status"] == st)
                     for st in ("ok", "failed", "skipped")})
         # portable: the showcase copy is committed, so no path of this machine may stay in it
-        results.write_bench(path, "gpu_check" + ("_dry_run" if a.dry_run else ""), vars(a),
+        results.write_bench(path, "gpu_check" + ("_dry_run" if a.dry_run else ""),
+                            {k: v for k, v in vars(a).items() if k != "model_path"},
                             dict(checks=checks, summary=s), seed=a.seed, data_source=data.data_source(a.task),
-                            portable=True, commit=commit)
+                            base_model=base, portable=True, commit=commit)
         return s
 
     s = write(run_checks(a, after_each=write))

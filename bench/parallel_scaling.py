@@ -115,9 +115,8 @@ def write_results(args, rows: list[dict], baseline: int, figures: dict, cores: i
     from finlora_utils import data, models, results
     from finlora_utils.data.hashes import file_hashes
 
-    if args.model.startswith("random:"):
-        base = {"name": args.model, "source": f"random init (seeded 0) in the shape of the shipped config "
-                f"{args.model.split(':', 1)[1]}: memory and time only", "dtype": "bfloat16"}
+    if args.model.startswith(models.RANDOM_PREFIX):
+        base = models.random_model_provenance(args.model)
     else:
         base = models.base_provenance(args.model)
     config = {k: v for k, v in vars(args).items() if k not in ("json", "model_path", "verbose")}

@@ -126,6 +126,15 @@ def base_provenance(name: str) -> dict:
             "weights": "as published (dtype of the checkpoint)"}
 
 
+RANDOM_PREFIX = "random:"   # random:<shipped config>: random_model_dir's weights, for memory and time only
+
+
+def random_model_provenance(name: str, seed: int = 0) -> dict:
+    """base_provenance of a `random:<shipped config>` model (random_model_dir)."""
+    return {"name": name, "source": f"random init (seeded {seed}) in the shape of the shipped config "
+            f"{name.removeprefix(RANDOM_PREFIX)}: memory and time only", "dtype": "bfloat16"}
+
+
 def hub_revision(repo_id: str) -> str | None:
     """The commit of the hub snapshot from_pretrained reads here (the local cache's copy of the default branch),
     so a result names the exact weights even after the repository moves on; None when it is not cached."""
@@ -174,19 +183,48 @@ def _complete(folder: Path) -> bool:
     return (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists()
 
 
-def _publish(tmp: Path, target: Path) -> None:
+def _publish(tmp: Path, target: Path, complete=_complete) -> None:
     """Move a finished cache folder into place atomically; another process may have won the race. The cache may
-    be shared (FINLORA_CACHE_DIR), so the folder gets the umask's permissions, not mkdtemp's owner-only ones."""
+    be shared (FINLORA_CACHE_DIR), so the folder gets the umask's permissions, not mkdtemp's owner-only ones.
+    complete(folder): whether a folder already there was published whole."""
     from .results import usual_permissions
 
     usual_permissions(tmp)
-    if target.exists() and not _complete(target):
+    if target.exists() and not complete(target):
         shutil.rmtree(target, ignore_errors=True)  # half-written by a killed run
     try:
         os.replace(tmp, target)
     except OSError:
-        if not _complete(target):
+        if not complete(target):
             raise
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").exists() and (folder / "tokenizer.json").exists()
+
+
+def embedded_tokenizer_dir() -> Path:
+    """The embedded model's tokenizer, which the tiny and random-weight models share: the converted model's folder
+    when it exists, else the tokenizer alone, read from the GGUF once (no weights: a machine that only measures
+    random-weight shapes needs neither the 0.5 GB conversion nor, once this folder is cached, the GGUF package)."""
+    full = cache_dir() / "models" / "smollm2-135m-instruct"
+    if _complete(full) and _has_tokenizer(full):
+        return full
+    target = cache_dir() / "models" / "smollm2-135m-instruct-tokenizer"
+    if _has_tokenizer(target):
+        return target
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(_embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-tokenizer-", dir=target.parent))
+    try:
+        tok.save_pretrained(tmp)
+        _publish(tmp, target, complete=_has_tokenizer)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def resolve_model_path(name: str) -> str:
@@ -215,7 +253,7 @@ def tiny_model_dir(seed: int = 0) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tok = AutoTokenizer.from_pretrained(embedded_tokenizer_dir())
     cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id, **TINY_CONFIG)
     torch.manual_seed(seed)
@@ -248,7 +286,7 @@ def random_model_dir(config_name: str, seed: int = 0) -> Path:
     from .lora import model_config
 
     cfg_dict = {k: v for k, v in model_config(config_name).items() if not k.startswith("_")}
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tok = AutoTokenizer.from_pretrained(embedded_tokenizer_dir())
     if cfg_dict.get("vocab_size", 0) < len(tok):
         raise ModelLoadError(f"{config_name}: vocab_size {cfg_dict.get('vocab_size')} < the embedded tokenizer's "
                              f"{len(tok)}")

@@ -82,3 +82,19 @@ def test_errors_keep_no_absolute_path_and_the_commit_is_checked(capsys):
     with pytest.raises(SystemExit):
         mod.main(["--dry-run", "--commit", "abc"])
     assert "--commit='abc': expected a full 40-hex-digit commit" in capsys.readouterr().err
+
+
+def test_a_random_weight_model_is_named_as_such_in_the_results(tmp_path, monkeypatch):
+    """--model random:<config>: the checks get its seeded checkpoint's folder, the results say it is random init."""
+    mod = _module()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    seen = []
+    monkeypatch.setattr(mod, "CHECKS", {"model": lambda a, tmp: seen.append(a.model_path) or {}})
+    out = tmp_path / "g.json"
+    assert mod.main(["--dry-run", "--model", "random:tiny-random-llama", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert Path(seen[0]).name == "random-tiny-random-llama-sharded-s0" and (Path(seen[0]) / "config.json").is_file()
+    assert res["meta_info"]["base_model"]["source"].startswith("random init (seeded 0) in the shape of the shipped "
+                                                                "config tiny-random-llama")
+    assert res["run_info"]["config"]["model"] == "random:tiny-random-llama"
+    assert "model_path" not in res["run_info"]["config"]

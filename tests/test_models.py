@@ -129,8 +129,8 @@ def test_random_model_is_seeded_sharded_and_starts_from_an_empty_cache(tmp_path,
     yet is fine, and a half-written folder left by a killed build is not taken for a finished one."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = models.embedded_model_dir()   # borrowed by the random model: reuse it, do not reconvert
-    monkeypatch.setattr(models, "embedded_model_dir", lambda: tokenizer)
+    tokenizer = models.embedded_tokenizer_dir()   # borrowed by the random model: reuse it, do not reread it
+    monkeypatch.setattr(models, "embedded_tokenizer_dir", lambda: tokenizer)
     shards = []
     for cache in (tmp_path / "a", tmp_path / "b"):
         monkeypatch.setenv("FINLORA_CACHE_DIR", str(cache))
@@ -144,3 +144,23 @@ def test_random_model_is_seeded_sharded_and_starts_from_an_empty_cache(tmp_path,
     assert model.dtype == torch.bfloat16 and float(model.model.norm.weight.float().mean()) == 1.0
     (path / "model.safetensors.index.json").unlink()   # as if killed before the index was written
     assert models.random_model_dir("tiny-random-llama") == path and (path / "model.safetensors.index.json").exists()
+
+
+def test_tiny_and_random_models_need_only_the_embedded_tokenizer(tmp_path, monkeypatch):
+    """In a fresh cache the tokenizer is read from the GGUF alone (no 0.5 GB conversion), encodes as the converted
+    model's does, and is what the tiny model is saved with; a cache holding it needs no GGUF at all."""
+    from transformers import AutoTokenizer
+
+    full = AutoTokenizer.from_pretrained(models.embedded_model_dir())
+    monkeypatch.setenv("FINLORA_CACHE_DIR", str(tmp_path))
+    path = models.embedded_tokenizer_dir()
+    assert path.name == "smollm2-135m-instruct-tokenizer" and not list(path.glob("*.safetensors"))
+    text = "Operating profit rose to EUR 13.1 mn.<|im_end|>\n<|im_start|>assistant\n"
+    assert AutoTokenizer.from_pretrained(path)(text)["input_ids"] == full(text)["input_ids"]
+
+    def no_gguf():
+        raise AssertionError("the GGUF was read again")
+    monkeypatch.setattr(models, "_embedded_gguf_dir", no_gguf)
+    tiny = models.tiny_model_dir()
+    assert AutoTokenizer.from_pretrained(tiny)(text)["input_ids"] == full(text)["input_ids"]
+    assert not (tmp_path / "models" / "smollm2-135m-instruct").exists()
