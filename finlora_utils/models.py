@@ -275,10 +275,14 @@ def random_model_dir(config_name: str, seed: int = 0) -> Path:
     bf16 weights (normal, std 0.02; norms 1) and the embedded tokenizer, saved once as safetensors so every precision
     loads it the way a real checkpoint loads. Built one decoder layer at a time on the meta device and written one
     shard per layer, so a config larger than the memory (an 8B or 70B shape) only needs its disk space. For memory
-    and time measurements only: its accuracy means nothing."""
+    and time measurements only: its accuracy means nothing. A tied head is stored once, as a real checkpoint does:
+    stored twice with other values, transformers loads it untied, a second vocab x hidden matrix the real model
+    does not have (so a folder made that way before 2026-12-03 is rebuilt)."""
     target = cache_dir() / "models" / f"random-{config_name}-sharded-s{seed}"
-    if _complete(target):
+    if _complete(target) and not _untied_copy(target):
         return target
+    if _untied_copy(target):
+        shutil.rmtree(target)
     from accelerate import init_empty_weights
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -297,8 +301,11 @@ def random_model_dir(config_name: str, seed: int = 0) -> Path:
         tok.save_pretrained(tmp)
         with init_empty_weights():
             skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp))
+        head = next(n for n, m in skeleton.named_modules() if m is skeleton.get_output_embeddings()) + ".weight"
         shards: dict[str, list] = {}
-        for name, param in skeleton.named_parameters():   # a tied head is stored once, as a checkpoint does
+        for name, param in skeleton.named_parameters():
+            if name == head and skeleton.config.tie_word_embeddings:
+                continue
             layer = name.split(".")[2] if name.startswith("model.layers.") else "rest"
             shards.setdefault(f"model-{layer}.safetensors", []).append((name, param.shape))
         weight_map, gen = {}, torch.Generator().manual_seed(seed)
@@ -313,6 +320,15 @@ def random_model_dir(config_name: str, seed: int = 0) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _untied_copy(folder: Path) -> bool:
+    """A random-weight folder whose config ties the head to the embeddings but whose shards hold both."""
+    index = folder / "model.safetensors.index.json"
+    if not index.exists():
+        return False
+    tied = json.loads((folder / "config.json").read_text()).get("tie_word_embeddings", True)
+    return tied and "lm_head.weight" in json.loads(index.read_text())["weight_map"]
 
 
 def bnb_config(precision: str, double_quant: bool = False, compute_dtype: torch.dtype | None = None):
@@ -431,13 +447,40 @@ def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool
         raise _offline_hint(name, e) from e
     if qcfg is None:
         model.to(device)
-    elif device == "cpu":
-        # Unquantized tensors (embeddings, norms) are zero-copy views of the mmapped safetensors file,
-        # which keeps the whole file resident (~300 MiB for the embedded int8 model): own them instead.
-        for p in model.parameters():
-            if type(p) is torch.nn.Parameter:
-                p.data = p.data.clone()
+    if device == "cpu":
+        own_mapped_weights(model)
     return finish_loading(model, tok)
+
+
+def _mapped_files() -> list[tuple[int, int]]:
+    """Address ranges this process maps from .safetensors files (/proc/self/maps; none where it cannot be read)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].endswith(".safetensors"):
+            lo, hi = parts[0].split("-")
+            out.append((int(lo, 16), int(hi, 16)))
+    return out
+
+
+def own_mapped_weights(model) -> int:
+    """Copy every parameter that is still a zero-copy view of a mapped safetensors file (one loaded in the dtype it
+    is stored in) into memory of its own; returns how many. Left mapped, the whole file stays resident (~300 MiB for
+    the embedded int8 model's embeddings and norms), and an unquantized model's pages come in at its first forward,
+    inside a training step's measured peak (0.5 GB for the embedded model in fp32, the AVX2 kind's unquantized
+    runs). Only mapped ones: a copy of a tensor the process already owns would leave its old memory in the heap."""
+    ranges = _mapped_files()
+    n = 0
+    for p in model.parameters():
+        if type(p) is torch.nn.Parameter and p.device.type == "cpu" and any(
+                lo <= p.data_ptr() < hi for lo, hi in ranges):
+            p.data = p.data.clone()
+            n += 1
+    return n
 
 
 def finish_loading(model, tok):

@@ -1,3 +1,5 @@
+import json
+
 import bitsandbytes as bnb
 import pytest
 import torch
@@ -142,8 +144,16 @@ def test_random_model_is_seeded_sharded_and_starts_from_an_empty_cache(tmp_path,
     assert {p.name: p.read_bytes() for p in sorted(other.glob("*.safetensors"))} != shards[0]
     model = AutoModelForCausalLM.from_pretrained(path)
     assert model.dtype == torch.bfloat16 and float(model.model.norm.weight.float().mean()) == 1.0
+    # the config ties the head: stored once, loaded as one matrix (stored twice, transformers leaves them apart)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert "lm_head.weight" not in json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
     (path / "model.safetensors.index.json").unlink()   # as if killed before the index was written
     assert models.random_model_dir("tiny-random-llama") == path and (path / "model.safetensors.index.json").exists()
+    index = json.loads((path / "model.safetensors.index.json").read_text())   # a folder made before the fix
+    index["weight_map"]["lm_head.weight"] = "model-rest.safetensors"
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert models.random_model_dir("tiny-random-llama") == path
+    assert "lm_head.weight" not in json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
 
 
 def test_tiny_and_random_models_need_only_the_embedded_tokenizer(tmp_path, monkeypatch):
@@ -164,3 +174,15 @@ def test_tiny_and_random_models_need_only_the_embedded_tokenizer(tmp_path, monke
     tiny = models.tiny_model_dir()
     assert AutoTokenizer.from_pretrained(tiny)(text)["input_ids"] == full(text)["input_ids"]
     assert not (tmp_path / "models" / "smollm2-135m-instruct").exists()
+
+
+def test_cpu_weights_loaded_in_their_stored_dtype_are_owned_not_left_mapped():
+    """from_pretrained maps a checkpoint stored in the load dtype without copying: left so, its pages come in at the
+    first forward, inside a training step's measured peak. load_model owns them; a plain load does not."""
+    from transformers import AutoModelForCausalLM
+
+    path = models.tiny_model_dir()   # stored in fp32
+    raw = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+    assert models.own_mapped_weights(raw) > 0 and models.own_mapped_weights(raw) == 0
+    model, _ = models.load_model("tiny-random-llama", "fp32", device="cpu")
+    assert models.own_mapped_weights(model) == 0
