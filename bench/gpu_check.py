@@ -56,10 +56,9 @@ def _config(a, tmp: Path, bits: int, **kw):
     from finlora_utils.config import TrainConfig, paper_settings
 
     precision, lora = paper_settings(bits)   # the paper's rank per bit width (8 / 8 / 4), alpha 16, dropout 0.05
-    base = dict(model=a.model_path, tasks=(a.task,), precision=precision, lora=lora, batch_size=a.batch, max_steps=a.steps,
-                max_train_samples=a.steps * a.batch,
-                max_seq_len=a.max_seq_len, seed=a.seed, output_dir=str(tmp / "runs"), log_every=a.steps,
-                warmup_ratio=0.0)
+    base = dict(model=a.model_path, tasks=(a.task,), precision=precision, lora=lora, batch_size=a.batch,
+                max_steps=a.steps, max_train_samples=a.steps * a.batch, max_seq_len=a.max_seq_len, seed=a.seed,
+                output_dir=str(tmp / "runs"), log_every=a.steps, warmup_ratio=0.0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -303,9 +302,10 @@ CHECKS = {"lora_step_16bit": check_lora_step(16), "lora_step_8bit": check_lora_s
 def scrub(text: str, tmp: str) -> str:
     """An error or traceback as the committed file may hold it: the temporary folder as <tmp>, any other
     absolute path (site-packages, the device's home) by its last two parts."""
-    from finlora_utils.results import ABS_PATH
+    from finlora_utils.paths import project_root
+    from finlora_utils.results import ABS_PATH, relativize_text
 
-    text = text.replace(tmp, "<tmp>")
+    text = relativize_text(text.replace(tmp, "<tmp>"), project_root())
     return ABS_PATH.sub(lambda m: ".../" + "/".join(m.group(0).rstrip("/").split("/")[-2:]), text)
 
 
@@ -356,7 +356,7 @@ def main(argv=None) -> int:
 
     commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
     if a.commit is not None:
-        if not re.fullmatch(r"[0-9a-f]{40}(-dirty)?", a.commit):
+        if not re.fullmatch(r"[0-9a-f]{40}", a.commit):   # a dirty tree's figures are not committed anyway
             p.error(f"--commit={a.commit!r}: expected a full 40-hex-digit commit")
         if commit is not None and commit != a.commit:
             p.error(f"--commit={a.commit}: this checkout is at {commit}")
@@ -369,8 +369,7 @@ def main(argv=None) -> int:
     from finlora_utils import models
 
     random_model = a.model.startswith(models.RANDOM_PREFIX)
-    a.model_path = str(models.random_model_dir(a.model.removeprefix(models.RANDOM_PREFIX))) if random_model \
-        else a.model
+    a.model_path = models.bench_model_path(a.model)
     a.steps = a.steps or (2 if a.dry_run else 20)
     a.n_score = a.n_score or (8 if a.dry_run else 200)
     if a.dry_run:

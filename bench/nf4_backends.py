@@ -101,12 +101,12 @@ def main(argv=None) -> int:
         sys.path.append(a.extra_path)   # after the venv's own packages: it cannot shadow torch or the kit's pins
     import torch
 
-    from finlora_utils.hardware import caps_text
+    from finlora_utils.hardware import caps_text, cpu_bf16_native
     from finlora_utils.results import environment
 
-    from finlora_utils.hardware import default_compute_dtype
-
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(a.dtype) or default_compute_dtype()
+    # the CPU's answer, not the GPU's: these layers run on the CPU whatever else the machine has
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(a.dtype) or (
+        torch.bfloat16 if cpu_bf16_native() else torch.float32)
     plain = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     torch.manual_seed(0)
     built = backends(plain)

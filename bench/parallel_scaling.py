@@ -170,12 +170,9 @@ def main(argv=None) -> int:
             ap.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= {low}")
     if args.timeout <= 0:
         ap.error(f"--timeout={args.timeout}: expected seconds > 0")
-    if args.model.startswith("random:"):   # seeded random weights in a shipped config's shape, built once per cache
-        from finlora_utils.models import random_model_dir
+    from finlora_utils.models import bench_model_path
 
-        args.model_path = str(random_model_dir(args.model.split(":", 1)[1]))
-    else:
-        args.model_path = args.model
+    args.model_path = bench_model_path(args.model)
     cores = os.cpu_count() or 1
     share = max(1, cores // args.nproc)
     runs = [("none", share, f"single/{share}t")] + [(m, share, f"{m[:4]} x{args.nproc}") for m in modes if m != "none"]

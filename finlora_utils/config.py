@@ -50,8 +50,8 @@ BITS_TO_PRECISION = {32: "fp32", 16: "bf16", 8: "int8", 4: "nf4"}
 PRECISION_BITS = {n: p.bits for n, p in PRECISION.items()}
 VARIANTS = ("lora", "rslora", "dora")
 PARALLEL = ("none", "ddp", "pipeline")
-SCHEDULES = ("gpipe", "1f1b")          # pipeline schedules (parallel="pipeline")
-OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
+SCHEDULES = ("gpipe", "1f1b")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")   # the 8-bit ones: bitsandbytes, CUDA only
 CPU_MEMORY_MODES = ("exact", "fast")   # how a CPU run measures its peak: memory.set_heap_mode
 EVAL_MODES = ("score", "generate", "calibrated")
 PRESETS = ("smoke", "cpu", "gpu", "paper")

@@ -529,6 +529,8 @@ def max_batch_that_fits(gpu_gib: float, model="llama-3.1-8b", **kw) -> int:
     if not gpu_gib > 0:
         raise ConfigError(f"gpu_gib={gpu_gib!r}: expected > 0")
     kw.pop("batch", None)
+    if kw.get("parallel") != "pipeline":   # only a pipeline splits its batch
+        kw["micro_batches"] = 1
     m = kw.get("micro_batches", 1)
     if not (isinstance(m, int) and m >= 1):
         raise ConfigError(f"micro_batches={m!r}: expected an integer >= 1")

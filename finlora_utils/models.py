@@ -126,7 +126,14 @@ def base_provenance(name: str) -> dict:
             "weights": "as published (dtype of the checkpoint)"}
 
 
-RANDOM_PREFIX = "random:"   # random:<shipped config>: random_model_dir's weights, for memory and time only
+# random:<shipped config> names random_model_dir's weights: a bench measures memory and time at a shape no
+# checkpoint of which is at hand
+RANDOM_PREFIX = "random:"
+
+
+def bench_model_path(name: str) -> str:
+    """What a bench loads for --model: random:<shipped config>'s seeded folder (built once), else the name."""
+    return str(random_model_dir(name.removeprefix(RANDOM_PREFIX))) if name.startswith(RANDOM_PREFIX) else name
 
 
 def random_model_provenance(name: str, seed: int = 0) -> dict:
@@ -279,10 +286,12 @@ def random_model_dir(config_name: str, seed: int = 0) -> Path:
     stored twice with other values, transformers loads it untied, a second vocab x hidden matrix the real model
     does not have (so a folder made that way before 2026-12-03 is rebuilt)."""
     target = cache_dir() / "models" / f"random-{config_name}-sharded-s{seed}"
-    if _complete(target) and not _untied_copy(target):
+
+    def complete(folder: Path) -> bool:
+        return _complete(folder) and not _untied_copy(folder)
+
+    if complete(target):
         return target
-    if _untied_copy(target):
-        shutil.rmtree(target)
     from accelerate import init_empty_weights
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -315,7 +324,7 @@ def random_model_dir(config_name: str, seed: int = 0) -> Path:
             save_file(tensors, str(tmp / file), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(tensors, file))
         (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-        _publish(tmp, target)
+        _publish(tmp, target, complete=complete)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -323,12 +332,15 @@ def random_model_dir(config_name: str, seed: int = 0) -> Path:
 
 
 def _untied_copy(folder: Path) -> bool:
-    """A random-weight folder whose config ties the head to the embeddings but whose shards hold both."""
+    """A random-weight folder whose config ties the head to the embeddings but whose shards hold both (the builder
+    before 2026-12-03; every shipped architecture names its head lm_head)."""
+    from transformers import AutoConfig
+
     index = folder / "model.safetensors.index.json"
     if not index.exists():
         return False
-    tied = json.loads((folder / "config.json").read_text()).get("tie_word_embeddings", True)
-    return tied and "lm_head.weight" in json.loads(index.read_text())["weight_map"]
+    tied = AutoConfig.from_pretrained(folder).tie_word_embeddings
+    return bool(tied) and "lm_head.weight" in json.loads(index.read_text())["weight_map"]
 
 
 def bnb_config(precision: str, double_quant: bool = False, compute_dtype: torch.dtype | None = None):
@@ -453,7 +465,10 @@ def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool
 
 
 def _mapped_files() -> list[tuple[int, int]]:
-    """Address ranges this process maps from .safetensors files (/proc/self/maps; none where it cannot be read)."""
+    """Address ranges this process maps from files on disk (/proc/self/maps; none where it cannot be read). Any
+    file, not only *.safetensors: a hub checkpoint is a link to a blob named by its hash, and maps shows the blob.
+    Shared memory (/dev/shm, memfd) is not a file a checkpoint comes from, and a tensor placed there is shared
+    on purpose."""
     try:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
@@ -461,7 +476,7 @@ def _mapped_files() -> list[tuple[int, int]]:
     out = []
     for line in lines:
         parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5].endswith(".safetensors"):
+        if len(parts) == 6 and parts[4] != "0" and parts[5].startswith("/") and not parts[5].startswith("/dev/"):
             lo, hi = parts[0].split("-")
             out.append((int(lo, 16), int(hi, 16)))
     return out

@@ -76,9 +76,10 @@ def test_results_are_written_after_every_check_so_a_crash_keeps_the_ones_before(
 
 def test_errors_keep_no_absolute_path_and_the_commit_is_checked(capsys):
     mod = _module()
-    tb = 'File "/usr/lib/python3/site-packages/peft/tuners/lora.py", line 3\nin /tmp/finlora-gpu-check-ab12/x/y'
-    text = mod.scrub(tb, "/tmp/finlora-gpu-check-ab12")
-    assert text == 'File ".../tuners/lora.py", line 3\nin <tmp>/x/y', text
+    tb = (f'File "/usr/lib/python3/site-packages/peft/tuners/lora.py", line 3\nin /tmp/finlora-gpu-check-ab12/x/y\n'
+          f'File "{ROOT}/finlora_utils/train.py", line 9')
+    text = mod.scrub(tb, "/tmp/finlora-gpu-check-ab12")   # the checkout's own paths relative, as results keep them
+    assert text == 'File ".../tuners/lora.py", line 3\nin <tmp>/x/y\nFile "finlora_utils/train.py", line 9', text
     with pytest.raises(SystemExit):
         mod.main(["--dry-run", "--commit", "abc"])
     assert "--commit='abc': expected a full 40-hex-digit commit" in capsys.readouterr().err

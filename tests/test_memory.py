@@ -143,6 +143,10 @@ def test_max_batch_of_a_pipeline_is_a_multiple_of_its_micro_batches():
     assert b >= 4 and b % 4 == 0
     assert memory.plan("llama-3.1-8b", batch=b, **kw).total_gib <= 24 < memory.plan("llama-3.1-8b", batch=b + 4,
                                                                                     **kw).total_gib
+    # without a pipeline the micro-batches split nothing: the same answer as without them
+    single = dict(bits=4, seq_len=512)
+    assert memory.max_batch_that_fits(24, "llama-3.1-8b", micro_batches=3, **single) == \
+        memory.max_batch_that_fits(24, "llama-3.1-8b", **single)
 
 
 def test_a_shared_prefix_plans_fewer_rows_and_the_per_example_keys():

@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import bitsandbytes as bnb
 import pytest
@@ -176,7 +178,7 @@ def test_tiny_and_random_models_need_only_the_embedded_tokenizer(tmp_path, monke
     assert not (tmp_path / "models" / "smollm2-135m-instruct").exists()
 
 
-def test_cpu_weights_loaded_in_their_stored_dtype_are_owned_not_left_mapped():
+def test_cpu_weights_loaded_in_their_stored_dtype_are_owned_not_left_mapped(tmp_path):
     """from_pretrained maps a checkpoint stored in the load dtype without copying: left so, its pages come in at the
     first forward, inside a training step's measured peak. load_model owns them; a plain load does not."""
     from transformers import AutoModelForCausalLM
@@ -186,3 +188,17 @@ def test_cpu_weights_loaded_in_their_stored_dtype_are_owned_not_left_mapped():
     assert models.own_mapped_weights(raw) > 0 and models.own_mapped_weights(raw) == 0
     model, _ = models.load_model("tiny-random-llama", "fp32", device="cpu")
     assert models.own_mapped_weights(model) == 0
+    # a hub snapshot: model.safetensors is a link to a blob named by its hash, and the mapping shows the blob
+    snap, blob = tmp_path / "snapshots" / "abc", tmp_path / "blobs" / "0f3a9c"
+    snap.mkdir(parents=True)
+    blob.parent.mkdir()
+    for f in path.iterdir():
+        if f.name == "model.safetensors":
+            shutil.copy(f, blob)
+            (snap / f.name).symlink_to(blob)
+        else:
+            shutil.copy(f, snap / f.name)
+    model, _ = models.load_model(str(snap), "fp32", device="cpu")
+    blob_ranges = [tuple(int(x, 16) for x in line.split()[0].split("-"))
+                   for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(blob))]
+    assert not [n for n, p in model.named_parameters() if any(lo <= p.data_ptr() < hi for lo, hi in blob_ranges)]
