@@ -368,7 +368,6 @@ def main(argv=None) -> int:
     a.model = a.model or ("tiny-random-llama" if a.dry_run else "embedded")
     from finlora_utils import models
 
-    random_model = a.model.startswith(models.RANDOM_PREFIX)
     a.model_path = models.bench_model_path(a.model)
     a.steps = a.steps or (2 if a.dry_run else 20)
     a.n_score = a.n_score or (8 if a.dry_run else 200)
@@ -380,7 +379,7 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     path = a.out or (DRY_RUN if a.dry_run else SHOWCASE)
-    base = models.random_model_provenance(a.model) if random_model else models.base_provenance(a.model)
+    base = models.base_provenance(a.model)
 
     def write(checks: dict) -> dict:
         s = dict(wall_s=round(time.time() - t0, 1), pending=[k for k in CHECKS if k not in checks],

@@ -115,10 +115,7 @@ def write_results(args, rows: list[dict], baseline: int, figures: dict, cores: i
     from finlora_utils import data, models, results
     from finlora_utils.data.hashes import file_hashes
 
-    if args.model.startswith(models.RANDOM_PREFIX):
-        base = models.random_model_provenance(args.model)
-    else:
-        base = models.base_provenance(args.model)
+    base = models.base_provenance(args.model)
     config = {k: v for k, v in vars(args).items() if k not in ("json", "model_path", "verbose")}
     stored = [dict({k: v for k, v in r.items() if k != "config"},
                    planned_peaks=planned_peaks(r["config"], r["n"], args.max_seq_len, r["shared_prefix"]))

@@ -104,14 +104,28 @@ def _embedded_provenance() -> dict:
             "caveat": EMBEDDED_CAVEAT}
 
 
+# random:<shipped config> names random_model_dir's weights: a bench measures memory and time at a shape no
+# checkpoint of which is at hand
+RANDOM_PREFIX = "random:"
+
+
+def bench_model_path(name: str) -> str:
+    """What a bench loads for --model: random:<shipped config>'s seeded folder (built once), else the name."""
+    return str(random_model_dir(name.removeprefix(RANDOM_PREFIX))) if name.startswith(RANDOM_PREFIX) else name
+
+
 def base_provenance(name: str) -> dict:
     """Where the base weights came from and how they were stored, for every results file's meta_info.
 
     embedded: read from the shipped GGUF header (Q4_1 projections, Q8_0 embeddings, F32 norms);
-    tiny-random-llama: random init; a local folder: its config's dtype; a hub id: as published.
+    tiny-random-llama and random:<shipped config>: random init; a local folder: its config's dtype; a hub id: as
+    published.
     """
     if name == EMBEDDED:
         return dict(_embedded_provenance())
+    if name.startswith(RANDOM_PREFIX):   # bench_model_path's folder: seed 0
+        return {"name": name, "source": f"random init (seeded 0) in the shape of the shipped config "
+                f"{name.removeprefix(RANDOM_PREFIX)}: memory and time only", "dtype": "bfloat16"}
     if name == TINY:
         return {"name": TINY, "source": "random init (seeded), tests only", "dtype": "float32"}
     path = Path(name)
@@ -124,22 +138,6 @@ def base_provenance(name: str) -> dict:
     repo = hub_id(name) or name
     return {"name": name, "id": repo, "source": "hugging face hub", "revision": hub_revision(repo),
             "weights": "as published (dtype of the checkpoint)"}
-
-
-# random:<shipped config> names random_model_dir's weights: a bench measures memory and time at a shape no
-# checkpoint of which is at hand
-RANDOM_PREFIX = "random:"
-
-
-def bench_model_path(name: str) -> str:
-    """What a bench loads for --model: random:<shipped config>'s seeded folder (built once), else the name."""
-    return str(random_model_dir(name.removeprefix(RANDOM_PREFIX))) if name.startswith(RANDOM_PREFIX) else name
-
-
-def random_model_provenance(name: str, seed: int = 0) -> dict:
-    """base_provenance of a `random:<shipped config>` model (random_model_dir)."""
-    return {"name": name, "source": f"random init (seeded {seed}) in the shape of the shipped config "
-            f"{name.removeprefix(RANDOM_PREFIX)}: memory and time only", "dtype": "bfloat16"}
 
 
 def hub_revision(repo_id: str) -> str | None:
