@@ -105,9 +105,8 @@ def main(argv=None) -> int:
     from finlora_utils.results import environment
 
     # the CPU's answer, not the GPU's: these layers run on the CPU whatever else the machine has
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(a.dtype) or (
-        torch.bfloat16 if cpu_bf16_native() else torch.float32)
-    plain = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    plain = a.dtype if a.dtype != "auto" else "bf16" if cpu_bf16_native() else "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[plain]
     torch.manual_seed(0)
     built = backends(plain)
     names = [n for n, b in built.items() if callable(b)]

@@ -152,9 +152,14 @@ def hub_revision(repo_id: str) -> str | None:
     return Path(found).parent.name if isinstance(found, str) else None
 
 
+def _embedded_cache() -> Path:
+    """Where the converted embedded model lives (its tokenizer beside it)."""
+    return cache_dir() / "models" / "smollm2-135m-instruct"
+
+
 def embedded_model_dir() -> Path:
     """Safetensors copy of the embedded model; converted from GGUF once (~25 s), then reused (~3 s)."""
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    target = _embedded_cache()
     if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -212,7 +217,7 @@ def embedded_tokenizer_dir() -> Path:
     """The embedded model's tokenizer, which the tiny and random-weight models share: the converted model's folder
     when it exists, else the tokenizer alone, read from the GGUF once (no weights: a machine that only measures
     random-weight shapes needs neither the 0.5 GB conversion nor, once this folder is cached, the GGUF package)."""
-    full = cache_dir() / "models" / "smollm2-135m-instruct"
+    full = _embedded_cache()
     if _complete(full) and _has_tokenizer(full):
         return full
     target = cache_dir() / "models" / "smollm2-135m-instruct-tokenizer"
