@@ -1,0 +1,213 @@
+"""What torch.compile would buy the kit here: LoRA training steps and label scoring, eager vs compiled.
+
+    FINLORA_DATA_DIR=../shared/data .venv/bin/python bench/compile_gain.py     # embedded, FPB (~8 min, 2 cores)
+    .venv/bin/python bench/compile_gain.py --model tiny-random-llama --steps 3 --n 8 --backend eager   # seconds
+
+Compiled the way torchtune compiles a model: each decoder layer on its own (`layer.compile(dynamic=True)`; the
+layers are alike, so dynamo traces one and the rest reuse its code), the rest eager. Training: the kit's
+`train.train` on the same examples, seed and config, once eager and once with the layers compiled (through its
+`wrap_model` hook), for each LoRA dropout in --dropouts (the kit draws its packed dropout masks with
+`Tensor.random_`, which dynamo cannot trace: a graph break per adapted projection). Scoring: `score_labels` on
+--n test prompts, eager as the kit scores (weights prepacked, finlora_utils.prepack) and compiled (plain
+weights: inductor lays out its own), each called twice, the first call paying the compile. The compiler's
+caches live in a fresh folder, so the compile time is what a user's first run pays.
+
+Per mode: the first step (call) and the median of the steady ones; the ratio eager / compiled over the steady
+ones; and how many steps (prompts) the compile takes to pay for itself at that ratio ("never" below 1x). The
+compiled run's losses and predictions are compared with the eager run's (they differ by rounding only).
+Last lines: `compile vs eager, train dropout D: X.XXx per step, first step +S s, pays after N steps` (one per
+dropout) and `compile vs eager, score: X.XXx per prompt, first call +S s, pays after N prompts`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BACKENDS = ("inductor", "eager")   # eager: dynamo traces, nothing is generated (the tests' fast path)
+
+
+class StepClock:
+    """on_step hook for train.train: seconds of each optimizer step, counted from the plan's start."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.mark = None
+
+    def begin(self, total: int, start: int) -> None:
+        self.mark = time.perf_counter()
+
+    def __call__(self, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        self.times.append(now - self.mark)
+        self.mark = now
+
+
+def compile_layers(model, backend: str) -> int:
+    """Compile each decoder layer of `model` (a CausalLM, peft model or TrainModule) in place; returns how many."""
+    from finlora_utils.train import causal_lm
+
+    layers = causal_lm(model).model.layers
+    for layer in layers:
+        layer.compile(dynamic=True, backend=backend)
+    return len(layers)
+
+
+def pays_after(first_extra: float, eager_each: float, compiled_each: float) -> float | None:
+    """Steps (or prompts) after which the compiled run has caught up with the eager one; None if never."""
+    saved = eager_each - compiled_each
+    if saved <= 0:
+        return None
+    return max(first_extra, 0.0) / saved
+
+
+def _pays_text(n: float | None, unit: str) -> str:
+    return "never" if n is None else f"{n:,.0f} {unit}"
+
+
+def train_run(a, dropout: float, compiled: bool, out: Path) -> dict:
+    from finlora_utils import train
+    from finlora_utils.config import LoraSettings, TrainConfig
+
+    cfg = TrainConfig(model=a.model, tasks=(a.task,), precision=a.precision, double_quant=a.precision == "nf4",
+                      lora=LoraSettings(rank=a.rank, alpha=32.0, dropout=dropout,
+                                        targets=("q_proj", "k_proj", "v_proj")),
+                      batch_size=a.batch, max_steps=a.steps, max_train_samples=a.steps * a.batch, seed=a.seed,
+                      log_every=a.steps, output_dir=str(out / "runs"), cpu_memory="fast", lr=5e-4,
+                      variant_tag=f"compile-{int(compiled)}")
+
+    def wrap(module):
+        if compiled:
+            compile_layers(module, a.backend)
+        return module
+
+    clock = StepClock()
+    r = train.train(cfg, wrap_model=wrap, results_dir=out / "results", on_step=clock, force=True,
+                    log=lambda *x, **k: None)
+    steady = clock.times[1:]
+    return dict(first_step_s=clock.times[0], steady_median_s=statistics.median(steady), step_s=clock.times,
+                losses=[loss for _, loss in r["train_info"]["loss_curve"]], amp_dtype=r["train_info"]["amp_dtype"])
+
+
+def score_run(a, compiled: bool) -> dict:
+    import numpy as np
+
+    from finlora_utils import data, models, scoring
+
+    model, tok = models.load_model(a.model, precision=a.score_precision)
+    models.contiguous_head(model)
+    rows = data.load_task(a.task, split="test", max_samples=a.n, seed=a.seed)
+    prompts, labels = [r["context"] for r in rows], data.get_task(a.task).labels
+    if compiled:
+        compile_layers(model, a.backend)
+    calls = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        sc = scoring.score_labels(model, tok, prompts, labels, prepack=False if compiled else None)
+        calls.append(time.perf_counter() - t0)
+    return dict(first_call_s=calls[0], second_call_s=calls[1], prompts=len(prompts),
+                predictions=[labels[j] for j in np.argmax(sc, axis=1)])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--task", default="fpb")
+    p.add_argument("--precision", default="nf4", help="training precision (FinLoRA's 4-bit recipe by default)")
+    p.add_argument("--score-precision", default="auto", help="scoring precision (the kit's: auto)")
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=16, help="training steps per run (the first pays the compile)")
+    p.add_argument("--dropouts", default="0.1,0", help="comma-separated LoRA dropouts to train with")
+    p.add_argument("--n", type=int, default=200, help="test prompts scored per call")
+    p.add_argument("--backend", default="inductor", choices=BACKENDS,
+                   help="torch.compile backend (eager: dynamo only, for a quick check of the bench itself)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="results file: figures, config, commit, machine "
+                                                "(default: reports/bench/compile_gain.json)")
+    a = p.parse_args(argv)
+    for flag in ("rank", "batch", "n"):
+        if getattr(a, flag) < 1:
+            p.error(f"--{flag}={getattr(a, flag)}: expected an integer >= 1")
+    if a.steps < 3:
+        p.error(f"--steps={a.steps}: expected an integer >= 3 (a first step and at least two steady ones)")
+    try:
+        dropouts = [float(d) for d in a.dropouts.split(",") if d.strip()]
+    except ValueError:
+        dropouts = []
+    if not dropouts or not all(0 <= d < 1 for d in dropouts):
+        p.error(f"--dropouts={a.dropouts!r}: expected comma-separated numbers in [0, 1), e.g. 0.1,0")
+    from finlora_utils import config as cfg_mod, models, results
+
+    commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
+    for flag in ("precision", "score_precision"):
+        value = getattr(a, flag)
+        if value != cfg_mod.AUTO and value not in models.PRECISIONS:
+            p.error(f"--{flag.replace('_', '-')}={value!r}: expected {cfg_mod.AUTO} or one of "
+                    f"{', '.join(models.PRECISIONS)}")
+    # a cold compile, as a user's first run pays it (the compiler otherwise reuses earlier runs' kernels)
+    cache = tempfile.TemporaryDirectory(prefix="finlora-compile-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
+    import torch
+
+    from finlora_utils import hardware
+    from finlora_utils.data import data_source
+    from finlora_utils.data.hashes import file_hashes
+
+    print(f"machine: {results.environment()['hardware']['cpu']}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, backend {a.backend}" + hardware.caps_text())
+    summary, trains = [], {}
+    with tempfile.TemporaryDirectory(prefix="finlora-compile-runs-") as tmp:
+        for d in dropouts:
+            eager = train_run(a, d, False, Path(tmp))
+            comp = train_run(a, d, True, Path(tmp))
+            ratio = eager["steady_median_s"] / comp["steady_median_s"]
+            extra = comp["first_step_s"] - eager["first_step_s"]
+            n = pays_after(extra, eager["steady_median_s"], comp["steady_median_s"])
+            loss_diff = max(abs(x - y) for x, y in zip(eager["losses"], comp["losses"]))
+            trains[str(d)] = dict(eager=eager, compiled=comp, ratio=ratio, first_step_extra_s=extra,
+                                  pays_after_steps=n, max_loss_difference=loss_diff)
+            print(f"train {a.precision} (amp {eager['amp_dtype']}), dropout {d}: first step "
+                  f"{eager['first_step_s']:.1f} s eager / {comp['first_step_s']:.1f} s compiled, median of the other {a.steps - 1} "
+                  f"{eager['steady_median_s']:.3f} / {comp['steady_median_s']:.3f} s, losses differ by at most "
+                  f"{loss_diff:.2e}")
+            summary.append(f"compile vs eager, train dropout {d:g}: {ratio:.2f}x per step, first step "
+                           f"{extra:+.1f} s, pays after {_pays_text(n, 'steps')}")
+    eager, comp = score_run(a, False), score_run(a, True)
+    each_e, each_c = eager["second_call_s"] / eager["prompts"], comp["second_call_s"] / comp["prompts"]
+    extra = comp["first_call_s"] - eager["first_call_s"]
+    n = pays_after(extra, each_e, each_c)
+    same = sum(x == y for x, y in zip(eager["predictions"], comp["predictions"]))
+    score = dict(eager=eager, compiled=comp, ratio=each_e / each_c, first_call_extra_s=extra, pays_after_prompts=n,
+                 same_predictions=same)
+    print(f"score {eager['prompts']} prompts: first call {eager['first_call_s']:.1f} s eager (prepacked) / "
+          f"{comp['first_call_s']:.1f} s compiled, second {eager['second_call_s']:.2f} / "
+          f"{comp['second_call_s']:.2f} s; {same} of {eager['prompts']} predictions the same")
+    summary.append(f"compile vs eager, score: {each_e / each_c:.2f}x per prompt, first call {extra:+.1f} s, "
+                   f"pays after {_pays_text(n, 'prompts')}")
+    cache.cleanup()
+    from finlora_utils.paths import reports_dir
+
+    out = Path(a.json) if a.json else reports_dir() / "bench" / "compile_gain.json"
+    config = dict(vars(a), json=None, threads=torch.get_num_threads(), compile="each decoder layer, dynamic=True",
+                  compile_cache="cold (a fresh folder)")
+    doc = results.write_bench(out, "compile_gain", config, {"train": trains, "score": score}, seed=a.seed,
+                               data_source=data_source(a.task), base_model=models.base_provenance(a.model),
+                               data_files={s: file_hashes([a.task], s) for s in ("train", "test")}, portable=True,
+                               commit=commit)
+    print(f"\nresults: {out} (commit {doc['run_info']['git_commit']})")
+    print("\n".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    from finlora_utils.errors import cli_entry   # a user's mistake: one error line, exit 2
+
+    sys.exit(cli_entry(main)())
