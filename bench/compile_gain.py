@@ -175,9 +175,9 @@ def main(argv=None) -> int:
             trains[str(d)] = dict(eager=eager, compiled=comp, ratio=ratio, first_step_extra_s=extra,
                                   pays_after_steps=n, max_loss_difference=loss_diff)
             print(f"train {a.precision} (amp {eager['amp_dtype']}), dropout {d}: first step "
-                  f"{eager['first_step_s']:.1f} s eager / {comp['first_step_s']:.1f} s compiled, median of the other {a.steps - 1} "
-                  f"{eager['steady_median_s']:.3f} / {comp['steady_median_s']:.3f} s, losses differ by at most "
-                  f"{loss_diff:.2e}")
+                  f"{eager['first_step_s']:.1f} s eager / {comp['first_step_s']:.1f} s compiled, median of the other "
+                  f"{a.steps - 1} {eager['steady_median_s']:.3f} / {comp['steady_median_s']:.3f} s, "
+                  f"losses differ by at most {loss_diff:.2e}")
             summary.append(f"compile vs eager, train dropout {d:g}: {ratio:.2f}x per step, first step "
                            f"{extra:+.1f} s, pays after {_pays_text(n, 'steps')}")
     eager, comp = score_run(a, False), score_run(a, True)
