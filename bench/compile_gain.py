@@ -1,28 +1,33 @@
 """What torch.compile would buy the kit here: LoRA training steps and label scoring, eager vs compiled.
 
-    FINLORA_DATA_DIR=../shared/data .venv/bin/python bench/compile_gain.py     # embedded, FPB (~8 min, 2 cores)
-    .venv/bin/python bench/compile_gain.py --model tiny-random-llama --steps 3 --n 8 --backend eager   # seconds
+    FINLORA_DATA_DIR=../shared/data .venv/bin/python bench/compile_gain.py     # embedded, FPB (~15 min, 2 cores)
+    .venv/bin/python bench/compile_gain.py --model tiny-random-llama --steps 3 --n 8 --backend eager   # a minute
 
-Compiled the way torchtune compiles a model: each decoder layer on its own (`layer.compile(dynamic=True)`; the
-layers are alike, so dynamo traces one and the rest reuse its code), the rest eager. Training: the kit's
-`train.train` on the same examples, seed and config, once eager and once with the layers compiled (through its
-`wrap_model` hook), for each LoRA dropout in --dropouts (the kit draws its packed dropout masks with
-`Tensor.random_`, which dynamo cannot trace: a graph break per adapted projection). Scoring: `score_labels` on
---n test prompts, eager as the kit scores (weights prepacked, finlora_utils.prepack) and compiled (plain
-weights: inductor lays out its own), each called twice, the first call paying the compile. The compiler's
-caches live in a fresh folder, so the compile time is what a user's first run pays.
+Training is compiled the way torchtune compiles a model: each decoder layer on its own
+(`layer.compile(dynamic=True)`; the layers are alike, so dynamo traces one and the rest reuse its code), the rest
+eager. It runs the kit's `train.train` on the same examples, seed and config, once eager and once with the layers
+compiled (through its `wrap_model` hook), for each LoRA dropout in --dropouts (the kit draws its packed dropout
+masks with `Tensor.random_`, which dynamo cannot trace: a graph break per adapted projection). Scoring compiles
+the decoder's forward as one graph (`model.model.compile(dynamic=True)`): compiled per layer, every layer
+recompiles, since the KV cache is indexed by the layer's number, which dynamo guards (60 compiles of the
+embedded model's 30 layers measured, then slower than eager). It runs `score_labels` on --n test prompts, eager
+as the kit scores (weights prepacked, finlora_utils.prepack) and compiled (plain weights: inductor lays out its
+own), each called twice, the first call paying the compile. Every case runs in its own fresh process with its
+own empty compiler cache, so a compile time is what a user's first run pays.
 
-Per mode: the first step (call) and the median of the steady ones; the ratio eager / compiled over the steady
-ones; and how many steps (prompts) the compile takes to pay for itself at that ratio ("never" below 1x). The
-compiled run's losses and predictions are compared with the eager run's (they differ by rounding only).
+Per case: the first step (call) and the median of the steady ones; the ratio eager / compiled over the steady
+ones; and after how many steps (prompts) the compile pays for itself at that ratio ("never" at 1x or below). The
+compiled run's losses and predictions are compared with the eager run's.
 Last lines: `compile vs eager, train dropout D: X.XXx per step, first step +S s, pays after N steps` (one per
 dropout) and `compile vs eager, score: X.XXx per prompt, first call +S s, pays after N prompts`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -106,7 +111,7 @@ def score_run(a, compiled: bool) -> dict:
     rows = data.load_task(a.task, split="test", max_samples=a.n, seed=a.seed)
     prompts, labels = [r["context"] for r in rows], data.get_task(a.task).labels
     if compiled:
-        compile_layers(model, a.backend)
+        model.model.compile(dynamic=True, backend=a.backend)
     calls = []
     for _ in range(2):
         t0 = time.perf_counter()
@@ -116,7 +121,26 @@ def score_run(a, compiled: bool) -> dict:
                 predictions=[labels[j] for j in np.argmax(sc, axis=1)])
 
 
+def _child(a) -> int:
+    """One case in this fresh process: train:<dropout>:<0|1> or score:<0|1> (1 = compiled); writes its JSON."""
+    kind, *rest = a.case.split(":")
+    compiled = rest[-1] == "1"
+    got = train_run(a, float(rest[0]), compiled, Path(a.out)) if kind == "train" else score_run(a, compiled)
+    Path(a.out, "case.json").write_text(json.dumps(got))
+    return 0
+
+
+def _spawn(case: str, argv: list[str], timeout: float) -> dict:
+    """Run one case in a fresh process with its own empty compiler cache (a cold compile, as a first run's)."""
+    with tempfile.TemporaryDirectory(prefix="finlora-compile-") as tmp:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp, "inductor")))
+        cmd = [sys.executable, __file__, *argv, "--case", case, "--out", tmp]
+        subprocess.run(cmd, check=True, env=env, timeout=timeout)
+        return json.loads(Path(tmp, "case.json").read_text())
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="embedded")
     p.add_argument("--task", default="fpb")
@@ -129,15 +153,22 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=200, help="test prompts scored per call")
     p.add_argument("--backend", default="inductor", choices=BACKENDS,
                    help="torch.compile backend (eager: dynamo only, for a quick check of the bench itself)")
+    p.add_argument("--timeout", type=float, default=1200, help="seconds per case (each in its own process)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="results file: figures, config, commit, machine "
                                                 "(default: reports/bench/compile_gain.json)")
+    p.add_argument("--case", default=None, help=argparse.SUPPRESS)   # a child process's one case
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.case:
+        return _child(a)
     for flag in ("rank", "batch", "n"):
         if getattr(a, flag) < 1:
             p.error(f"--{flag}={getattr(a, flag)}: expected an integer >= 1")
     if a.steps < 3:
         p.error(f"--steps={a.steps}: expected an integer >= 3 (a first step and at least two steady ones)")
+    if a.timeout <= 0:
+        p.error(f"--timeout={a.timeout}: expected seconds > 0")
     try:
         dropouts = [float(d) for d in a.dropouts.split(",") if d.strip()]
     except ValueError:
@@ -152,9 +183,6 @@ def main(argv=None) -> int:
         if value != cfg_mod.AUTO and value not in models.PRECISIONS:
             p.error(f"--{flag.replace('_', '-')}={value!r}: expected {cfg_mod.AUTO} or one of "
                     f"{', '.join(models.PRECISIONS)}")
-    # a cold compile, as a user's first run pays it (the compiler otherwise reuses earlier runs' kernels)
-    cache = tempfile.TemporaryDirectory(prefix="finlora-compile-")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
     import torch
 
     from finlora_utils import hardware
@@ -162,25 +190,23 @@ def main(argv=None) -> int:
     from finlora_utils.data.hashes import file_hashes
 
     print(f"machine: {results.environment()['hardware']['cpu']}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, backend {a.backend}" + hardware.caps_text())
+          f"{torch.get_num_threads()} threads, backend {a.backend}" + hardware.caps_text(), flush=True)
     summary, trains = [], {}
-    with tempfile.TemporaryDirectory(prefix="finlora-compile-runs-") as tmp:
-        for d in dropouts:
-            eager = train_run(a, d, False, Path(tmp))
-            comp = train_run(a, d, True, Path(tmp))
-            ratio = eager["steady_median_s"] / comp["steady_median_s"]
-            extra = comp["first_step_s"] - eager["first_step_s"]
-            n = pays_after(extra, eager["steady_median_s"], comp["steady_median_s"])
-            loss_diff = max(abs(x - y) for x, y in zip(eager["losses"], comp["losses"]))
-            trains[str(d)] = dict(eager=eager, compiled=comp, ratio=ratio, first_step_extra_s=extra,
-                                  pays_after_steps=n, max_loss_difference=loss_diff)
-            print(f"train {a.precision} (amp {eager['amp_dtype']}), dropout {d}: first step "
-                  f"{eager['first_step_s']:.1f} s eager / {comp['first_step_s']:.1f} s compiled, median of the other "
-                  f"{a.steps - 1} {eager['steady_median_s']:.3f} / {comp['steady_median_s']:.3f} s, "
-                  f"losses differ by at most {loss_diff:.2e}")
-            summary.append(f"compile vs eager, train dropout {d:g}: {ratio:.2f}x per step, first step "
-                           f"{extra:+.1f} s, pays after {_pays_text(n, 'steps')}")
-    eager, comp = score_run(a, False), score_run(a, True)
+    for d in dropouts:
+        eager, comp = (_spawn(f"train:{d}:{c}", argv, a.timeout) for c in (0, 1))
+        ratio = eager["steady_median_s"] / comp["steady_median_s"]
+        extra = comp["first_step_s"] - eager["first_step_s"]
+        n = pays_after(extra, eager["steady_median_s"], comp["steady_median_s"])
+        loss_diff = max(abs(x - y) for x, y in zip(eager["losses"], comp["losses"]))
+        trains[str(d)] = dict(eager=eager, compiled=comp, ratio=ratio, first_step_extra_s=extra,
+                              pays_after_steps=n, max_loss_difference=loss_diff)
+        print(f"train {a.precision} (amp {eager['amp_dtype']}), dropout {d}: first step "
+              f"{eager['first_step_s']:.1f} s eager / {comp['first_step_s']:.1f} s compiled, median of the other "
+              f"{a.steps - 1} {eager['steady_median_s']:.3f} / {comp['steady_median_s']:.3f} s, "
+              f"losses differ by at most {loss_diff:.2e}", flush=True)
+        summary.append(f"compile vs eager, train dropout {d:g}: {ratio:.2f}x per step, first step "
+                       f"{extra:+.1f} s, pays after {_pays_text(n, 'steps')}")
+    eager, comp = (_spawn(f"score:{c}", argv, a.timeout) for c in (0, 1))
     each_e, each_c = eager["second_call_s"] / eager["prompts"], comp["second_call_s"] / comp["prompts"]
     extra = comp["first_call_s"] - eager["first_call_s"]
     n = pays_after(extra, each_e, each_c)
@@ -192,12 +218,13 @@ def main(argv=None) -> int:
           f"{comp['second_call_s']:.2f} s; {same} of {eager['prompts']} predictions the same")
     summary.append(f"compile vs eager, score: {each_e / each_c:.2f}x per prompt, first call {extra:+.1f} s, "
                    f"pays after {_pays_text(n, 'prompts')}")
-    cache.cleanup()
     from finlora_utils.paths import reports_dir
 
     out = Path(a.json) if a.json else reports_dir() / "bench" / "compile_gain.json"
-    config = dict(vars(a), json=None, threads=torch.get_num_threads(), compile="each decoder layer, dynamic=True",
-                  compile_cache="cold (a fresh folder)")
+    config = dict({k: v for k, v in vars(a).items() if k not in ("case", "out")}, json=None,
+                  threads=torch.get_num_threads(), compile_train="each decoder layer, dynamic=True",
+                  compile_score="the decoder's forward, dynamic=True",
+                  compile_cache="cold (a fresh process and an empty cache folder per case)")
     doc = results.write_bench(out, "compile_gain", config, {"train": trains, "score": score}, seed=a.seed,
                                data_source=data_source(a.task), base_model=models.base_provenance(a.model),
                                data_files={s: file_hashes([a.task], s) for s in ("train", "test")}, portable=True,

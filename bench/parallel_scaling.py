@@ -11,7 +11,10 @@ step, the pipeline a bubble per batch plus point-to-point sends). A last row run
 all the cores: what a user of this machine would otherwise do. On a shared or small CPU that row can be
 slower than the 1-share row (OpenMP threads spin when the cores are busy elsewhere); on an idle machine it
 is the honest yardstick, and against it two CPU ranks may well be below 1x. Numbers come from the results
-JSON: tokens/s is train.py's own (non-padding tokens / training-loop wall time), step time is wall / steps.
+JSON: tokens/s is train.py's own (non-padding tokens / training-loop wall time), step time is wall / steps, both
+over the steps after the first where a run has more than one (a fresh process's first step also faults in its
+memory and builds its kernels; train_info.first_step has its seconds), the whole run's efficiency beside them.
+With --repeats N every mode runs N times, interleaved, and the fastest run of each counts.
 
 Memory: each rank's peak is its resident-set high-water mark over the training loop (VmHWM, reset when the
 loop starts, so it holds the loaded weights and the training's own peak, not loading transients). A pipeline
@@ -48,10 +51,34 @@ def run(mode: str, args, out: Path, threads: int, label: str) -> dict:
     ti = res["train_info"]
     ranks = ti["parallel"]["ranks"]
     return dict(mode=label, steps=ti["steps"], step_s=ti["wall_s"] / ti["steps"], tokens_per_s=ti["tokens_per_s"],
-                peaks=[loop_peak(r) for r in ranks],
+                **steady(ti), peaks=[loop_peak(r) for r in ranks],
                 final_loss=ti["loss_curve"][-1][1],
                 n=1 if mode == "none" else args.nproc, kind=mode, config=cfg,
                 shared_prefix=(ti.get("memory_plan") or {}).get("shared_prefix", 0) if ti.get("share_prefix") else 0)
+
+
+def steady(ti: dict) -> dict:
+    """Step time and tokens/s over the steps after the first (None for a one-step run): a fresh process's first
+    step also faults in its memory and builds its kernels, which a real run of hundreds of steps pays once."""
+    first = ti.get("first_step")
+    if ti["steps"] < 2 or not first:
+        return dict(steady_step_s=None, steady_tokens_per_s=None)
+    wall = ti["wall_s"] - first["wall_s"]
+    return dict(steady_step_s=wall / (ti["steps"] - 1),
+                steady_tokens_per_s=(ti["nonpad_tokens"] - first["nonpad_tokens"]) / wall)
+
+
+def speed(row: dict, whole: bool = False) -> float:
+    """tokens/s of a row: after its first step where the run had more than one, else (or whole=True) the run's."""
+    return row["tokens_per_s"] if whole or row["steady_tokens_per_s"] is None else row["steady_tokens_per_s"]
+
+
+def fastest(runs: list[dict]) -> dict:
+    """The repeat of one mode that counts: the fastest (a shared machine's slow repeats are other load), with
+    every repeat's speed and peaks kept beside it."""
+    best = max(runs, key=speed)
+    return dict(best, repeats=[dict(tokens_per_s=speed(r), whole_run_tokens_per_s=r["tokens_per_s"],
+                                    peaks=r["peaks"]) for r in runs])
 
 
 def loop_peak(rank: dict) -> int:
@@ -110,6 +137,11 @@ def schedule_bound(stages: int, micro_batches: int, schedule: str, measured: flo
             f"point-to-point sends, unequal stages and per-micro-batch overhead)")
 
 
+def whole_text(after: str, whole: float) -> str:
+    """What an efficiency line counts, with the whole run's figure beside it when it counted fewer steps."""
+    return f" ({after})" if after.startswith("whole") else f" ({after}; whole run {whole:.2f})"
+
+
 def write_results(args, rows: list[dict], baseline: int, figures: dict, cores: int, commit: str | None) -> dict:
     """The figures with how they were made (config, seed 0, commit, machine, data and base-model provenance)."""
     from finlora_utils import data, models, results
@@ -139,6 +171,8 @@ def main(argv=None) -> int:
     ap.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches per batch")
     ap.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b"))
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of every mode, interleaved; the fastest of each counts (its peaks too)")
     ap.add_argument("--verbose", action="store_true", help="stream the ranks' output")
     ap.add_argument("--modes", default="none,ddp,pipeline", help="which of none, ddp, pipeline to run")
     ap.add_argument("--pipeline-split", default="memory", choices=("memory", "even"),
@@ -161,7 +195,7 @@ def main(argv=None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if "none" not in modes or not set(modes) <= {"none", "ddp", "pipeline"}:
         ap.error(f"--modes={args.modes!r}: expected none plus any of ddp, pipeline")
-    for name in ("nproc", "batch_size", "steps", "micro_batches", "rank"):
+    for name in ("nproc", "batch_size", "steps", "micro_batches", "rank", "repeats"):
         low = 2 if name == "nproc" else 1   # nproc: ranks beside the single process, so at least 2
         if getattr(args, name) < low:
             ap.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= {low}")
@@ -176,23 +210,29 @@ def main(argv=None) -> int:
     if "ddp" in modes:
         runs.append(("none", cores, f"single/{cores}t"))
     with tempfile.TemporaryDirectory(prefix="finlora-bench-") as tmp:
-        rows = [run(mode, args, Path(tmp), threads, label) for mode, threads, label in runs]
+        done = [[run(mode, args, Path(tmp), threads, label) for mode, threads, label in runs]
+                for _ in range(args.repeats)]   # interleaved: load that comes and goes hits every mode alike
+    rows = [fastest([rep[i] for rep in done]) for i in range(len(runs))]
     baseline = process_baseline()
-    base = rows[0]["tokens_per_s"]
+    base, base_whole = speed(rows[0]), speed(rows[0], whole=True)
+    after = f"steps 2-{args.steps}" if rows[0]["steady_tokens_per_s"] is not None else f"whole run of {args.steps} step"
     print(f"{args.model} {args.precision} r{args.rank}, global batch {args.batch_size}, max_seq_len "
           f"{args.max_seq_len}, {args.steps} steps, pipeline {args.schedule} x{args.micro_batches} micro-batches, "
           f"{cores} cores, {share} thread(s) per process unless noted, load average {os.getloadavg()[0]:.1f}, "
-          f"process baseline {baseline / 2**30:.2f} GiB, pipeline split {args.pipeline_split}, cpu_memory {args.cpu_memory}, "
+          f"process baseline {baseline / 2**30:.2f} GiB, pipeline split {args.pipeline_split}, "
+          f"cpu_memory {args.cpu_memory}, "
           f"shared prefix once {'on' if args.share_prefix else 'off'}"
-          + (" (peaks include what the heap keeps)" if args.cpu_memory == "fast" else ""))
+          + (" (peaks include what the heap keeps)" if args.cpu_memory == "fast" else "")
+          + f"; step s and tokens/s: {after}" + (f", fastest of {args.repeats} repeats" if args.repeats > 1 else ""))
     print(f"{'mode':<14}{'step s':>9}{'tokens/s':>11}{'speedup':>9}{'efficiency':>12}{'loss':>9}   "
           "peak GiB per rank (above baseline | planner)")
     for r in rows:
-        speed = r["tokens_per_s"] / base
+        ratio = speed(r) / base
         plan = planned_peaks(r["config"], r["n"], args.max_seq_len, r["shared_prefix"])
         per = ", ".join(f"{p / 2**30:.2f} ({(p - baseline) / 2**30:.2f} | {q / 2**30:.2f})"
                         for p, q in zip(r["peaks"], plan))
-        print(f"{r['mode']:<14}{r['step_s']:>9.3f}{r['tokens_per_s']:>11.1f}{speed:>8.2f}x{speed / r['n']:>12.2f}"
+        step_s = r["step_s"] if r["steady_step_s"] is None else r["steady_step_s"]
+        print(f"{r['mode']:<14}{step_s:>9.3f}{speed(r):>11.1f}{ratio:>8.2f}x{ratio / r['n']:>12.2f}"
               f"{r['final_loss']:>9.4f}   {per}")
     single = rows[0]
     lines, figures = [], {}   # the summary lines, printed after the results file is named
@@ -205,21 +245,24 @@ def main(argv=None) -> int:
         err = max(abs(q - (p - baseline)) / (p - baseline) for p, q in zip(pipe["peaks"], plan_pipe))
         lines.append(f"pipeline x{args.nproc} per-rank peak above baseline / single: {above:.2f} (planner "
                      f"{max(plan_pipe) / max(plan_single):.2f}; planner per stage within {err:.0%} of the measured)")
-        efficiency = pipe["tokens_per_s"] / base / args.nproc
-        figures.update(pipeline_efficiency=efficiency,
+        efficiency = speed(pipe) / base / args.nproc
+        whole = speed(pipe, whole=True) / base_whole / args.nproc
+        figures.update(pipeline_efficiency=efficiency, pipeline_efficiency_whole_run=whole,
                        pipeline_bubble=pipeline_bubble(args.nproc, args.micro_batches), pipeline_peak_ratio=measured,
                        pipeline_peak_ratio_above_baseline=above, planner_stage_error=err)
     if "ddp" in modes:
-        ddp = next(r for r in rows if r["kind"] == "ddp")["tokens_per_s"]
-        full = rows[-1]["tokens_per_s"]
+        ddp_row = next(r for r in rows if r["kind"] == "ddp")
+        ddp, full = speed(ddp_row), speed(rows[-1])
         lines.append(f"ddp x{args.nproc} vs single on all {cores} cores: {ddp / full:.2f}x")
-        figures.update(ddp_efficiency=ddp / base / args.nproc, ddp_vs_single_all_cores=ddp / full)
+        figures.update(ddp_efficiency=ddp / base / args.nproc, ddp_vs_single_all_cores=ddp / full,
+                       ddp_efficiency_whole_run=speed(ddp_row, whole=True) / base_whole / args.nproc)
     if "pipeline" in modes:
         lines.append(schedule_bound(args.nproc, args.micro_batches, args.schedule, efficiency))
-        lines.append(f"pipeline efficiency: {efficiency:.2f}")
+        lines.append(f"pipeline efficiency: {efficiency:.2f}" + whole_text(after, whole))
         lines.append(f"pipeline x{args.nproc} per-rank peak / single peak: {measured:.2f}")
     if "ddp" in modes:
-        lines.append(f"ddp efficiency: {figures['ddp_efficiency']:.2f}")
+        lines.append(f"ddp efficiency: {figures['ddp_efficiency']:.2f}"
+                     + whole_text(after, figures["ddp_efficiency_whole_run"]))
     doc = write_results(args, rows, baseline, figures, cores, commit)
     print(f"results: {args.json} (commit {doc['run_info']['git_commit']})")
     print("\n".join(lines))
