@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BACKENDS = ("inductor", "eager")   # eager: dynamo traces, nothing is generated (the tests' fast path)
+SCORE_BATCH = 8                    # evaluate's default batch
 
 
 class StepClock:
@@ -65,12 +66,13 @@ def compile_layers(model, backend: str) -> int:
     return len(layers)
 
 
-def pays_after(first_extra: float, eager_each: float, compiled_each: float) -> float | None:
-    """Steps (or prompts) after which the compiled run has caught up with the eager one; None if never."""
+def pays_after(first_extra: float, eager_each: float, compiled_each: float, first_units: int = 1) -> float | None:
+    """Steps (or prompts) after which the compiled run has caught up with the eager one; None if never.
+    first_extra: how much longer the compiled run's first step (call) took; it covered first_units of work."""
     saved = eager_each - compiled_each
     if saved <= 0:
         return None
-    return max(first_extra, 0.0) / saved
+    return first_units + max(first_extra, 0.0) / saved
 
 
 def _pays_text(n: float | None, unit: str) -> str:
@@ -98,27 +100,39 @@ def train_run(a, dropout: float, compiled: bool, out: Path) -> dict:
                     log=lambda *x, **k: None)
     steady = clock.times[1:]
     return dict(first_step_s=clock.times[0], steady_median_s=statistics.median(steady), step_s=clock.times,
-                losses=[loss for _, loss in r["train_info"]["loss_curve"]], amp_dtype=r["train_info"]["amp_dtype"])
+                losses=[loss for _, loss in r["train_info"]["loss_curve"]], amp_dtype=r["train_info"]["amp_dtype"],
+                graphs=compiled_graphs())
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo compiled in this process (0: nothing was compiled, e.g. everything fell back to eager)."""
+    import torch._dynamo.utils
+
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
 def score_run(a, compiled: bool) -> dict:
     import numpy as np
 
-    from finlora_utils import data, models, scoring
+    from finlora_utils import data, models, prepack, scoring
 
     model, tok = models.load_model(a.model, precision=a.score_precision)
     models.contiguous_head(model)
     rows = data.load_task(a.task, split="test", max_samples=a.n, seed=a.seed)
     prompts, labels = [r["context"] for r in rows], data.get_task(a.task).labels
+    # the layout the eager call computes with (score_labels prepacks only where the call repays it)
+    layout = prepack.decide(model, forwards=-(-len(prompts) // SCORE_BATCH)) if not compiled else {}
     if compiled:
         model.model.compile(dynamic=True, backend=a.backend)
     calls = []
     for _ in range(2):
         t0 = time.perf_counter()
-        sc = scoring.score_labels(model, tok, prompts, labels, prepack=False if compiled else None)
+        sc = scoring.score_labels(model, tok, prompts, labels, batch_size=SCORE_BATCH,
+                                  prepack=False if compiled else None)
         calls.append(time.perf_counter() - t0)
     return dict(first_call_s=calls[0], second_call_s=calls[1], prompts=len(prompts),
-                predictions=[labels[j] for j in np.argmax(sc, axis=1)])
+                predictions=[labels[j] for j in np.argmax(sc, axis=1)], graphs=compiled_graphs(),
+                prepacked_layers=layout.get("layers", 0), plain_layout_why=layout.get("why", "compiled"))
 
 
 def _child(a) -> int:
@@ -133,10 +147,25 @@ def _child(a) -> int:
 def _spawn(case: str, argv: list[str], timeout: float) -> dict:
     """Run one case in a fresh process with its own empty compiler cache (a cold compile, as a first run's)."""
     with tempfile.TemporaryDirectory(prefix="finlora-compile-") as tmp:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp, "inductor")))
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp, "inductor")),
+                   TRITON_CACHE_DIR=str(Path(tmp, "triton")))   # a GPU's kernels: cold as well
         cmd = [sys.executable, __file__, *argv, "--case", case, "--out", tmp]
-        subprocess.run(cmd, check=True, env=env, timeout=timeout)
+        try:
+            subprocess.run(cmd, check=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchCaseError(f"case {case}: no result within --timeout={timeout:g} s") from None
+        except subprocess.CalledProcessError as e:   # the case printed its own error
+            raise BenchCaseError(f"case {case} failed (exit {e.returncode}); its error is above",
+                                 e.returncode) from None
         return json.loads(Path(tmp, "case.json").read_text())
+
+
+class BenchCaseError(Exception):
+    """A case's process failed or timed out; main turns it into one error line and the case's exit code."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 def main(argv=None) -> int:
@@ -185,39 +214,21 @@ def main(argv=None) -> int:
                     f"{', '.join(models.PRECISIONS)}")
     import torch
 
-    from finlora_utils import hardware
+    from finlora_utils import data as data_module, hardware
     from finlora_utils.data import data_source
     from finlora_utils.data.hashes import file_hashes
 
+    try:
+        data_module.get_task(a.task)
+    except ValueError as e:
+        p.error(f"--task: {e}")
     print(f"machine: {results.environment()['hardware']['cpu']}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, backend {a.backend}" + hardware.caps_text(), flush=True)
-    summary, trains = [], {}
-    for d in dropouts:
-        eager, comp = (_spawn(f"train:{d}:{c}", argv, a.timeout) for c in (0, 1))
-        ratio = eager["steady_median_s"] / comp["steady_median_s"]
-        extra = comp["first_step_s"] - eager["first_step_s"]
-        n = pays_after(extra, eager["steady_median_s"], comp["steady_median_s"])
-        loss_diff = max(abs(x - y) for x, y in zip(eager["losses"], comp["losses"]))
-        trains[str(d)] = dict(eager=eager, compiled=comp, ratio=ratio, first_step_extra_s=extra,
-                              pays_after_steps=n, max_loss_difference=loss_diff)
-        print(f"train {a.precision} (amp {eager['amp_dtype']}), dropout {d}: first step "
-              f"{eager['first_step_s']:.1f} s eager / {comp['first_step_s']:.1f} s compiled, median of the other "
-              f"{a.steps - 1} {eager['steady_median_s']:.3f} / {comp['steady_median_s']:.3f} s, "
-              f"losses differ by at most {loss_diff:.2e}", flush=True)
-        summary.append(f"compile vs eager, train dropout {d:g}: {ratio:.2f}x per step, first step "
-                       f"{extra:+.1f} s, pays after {_pays_text(n, 'steps')}")
-    eager, comp = (_spawn(f"score:{c}", argv, a.timeout) for c in (0, 1))
-    each_e, each_c = eager["second_call_s"] / eager["prompts"], comp["second_call_s"] / comp["prompts"]
-    extra = comp["first_call_s"] - eager["first_call_s"]
-    n = pays_after(extra, each_e, each_c)
-    same = sum(x == y for x, y in zip(eager["predictions"], comp["predictions"]))
-    score = dict(eager=eager, compiled=comp, ratio=each_e / each_c, first_call_extra_s=extra, pays_after_prompts=n,
-                 same_predictions=same)
-    print(f"score {eager['prompts']} prompts: first call {eager['first_call_s']:.1f} s eager (prepacked) / "
-          f"{comp['first_call_s']:.1f} s compiled, second {eager['second_call_s']:.2f} / "
-          f"{comp['second_call_s']:.2f} s; {same} of {eager['prompts']} predictions the same")
-    summary.append(f"compile vs eager, score: {each_e / each_c:.2f}x per prompt, first call {extra:+.1f} s, "
-                   f"pays after {_pays_text(n, 'prompts')}")
+    try:
+        trains, score, summary = run_cases(a, dropouts, argv)
+    except BenchCaseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
     from finlora_utils.paths import reports_dir
 
     out = Path(a.json) if a.json else reports_dir() / "bench" / "compile_gain.json"
@@ -232,6 +243,39 @@ def main(argv=None) -> int:
     print(f"\nresults: {out} (commit {doc['run_info']['git_commit']})")
     print("\n".join(summary))
     return 0
+
+
+def run_cases(a, dropouts: list[float], argv: list[str]) -> tuple[dict, dict, list[str]]:
+    """Every case, each in its own process: (training per dropout, scoring, the summary lines)."""
+    summary, trains = [], {}
+    for d in dropouts:
+        eager, comp = (_spawn(f"train:{d}:{c}", argv, a.timeout) for c in (0, 1))
+        ratio = eager["steady_median_s"] / comp["steady_median_s"]
+        extra = comp["first_step_s"] - eager["first_step_s"]
+        n = pays_after(extra, eager["steady_median_s"], comp["steady_median_s"], 1)
+        loss_diff = max(abs(x - y) for x, y in zip(eager["losses"], comp["losses"]))
+        trains[str(d)] = dict(eager=eager, compiled=comp, ratio=ratio, first_step_extra_s=extra,
+                              pays_after_steps=n, max_loss_difference=loss_diff)
+        print(f"train {a.precision} (amp {eager['amp_dtype']}), dropout {d}: first step "
+              f"{eager['first_step_s']:.1f} s eager / {comp['first_step_s']:.1f} s compiled, median of the other "
+              f"{a.steps - 1} {eager['steady_median_s']:.3f} / {comp['steady_median_s']:.3f} s, "
+              f"losses differ by at most {loss_diff:.2e}", flush=True)
+        summary.append(f"compile vs eager, train dropout {d:g}: {ratio:.2f}x per step, first step "
+                       f"{extra:+.1f} s, pays after {_pays_text(n, 'steps')}")
+    eager, comp = (_spawn(f"score:{c}", argv, a.timeout) for c in (0, 1))
+    each_e, each_c = eager["second_call_s"] / eager["prompts"], comp["second_call_s"] / comp["prompts"]
+    extra = comp["first_call_s"] - eager["first_call_s"]
+    n = pays_after(extra, each_e, each_c, eager["prompts"])
+    same = sum(x == y for x, y in zip(eager["predictions"], comp["predictions"]))
+    score = dict(eager=eager, compiled=comp, ratio=each_e / each_c, first_call_extra_s=extra, pays_after_prompts=n,
+                 same_predictions=same)
+    layout = ("prepacked" if eager["prepacked_layers"] else f"plain layout: {eager['plain_layout_why']}")
+    print(f"score {eager['prompts']} prompts: first call {eager['first_call_s']:.1f} s eager ({layout}) / "
+          f"{comp['first_call_s']:.1f} s compiled, second {eager['second_call_s']:.2f} / "
+          f"{comp['second_call_s']:.2f} s; {same} of {eager['prompts']} predictions the same")
+    summary.append(f"compile vs eager, score: {each_e / each_c:.2f}x per prompt, first call {extra:+.1f} s, "
+                   f"pays after {_pays_text(n, 'prompts')}")
+    return trains, score, summary
 
 
 if __name__ == "__main__":

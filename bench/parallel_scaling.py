@@ -23,9 +23,10 @@ baseline (python, torch and the libraries, measured in a bare process and shown)
 dominate. Beside it the memory planner's prediction per stage; the planner leaves the baseline out, so it is
 compared with the peak above the baseline. `--model random:<shipped config>` (e.g. random:smollm2-1.7b)
 trains a random-weights model of that shape, written once to the cache: for memory only, where the weights
-dominate. The last line is `ddp efficiency: X.XX` when DDP ran, else the memory ratio. The figures, every row and
-how they were made (config, commit, machine, data and base-model provenance) go to a results file
-(reports/bench/parallel_scaling.json; --json PATH), named on the line before the summary lines.
+dominate. The last line is `ddp efficiency: X.XX (steps 2-N; whole run Y.YY)` when DDP ran, else the memory
+ratio. The figures, every row and how they were made (config, commit, machine, data and base-model provenance)
+go to a results file (reports/bench/parallel_scaling.json; --json PATH), named on the line before the summary
+lines.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def fastest(runs: list[dict]) -> dict:
     """The repeat of one mode that counts: the fastest (a shared machine's slow repeats are other load), with
     every repeat's speed and peaks kept beside it."""
     best = max(runs, key=speed)
-    return dict(best, repeats=[dict(tokens_per_s=speed(r), whole_run_tokens_per_s=r["tokens_per_s"],
+    return dict(best, repeats=[dict(steady_tokens_per_s=r["steady_tokens_per_s"], tokens_per_s=r["tokens_per_s"],
                                     peaks=r["peaks"]) for r in runs])
 
 
@@ -172,7 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b"))
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="runs of every mode, interleaved; the fastest of each counts (its peaks too)")
+                    help="runs of every mode, interleaved; the fastest of each after its first step counts, "
+                         "with that run's whole-run figure and peaks")
     ap.add_argument("--verbose", action="store_true", help="stream the ranks' output")
     ap.add_argument("--modes", default="none,ddp,pipeline", help="which of none, ddp, pipeline to run")
     ap.add_argument("--pipeline-split", default="memory", choices=("memory", "even"),

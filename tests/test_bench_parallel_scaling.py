@@ -69,6 +69,7 @@ def test_steady_figures_leave_out_the_first_step_and_the_fastest_repeat_counts()
     slow, fast = dict(tokens_per_s=40.0, steady_tokens_per_s=50.0, peaks=[1]), \
         dict(tokens_per_s=30.0, steady_tokens_per_s=60.0, peaks=[2])
     best = bench.fastest([slow, fast])
-    assert best["peaks"] == [2] and [r["tokens_per_s"] for r in best["repeats"]] == [50.0, 60.0]
+    assert best["peaks"] == [2] and [r["steady_tokens_per_s"] for r in best["repeats"]] == [50.0, 60.0]
+    assert [r["tokens_per_s"] for r in best["repeats"]] == [40.0, 30.0]   # each repeat's whole run beside it
     one_step = dict(tokens_per_s=30.0, steady_tokens_per_s=None, peaks=[3])
     assert bench.speed(one_step) == 30.0 and bench.speed(fast, whole=True) == 30.0
