@@ -282,6 +282,26 @@ class StageRunner:
         self.cache: dict = {}
         self.n_targets = 1      # target tokens of the whole optimizer step: the loss normaliser
         self.losses: list = []  # last stage: per-chunk losses of the current step
+        # (input dtype, input requires_grad, output dtype) of a chunk, seen on the stage's first forward. A
+        # PipelineStage given no example tensors infers them by running a real forward and backward of one chunk
+        # (torch 2.13), once per stage object, so once per new shape; with these the later shapes are static.
+        self.metas: tuple | None = None
+        self._watch = module.register_forward_hook(self._observe)
+
+    def _observe(self, module, args, out) -> None:
+        self.metas = (args[0].dtype, args[0].requires_grad, out.dtype)
+        self._watch.remove()
+
+    def _examples(self, chunks: int, shape: tuple) -> dict:
+        """PipelineStage's input_args / output_args for one chunk of a micro-batch of `shape` (meta tensors:
+        shapes and dtypes only), or {} before the first forward has shown the dtypes."""
+        if self.metas is None:
+            return {}
+        x_dtype, x_grad, y_dtype = self.metas
+        rows, length, hidden = shape[0] // chunks, shape[1], self.module.inner.config.hidden_size
+        x = torch.empty((rows, length) if self.module.first else (rows, length, hidden), dtype=x_dtype, device="meta")
+        y = torch.empty((rows, length, hidden), dtype=y_dtype, device="meta")
+        return dict(input_args=x.requires_grad_(x_grad), output_args=y.requires_grad_(True))
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Label-only logits as train.loss_fn: lm_head only where the next token carries a label
@@ -296,7 +316,7 @@ class StageRunner:
 
         key = (chunks, *shape)
         if key not in self.cache:
-            stage = PipelineStage(self.module, self.rank, self.world, self.device)
+            stage = PipelineStage(self.module, self.rank, self.world, self.device, **self._examples(chunks, shape))
             # 1F1B needs at least one chunk per stage; a smaller (last) batch runs GPipe, same numbers
             cls = Schedule1F1B if self.schedule == "1f1b" and chunks >= self.world else ScheduleGPipe
             # scale_grads=False: _loss already divides by the step's target tokens, like train_step
