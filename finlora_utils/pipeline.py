@@ -11,7 +11,9 @@ memory planner.
 gathers every stage's LoRA tensors and saves one standard PEFT adapter.
 
 Shapes: a PipelineStage fixes its activation shapes at its first step, so every step pads its
-micro-batches to one length rounded up to PAD_MULTIPLE, and keeps one stage + schedule per shape.
+micro-batches to one length rounded up to PAD_MULTIPLE, and keeps one stage + schedule per shape. The first
+stage object infers its shapes (torch runs a real forward and backward of one chunk to do so); the later ones are
+given them, built from that chunk's dtypes (StageRunner), or every new length would cost a chunk's work again.
 Where the examples share a prompt prefix (TrainConfig.share_prefix, as in train.py), each pipeline chunk is
 one packed sequence (shared_prefix.pack), every chunk of a batch in the same layout, so the schedule's split
 along dim 0 hands each chunk its own packed row; the layout travels on the stage modules, not between them.
