@@ -874,11 +874,13 @@ def main(argv=None) -> int:
         kw["parallel"] = "ddp"
     try:
         if a.fit is not None:
+            if kw["parallel"] == "pipeline" and a.batch < a.micro_batches:   # a batch can't be split finer than it is
+                kw["batch"] = a.micro_batches
             s = max_seq_len_that_fits(a.fit, a.model, **kw)
             b = max_batch_that_fits(a.fit, a.model, seq_len=a.seq_len, **{k: v for k, v in kw.items() if k != "batch"})
-            out = {"gpu_gib": a.fit, "max_seq_len": s, "at_batch": a.batch, "max_batch": b, "at_seq_len": a.seq_len}
+            out = {"gpu_gib": a.fit, "max_seq_len": s, "at_batch": kw["batch"], "max_batch": b, "at_seq_len": a.seq_len}
             print(json.dumps(out) if a.json else
-                  f"{a.fit:g} GiB: max seq len {s} at batch {a.batch}; max batch {b} at seq len {a.seq_len}")
+                  f"{a.fit:g} GiB: max seq len {s} at batch {kw['batch']}; max batch {b} at seq len {a.seq_len}")
             return 0
         p = plan(a.model, seq_len=a.seq_len, **kw)
     except (ConfigError, ValueError) as err:

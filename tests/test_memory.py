@@ -202,6 +202,10 @@ def test_cli_json_and_fit():
     assert fit.returncode == 0, fit.stderr
     assert re.fullmatch(r"24 GiB: max seq len \d+ at batch 8; max batch (\d+) at seq len 512\n", fit.stdout)
     assert int(fit.stdout.split("max batch ")[1].split()[0]) % 4 == 0
+    # without --batch the seq-len search runs at one row per micro-batch, the smallest batch a pipeline splits
+    bare = _cli("--model", "llama-3.1-8b", "--gpus", "2", "--parallel", "pipeline", "--micro-batches", "4",
+                "--fit", "24")
+    assert bare.returncode == 0 and " at batch 4; max batch " in bare.stdout, bare.stderr
 
 
 @pytest.mark.parametrize("args,start", [
