@@ -284,14 +284,15 @@ class StageRunner:
         self.cache: dict = {}
         self.n_targets = 1      # target tokens of the whole optimizer step: the loss normaliser
         self.losses: list = []  # last stage: per-chunk losses of the current step
-        # (input dtype, input requires_grad, output dtype) of a chunk, seen on the stage's first forward. A
-        # PipelineStage given no example tensors infers them by running a real forward and backward of one chunk
-        # (torch 2.13), once per stage object, so once per new shape; with these the later shapes are static.
+        # (input dtype, input requires_grad, output dtype, output requires_grad) of a chunk, seen on the stage's
+        # first forward. A PipelineStage given no example tensors infers them by running a real forward and
+        # backward of one chunk (torch 2.13), once per stage object, so once per new shape; with these the later
+        # shapes are static.
         self.metas: tuple | None = None
         self._watch = module.register_forward_hook(self._observe)
 
     def _observe(self, module, args, out) -> None:
-        self.metas = (args[0].dtype, args[0].requires_grad, out.dtype)
+        self.metas = (args[0].dtype, args[0].requires_grad, out.dtype, out.requires_grad)
         self._watch.remove()
 
     def _examples(self, chunks: int, shape: tuple) -> dict:
@@ -299,11 +300,11 @@ class StageRunner:
         shapes and dtypes only), or {} before the first forward has shown the dtypes."""
         if self.metas is None:
             return {}
-        x_dtype, x_grad, y_dtype = self.metas
+        x_dtype, x_grad, y_dtype, y_grad = self.metas
         rows, length, hidden = shape[0] // chunks, shape[1], self.module.inner.config.hidden_size
         x = torch.empty((rows, length) if self.module.first else (rows, length, hidden), dtype=x_dtype, device="meta")
         y = torch.empty((rows, length, hidden), dtype=y_dtype, device="meta")
-        return dict(input_args=x.requires_grad_(x_grad), output_args=y.requires_grad_(True))
+        return dict(input_args=x.requires_grad_(x_grad), output_args=y.requires_grad_(y_grad))
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Label-only logits as train.loss_fn: lm_head only where the next token carries a label
