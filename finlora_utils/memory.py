@@ -842,7 +842,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--targets", default="q_proj,k_proj,v_proj",
                    help="LoRA target modules, comma-separated (all-linear: every projection)")
     e.add_argument("--seq-len", type=int, default=512, help="padded tokens per example")
-    e.add_argument("--batch", type=int, default=1, help="examples per step (per rank under DDP)")
+    e.add_argument("--batch", type=int, default=None,
+                   help="examples per step (per rank under DDP); default 1, or one per micro-batch for a "
+                        "pipeline's --fit")
     e.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
     e.add_argument("--label-only-logits", action="store_true",
                    help="the LM head only at label positions (the kit's training), not every position")
@@ -866,6 +868,8 @@ def _parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
+    if a.batch is None:   # a pipeline's batch splits into its micro-batches, so --fit searches from one row each
+        a.batch = a.micro_batches if a.fit is not None and a.parallel == "pipeline" else 1
     kw = dict(bits=a.bits, rank=a.rank, targets=a.targets, batch=a.batch, grad_checkpointing=a.grad_checkpointing,
               label_only_logits=a.label_only_logits, gpus=a.gpus, parallel=a.parallel, optimizer=a.optimizer,
               variant=a.variant, double_quant=a.double_quant, zero1=a.zero1, device=a.device,
@@ -874,13 +878,11 @@ def main(argv=None) -> int:
         kw["parallel"] = "ddp"
     try:
         if a.fit is not None:
-            if kw["parallel"] == "pipeline" and a.batch < a.micro_batches:   # a batch can't be split finer than it is
-                kw["batch"] = a.micro_batches
             s = max_seq_len_that_fits(a.fit, a.model, **kw)
             b = max_batch_that_fits(a.fit, a.model, seq_len=a.seq_len, **{k: v for k, v in kw.items() if k != "batch"})
-            out = {"gpu_gib": a.fit, "max_seq_len": s, "at_batch": kw["batch"], "max_batch": b, "at_seq_len": a.seq_len}
+            out = {"gpu_gib": a.fit, "max_seq_len": s, "at_batch": a.batch, "max_batch": b, "at_seq_len": a.seq_len}
             print(json.dumps(out) if a.json else
-                  f"{a.fit:g} GiB: max seq len {s} at batch {kw['batch']}; max batch {b} at seq len {a.seq_len}")
+                  f"{a.fit:g} GiB: max seq len {s} at batch {a.batch}; max batch {b} at seq len {a.seq_len}")
             return 0
         p = plan(a.model, seq_len=a.seq_len, **kw)
     except (ConfigError, ValueError) as err:

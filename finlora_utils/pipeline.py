@@ -12,8 +12,9 @@ gathers every stage's LoRA tensors and saves one standard PEFT adapter.
 
 Shapes: a PipelineStage fixes its activation shapes at its first step, so every step pads its
 micro-batches to one length rounded up to PAD_MULTIPLE, and keeps one stage + schedule per shape. The first
-stage object infers its shapes (torch runs a real forward and backward of one chunk to do so); the later ones are
-given them, built from that chunk's dtypes (StageRunner), or every new length would cost a chunk's work again.
+stage object built infers its shapes (torch runs a real forward and an input-gradient backward of one chunk to do
+so); the later ones are given them, built from that chunk's dtypes (StageRunner), or every new length would cost
+about a chunk's work again.
 Where the examples share a prompt prefix (TrainConfig.share_prefix, as in train.py), each pipeline chunk is
 one packed sequence (shared_prefix.pack), every chunk of a batch in the same layout, so the schedule's split
 along dim 0 hands each chunk its own packed row; the layout travels on the stage modules, not between them.
@@ -292,6 +293,8 @@ class StageRunner:
         self._watch = module.register_forward_hook(self._observe)
 
     def _observe(self, module, args, out) -> None:
+        if not torch.is_grad_enabled():   # a no-grad call (a check by hand) shows no gradient to send back
+            return
         self.metas = (args[0].dtype, args[0].requires_grad, out.dtype, out.requires_grad)
         self._watch.remove()
 
