@@ -9,6 +9,7 @@ an adapter entry by 2 * lr; nf4 runs are therefore compared on losses, fp32 runs
 LoRA dropout is 0 so that no random mask depends on the layout.
 """
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -281,8 +282,6 @@ def _stage_run(tmp_path: Path, mode: str) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    import json
-
     found = [json.loads(line.split("RESULT", 1)[1]) for line in out.stdout.splitlines() if "RESULT" in line]
     return sorted(found, key=lambda r: r["rank"])
 
