@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from finlora_utils import parallel  # noqa: E402
-from finlora_utils.config import LoraSettings, TrainConfig  # noqa: E402
+from finlora_utils.config import ConfigError, LoraSettings, TrainConfig  # noqa: E402
 from finlora_utils.flops import pipeline_bubble  # noqa: E402
 
 
@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="global batch (per step, all ranks together)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--max-seq-len", type=int, default=128)
-    ap.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches per batch")
+    ap.add_argument("--micro-batches", type=int, default=0,
+                    help="pipeline micro-batches per batch; 0 (default): the kit chooses (finlora_utils.microbatch)")
     ap.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b"))
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
     ap.add_argument("--repeats", type=int, default=1,
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
     if "none" not in modes or not set(modes) <= {"none", "ddp", "pipeline"}:
         ap.error(f"--modes={args.modes!r}: expected none plus any of ddp, pipeline")
     for name in ("nproc", "batch_size", "steps", "micro_batches", "rank", "repeats"):
-        low = 2 if name == "nproc" else 1   # nproc: ranks beside the single process, so at least 2
+        low = {"nproc": 2, "micro_batches": 0}.get(name, 1)   # nproc: ranks beside the single process
         if getattr(args, name) < low:
             ap.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= {low}")
     if args.timeout <= 0:
@@ -206,6 +207,22 @@ def main(argv=None) -> int:
     from finlora_utils.models import bench_model_path
 
     args.model_path = bench_model_path(args.model)
+    args.micro_batch_choice = None
+    if "pipeline" in modes and args.micro_batches == 0:   # what a pipeline run with micro_batches=0 trains with
+        from finlora_utils import pipeline
+
+        try:
+            cfg, args.micro_batch_choice = pipeline.sized(config_for("pipeline", args, Path("."), "size"), args.nproc,
+                                                          "cpu")
+        except ConfigError as e:
+            ap.error(str(e))
+        args.micro_batches = cfg.micro_batches
+        c = args.micro_batch_choice
+        print(f"micro-batches: {c['micro_batches']}, chosen by the kit: predicted pipeline efficiency "
+              f"{c['predicted_efficiency']:.2f} (" + ", ".join(f"{x['micro_batches']}: {x['predicted_efficiency']:.2f}"
+                                                            for x in c["candidates"]) + ")")
+    elif args.micro_batches == 0:
+        args.micro_batches = 1   # no pipeline runs: the count is never used
     cores = os.cpu_count() or 1
     share = max(1, cores // args.nproc)
     runs = [("none", share, f"single/{share}t")] + [(m, share, f"{m[:4]} x{args.nproc}") for m in modes if m != "none"]
@@ -260,6 +277,9 @@ def main(argv=None) -> int:
                        ddp_efficiency_whole_run=speed(ddp_row, whole=True) / base_whole / args.nproc)
     if "pipeline" in modes:
         lines.append(schedule_bound(args.nproc, args.micro_batches, args.schedule, efficiency))
+        if args.micro_batch_choice:
+            lines.append(f"micro-batches chosen by the kit: {args.micro_batches} (predicted pipeline efficiency "
+                         f"{args.micro_batch_choice['predicted_efficiency']:.2f}, measured {efficiency:.2f})")
         lines.append(f"pipeline efficiency: {efficiency:.2f}" + whole_text(after, whole))
         lines.append(f"pipeline x{args.nproc} per-rank peak / single peak: {measured:.2f}")
     if "ddp" in modes:

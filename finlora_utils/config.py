@@ -192,7 +192,7 @@ class TrainConfig:
     output_dir: str = DEFAULT_OUTPUT_DIR   # the checkout's reports/runs (FINLORA_REPORTS_DIR/runs), not ./reports
     parallel: str = "none"
     nproc: int = 1
-    micro_batches: int = 2
+    micro_batches: int = 2             # pipeline only; 0: the kit chooses (finlora_utils.microbatch)
     schedule: str = "gpipe"            # gpipe | 1f1b (pipeline only)
     # pipeline only: layers per stage balanced by the planner's memory (the most loaded stage as light as it
     # can be) or even (the same layers per stage: faster where memory is not the limit). No effect on the adapter.
@@ -261,7 +261,8 @@ class TrainConfig:
         _check(self.log_every >= 1, "log_every", self.log_every, ">= 1")
         _check(self.parallel in PARALLEL, "parallel", self.parallel, f"one of {', '.join(PARALLEL)}")
         _check(self.nproc >= 1, "nproc", self.nproc, ">= 1")
-        _check(self.micro_batches >= 1, "micro_batches", self.micro_batches, ">= 1")
+        _check(isinstance(self.micro_batches, int) and self.micro_batches >= 0, "micro_batches", self.micro_batches,
+               ">= 1, or 0 for the kit to choose (pipeline)")
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, " or ".join(SCHEDULES))
         _check(self.pipeline_split in PIPELINE_SPLITS, "pipeline_split", self.pipeline_split,
                f"one of {', '.join(PIPELINE_SPLITS)}")

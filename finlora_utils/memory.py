@@ -35,7 +35,7 @@ from .config import (CPU_MEMORY_MODES, PARALLEL, PIPELINE_SPLITS, PRECISION, SCH
                      LoraSettings, paper_settings)
 from . import arch as _arch
 from .errors import cli_entry
-from . import hardware
+from . import hardware, microbatch
 from . import lora as _lora
 
 GIB = 2 ** 30
@@ -496,12 +496,19 @@ def run_plan(config: dict, shape: dict, model=None) -> Plan:
                 label_tokens=int(shape.get("label_tokens", 16)), optimizer=config.get("optimizer", "adamw"),
                 double_quant=bool(config.get("double_quant")), device=shape.get("device", "cpu"),
                 math_attention=bool(shape.get("math_attention")), gpus=gpus, parallel=parallel,
-                micro_batches=int(config.get("micro_batches", 1)) if parallel == "pipeline" else 1,
+                micro_batches=_micro_batches(config, int(shape["batch"]), gpus, shape.get("device", "cpu"))
+                if parallel == "pipeline" else 1,
                 schedule=config.get("schedule", "gpipe") if parallel == "pipeline" else "gpipe",
                 warm_process=bool(shape.get("warm_process")),
                 new_shapes=None if shape.get("new_shapes") is None else float(shape["new_shapes"]),
                 balance=config.get("pipeline_split", "memory") if parallel == "pipeline" else "memory",
                 shared_prefix=int(shape.get("shared_prefix", 0)), **kw)
+
+
+def _micro_batches(config: dict, batch: int, gpus: int, device: str) -> int:
+    """The config's pipeline micro-batch count; 0 (the kit chooses) as finlora_utils.microbatch chooses it."""
+    m = int(config.get("micro_batches", 1))
+    return m or microbatch.choose(batch, gpus, config.get("schedule", "gpipe"), device).micro_batches
 
 
 def _largest(fn, lo: int, hi: int) -> int:
@@ -850,7 +857,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the LM head only at label positions (the kit's training), not every position")
     e.add_argument("--gpus", type=int, default=1, help="devices (ranks); > 1 without --parallel means ddp")
     e.add_argument("--parallel", default="none", choices=PARALLEL)
-    e.add_argument("--micro-batches", type=int, default=1, help="pipeline micro-batches per batch")
+    e.add_argument("--micro-batches", type=int, default=1,
+                   help="pipeline micro-batches per batch; 0: the count a run with micro_batches=0 takes "
+                        "(finlora_utils.microbatch), shown with its predicted efficiency")
     e.add_argument("--schedule", default="gpipe", choices=SCHEDULES,
                    help="pipeline schedule: gpipe keeps every micro-batch's activations in flight, 1f1b at most "
                         "(stages - s) on stage s")
@@ -868,6 +877,13 @@ def _parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
+    chosen = None
+    if a.micro_batches == 0 and a.parallel == "pipeline":
+        if a.fit is not None:
+            raise ConfigError("micro_batches=0: expected a count >= 1 with --fit (the search starts from one row "
+                              "per micro-batch)")
+        chosen = microbatch.choose(a.batch or 1, a.gpus, a.schedule, a.device)
+        a.micro_batches = chosen.micro_batches
     if a.batch is None:   # a pipeline's batch splits into its micro-batches, so --fit searches from one row each
         a.batch = a.micro_batches if a.fit is not None and a.parallel == "pipeline" else 1
     kw = dict(bits=a.bits, rank=a.rank, targets=a.targets, batch=a.batch, grad_checkpointing=a.grad_checkpointing,
@@ -888,7 +904,14 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(p.to_dict(), default=list) if a.json else p.table())
+    if a.json:
+        print(json.dumps(dict(p.to_dict(), **({"micro_batch_choice": chosen.as_dict()} if chosen else {})),
+                         default=list))
+        return 0
+    if chosen:
+        print(f"micro-batches: {chosen.micro_batches}, chosen by the kit: predicted pipeline efficiency "
+              f"{chosen.efficiency:.2f} ({chosen.reason})")
+    print(p.table())
     return 0
 
 

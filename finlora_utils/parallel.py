@@ -409,6 +409,7 @@ def _run_rank(config: TrainConfig, preset: str | None, results_dir: str | None, 
 
             result = pipeline.train_pipeline(config, rank, world, device, preset=preset, results_dir=results_dir,
                                              force=force, log=log, on_step=monitor)
+            config, _ = pipeline.sized(config, world, device)   # the count it trained with (micro_batches=0)
             where = dict(layers=pipeline.stage_layers(config, rank, world, device.type), stage=rank)
         else:
             result = _train_replica(config, rank, world, device, preset, results_dir, force, log, monitor)

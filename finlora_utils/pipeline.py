@@ -22,6 +22,8 @@ along dim 0 hands each chunk its own packed row; the layout travels on the stage
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -29,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from . import shared_prefix
+from . import microbatch, shared_prefix
 from .config import PRECISION, ConfigError, TrainConfig
 from .engine import Built, longest, run
 from .tokenization import IGNORE, collate, padded_length
@@ -40,6 +42,22 @@ PAD_MULTIPLE = 16   # pad sequence length up to a multiple of this: few distinct
 
 
 # ---------------------------------------------------------------- the split
+
+def _plan(config: TrainConfig, n_stages: int, device: str):
+    """The memory planner's pipeline plan for this config (None when the planner does not know the model)."""
+    from . import memory
+
+    prec = PRECISION[config.precision]
+    try:
+        return memory.plan(model=_config_source(config.model), bits=prec.planner_bits, rank=config.lora.rank,
+                           targets=config.lora.targets, seq_len=config.max_seq_len,
+                           batch=max(config.batch_size, config.micro_batches), gpus=n_stages,
+                           parallel="pipeline", micro_batches=min(config.micro_batches, config.batch_size),
+                           schedule=config.schedule, device=device, balance=config.pipeline_split,
+                           label_only_logits=config.label_only_logits, **prec.planner_kwargs)
+    except (ConfigError, KeyError, ValueError):
+        return None
+
 
 def stage_split(config: TrainConfig, n_stages: int, n_layers: int | None = None, device: str = "cpu") -> list[int]:
     """Decoder layers per stage: balanced by the memory planner (embeddings count on the first stage,
@@ -54,19 +72,17 @@ def stage_split(config: TrainConfig, n_stages: int, n_layers: int | None = None,
     if n_stages > n_layers:
         raise ConfigError(f"nproc={n_stages}: expected at most {n_layers} pipeline stages (one decoder layer "
                           f"each at least) for model={config.model!r}")
-    prec = PRECISION[config.precision]
-    try:
-        split = memory.plan(model=_config_source(config.model), bits=prec.planner_bits, rank=config.lora.rank,
-                            targets=config.lora.targets, seq_len=config.max_seq_len,
-                            batch=max(config.batch_size, config.micro_batches), gpus=n_stages,
-                            parallel="pipeline", micro_batches=min(config.micro_batches, config.batch_size),
-                            schedule=config.schedule, device=device, balance=config.pipeline_split,
-                            label_only_logits=config.label_only_logits, **prec.planner_kwargs).layers_per_device
-    except (ConfigError, KeyError, ValueError):
-        split = memory.pipeline_split(n_layers, n_stages)
+    plan = _plan(config, n_stages, device)
+    split = plan.layers_per_device if plan is not None else memory.pipeline_split(n_layers, n_stages)
     if sum(split) != n_layers or len(split) != n_stages:  # the planner read a different config than the model's
         split = memory.pipeline_split(n_layers, n_stages)
     return list(split)
+
+
+def stage_peak(config: TrainConfig, n_stages: int, device: str = "cpu") -> int | None:
+    """The planner's peak bytes of the most loaded stage at the config's longest length (None: model unknown)."""
+    plan = _plan(config, n_stages, device)
+    return None if plan is None else plan.total_bytes
 
 
 def _config_source(model: str):
@@ -379,6 +395,9 @@ def _from_last_stage(x: float, world: int, device) -> float:
 def check_pipeline_config(config: TrainConfig, world: int) -> None:
     if world < 2:
         raise ConfigError(f"nproc={world}: expected >= 2 stages for parallel='pipeline' (use parallel='none')")
+    if config.micro_batches == 0:   # the kit chooses (sized); this raises when there is nothing to choose from
+        microbatch.choose(config.batch_size, world, config.schedule)
+        return
     if config.batch_size % config.micro_batches:
         raise ConfigError(f"micro_batches={config.micro_batches}: expected a divisor of batch_size="
                           f"{config.batch_size} (every pipeline micro-batch has the same shape)")
@@ -386,13 +405,35 @@ def check_pipeline_config(config: TrainConfig, world: int) -> None:
         raise ConfigError(f"micro_batches={config.micro_batches}: expected >= nproc ({world}) for schedule='1f1b'")
 
 
+def sized(config: TrainConfig, world: int, device) -> tuple[TrainConfig, dict | None]:
+    """(config with its micro-batch count, how it was chosen): micro_batches=0 leaves the count to
+    finlora_utils.microbatch (predicted efficiency among the counts whose planned peak fits the device); any
+    other count is the config's own (None). Every rank computes the same answer: it depends on the config, the
+    number of stages and the device's total memory only."""
+    if config.micro_batches:
+        return config, None
+    check_pipeline_config(config, world)
+    dev = torch.device(device)
+    total = (torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda"
+             else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world)   # ranks share the machine
+
+    def fits(m: int) -> bool:
+        peak = stage_peak(dataclasses.replace(config, micro_batches=m), world, dev.type)
+        return peak is None or peak <= total
+
+    choice = microbatch.choose(config.batch_size, world, config.schedule, dev.type, fits)
+    return dataclasses.replace(config, micro_batches=choice.micro_batches), choice.as_dict()
+
+
 def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: str | None = None,
                    results_dir=None, force: bool = False, data_dir=None, log=print, on_step=None) -> dict:
     """Pipeline-parallel training: engine.run with this rank's stage as the recipe (same data plan,
     optimizer, checkpoints and results schema as train.train). Every rank calls it; rank 0 returns the
-    results dict (with '_path'), the others {}. on_step(step, loss) runs on every rank after every step."""
-    return run(config, Stage(rank, world, device), preset=preset, results_dir=results_dir, data_dir=data_dir,
-               force=force, log=log, on_step=on_step)
+    results dict (with '_path'), the others {}. on_step(step, loss) runs on every rank after every step.
+    micro_batches=0: the kit chooses the count (`sized`); the run's config and id carry the chosen one."""
+    config, choice = sized(config, world, device)
+    return run(config, Stage(rank, world, device, choice), preset=preset, results_dir=results_dir,
+               data_dir=data_dir, force=force, log=log, on_step=on_step)
 
 
 class Stage:
@@ -402,8 +443,9 @@ class Stage:
     label = "pipeline"
     writes_checkpoints = True   # every stage writes its own part (its LoRA tensors and optimizer state)
 
-    def __init__(self, rank: int, world_size: int, device):
+    def __init__(self, rank: int, world_size: int, device, micro_batch_choice: dict | None = None):
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.micro_batch_choice = micro_batch_choice   # microbatch.Choice.as_dict() when the kit chose the count
 
     def check(self, config: TrainConfig) -> None:
         check_pipeline_config(config, self.world_size)
@@ -490,6 +532,7 @@ class Stage:
         c = self.config
         return dict(label_only_logits=True, parallel=dict(mode="pipeline", world_size=self.world_size,
                                                           schedule=c.schedule, micro_batches=c.micro_batches,
+                                                          micro_batch_choice=self.micro_batch_choice,
                                                           split=self.split),
                     share_prefix=self.pack, share_prefix_reason=self.pack_why)
 

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_prints_every_row_and_the_pipeline_lines(tmp_path):
     out_json = tmp_path / "scaling.json"
     cmd = [sys.executable, str(ROOT / "bench" / "parallel_scaling.py"), "--model", "tiny-random-llama",
-           "--modes", "none,pipeline", "--steps", "2", "--batch-size", "4", "--micro-batches", "2",
-           "--max-seq-len", "64", "--timeout", "300", "--json", str(out_json)]
+           "--modes", "none,pipeline", "--steps", "2", "--batch-size", "4",
+           "--max-seq-len", "64", "--timeout", "300", "--json", str(out_json)]   # the kit chooses the micro-batches
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     out = run.stdout
@@ -35,6 +35,11 @@ def test_bench_prints_every_row_and_the_pipeline_lines(tmp_path):
     doc = json.loads(out_json.read_text())
     assert f"results: {out_json} (commit {doc['run_info']['git_commit']})" in out
     assert doc["run_id"] == "parallel_scaling" and doc["run_info"]["config"]["micro_batches"] == 2
+    assert doc["run_info"]["config"]["micro_batch_choice"]["micro_batches"] == 2   # 2 of 2 rows beat 4 of 1 on CPU
+    assert out.splitlines()[0] == "micro-batches: 2, chosen by the kit: predicted pipeline efficiency 0.47 (2: 0.47, " \
+        "4: 0.35)", out[:500]
+    assert re.search(r"^micro-batches chosen by the kit: 2 \(predicted pipeline efficiency 0\.47, measured "
+                     r"\d\.\d\d\)$", out, re.M), out
     assert doc["meta_info"]["base_model"]["name"] == "tiny-random-llama" and doc["run_info"]["data_files"]
     assert [r["mode"] for r in doc["rows"]] == ["single/1t", "pipe x2"] and len(doc["rows"][1]["planned_peaks"]) == 2
     assert f"{doc['figures']['pipeline_efficiency']:.2f}" == last[0].split(": ")[1].split()[0]

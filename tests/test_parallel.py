@@ -101,14 +101,21 @@ def test_ddp_matches_single_process(tmp_path, single):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule, precision", [("gpipe", "fp32"), ("1f1b", "nf4")])
-def test_pipeline_matches_single_process(tmp_path, single, schedule, precision):
+@pytest.mark.parametrize("schedule, precision, micro_batches", [("gpipe", "fp32", 2), ("1f1b", "nf4", 0)])
+def test_pipeline_matches_single_process(tmp_path, single, schedule, precision, micro_batches):
     ref = single(precision)
-    cfg = tiny(tmp_path, parallel="pipeline", nproc=2, micro_batches=2, schedule=schedule, precision=precision)
+    cfg = tiny(tmp_path, parallel="pipeline", nproc=2, micro_batches=micro_batches, schedule=schedule,
+               precision=precision)
     res = parallel.launch(cfg, timeout_s=LAUNCH_TIMEOUT, results_dir=tmp_path / "results", force=True, log=None)
     assert losses(res) == pytest.approx(losses(ref), rel=RTOL[precision])
     par = res["train_info"]["parallel"]
-    assert par["split"] == [1, 1] and par["schedule"] == schedule
+    assert par["split"] == [1, 1] and par["schedule"] == schedule and par["micro_batches"] == 2
+    if micro_batches == 0:   # the kit chose (batch 4 on CPU: 2 micro-batches of 2 beat 4 of 1), and says how
+        choice = par["micro_batch_choice"]
+        assert choice["micro_batches"] == 2 and [c["micro_batches"] for c in choice["candidates"]] == [2, 4]
+        assert res["run_info"]["config"]["micro_batches"] == 2   # the config it trained with
+    else:
+        assert par["micro_batch_choice"] is None
     assert [r["layers"] for r in par["ranks"]] == [[0, 1], [1, 2]]
     # stages take the single process's attention kernel for short CPU batches, and the planner prices it
     assert res["train_info"]["memory_plan"]["math_attention"] is ref["train_info"]["memory_plan"]["math_attention"] is True
