@@ -14,7 +14,9 @@ is the honest yardstick, and against it two CPU ranks may well be below 1x. Numb
 JSON: tokens/s is train.py's own (non-padding tokens / training-loop wall time), step time is wall / steps, both
 over the steps after the first where a run has more than one (a fresh process's first step also faults in its
 memory and builds its kernels; train_info.first_step has its seconds), the whole run's efficiency beside them.
-With --repeats N every mode runs N times, interleaved, and the fastest run of each counts.
+With --repeats N every mode runs N times, interleaved, and the fastest run of each counts. The pipeline's
+micro-batch count is the kit's choice unless --micro-batches names one (finlora_utils.microbatch: the one a
+run with micro_batches=0 takes); its predicted efficiency is printed first and beside the measured one.
 
 Memory: each rank's peak is its resident-set high-water mark over the training loop (VmHWM, reset when the
 loop starts, so it holds the loaded weights and the training's own peak, not loading transients). A pipeline

@@ -508,7 +508,10 @@ def run_plan(config: dict, shape: dict, model=None) -> Plan:
 def _micro_batches(config: dict, batch: int, gpus: int, device: str) -> int:
     """The config's pipeline micro-batch count; 0 (the kit chooses) as finlora_utils.microbatch chooses it."""
     m = int(config.get("micro_batches", 1))
-    return m or microbatch.choose(batch, gpus, config.get("schedule", "gpipe"), device).micro_batches
+    if m:
+        return m
+    return microbatch.choose(batch, gpus, config.get("schedule", "gpipe"), device,
+                             compute=microbatch.compute_for(config.get("precision"))).micro_batches
 
 
 def _largest(fn, lo: int, hi: int) -> int:
@@ -882,7 +885,8 @@ def main(argv=None) -> int:
         if a.fit is not None:
             raise ConfigError("micro_batches=0: expected a count >= 1 with --fit (the search starts from one row "
                               "per micro-batch)")
-        chosen = microbatch.choose(a.batch or 1, a.gpus, a.schedule, a.device)
+        chosen = microbatch.choose(a.batch or 1, a.gpus, a.schedule, a.device,
+                                   compute=microbatch.compute_for({16: "bf16"}.get(a.bits, "nf4")))
         a.micro_batches = chosen.micro_batches
     if a.batch is None:   # a pipeline's batch splits into its micro-batches, so --fit searches from one row each
         a.batch = a.micro_batches if a.fit is not None and a.parallel == "pipeline" else 1

@@ -16,20 +16,28 @@ processes at the same global batch B, each of which pays o once:
 
 It picks the m with the highest prediction among the divisors of B (every micro-batch has the same shape; 1F1B
 needs m >= p), fewer micro-batches on a tie, and among those whose planned peak fits when the caller says what
-fits. o on CPU: 3 rows, fitted on one process training the embedded model on 1 thread (Zen 4 EPYC, nf4, FPB
-with the shared prefix, 2026-12-04: 198 tokens/s at 4 rows, 283 at 8, 336-375 at 16, 358-372 at 64). It
-predicts the pipeline measurements there within ~0.05: batch 16 in 2 micro-batches 0.58 (measured 0.57) and in
-4 0.54 (0.51), batch 64 in 4 0.71 (0.76). On CUDA o is not measured; 0.5 rows makes the choice follow GPipe's
-advice (m about 4p: batch 8 in 4, batch 32 in 8 at 2 stages).
+fits. o depends on what a step computes in:
+- CPU in bf16: 3 rows, fitted on one process training the embedded model on 1 thread (Zen 4 EPYC, nf4, FPB with
+  the shared prefix, 2026-12-04: 198 tokens/s at 4 rows, 283 at 8, 336-375 at 16, 358-372 at 64). It predicts
+  the pipeline runs there within ~0.05: batch 16 in 2 micro-batches 0.58 (measured 0.58) and in 4 0.54 (0.51),
+  batch 32 in 4 0.64 (0.64), batch 64 in 4 0.71 (0.76).
+- CPU in fp32 (the AVX2-only kind): 1 row. A row costs ~2.5x the matmul time there, so the same fixed cost is
+  fewer rows; fitted on pairs of pipeline runs on the Zen 4 capped at AVX2 (batch 16 in 2 and 4 micro-batches:
+  0.51 and 0.53, o = 1.5; batch 32 in 4 and 8: 0.64 and 0.66, o = 0.7). It picks the better count of each pair
+  (up to a tie), but predicts ~0.1 more than measured: those runs lose more to other causes than bf16 ones do.
+- CUDA: 0.5 rows, not measured; it makes the choice follow GPipe's advice (m about 4p: batch 8 in 4, batch 32 in
+  8 at 2 stages).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .config import SCHEDULES, ConfigError
+from . import hardware
+from .config import SCHEDULES, ConfigError, resolve_precision
 
-OVERHEAD_ROWS = {"cpu": 3.0, "cuda": 0.5}   # the fixed cost of one micro-batch, in rows (see the docstring)
+# The fixed cost of one micro-batch, in rows of its work, by device and compute dtype (see the docstring).
+OVERHEAD_ROWS = {"cpu-bf16": 3.0, "cpu-fp32": 1.0, "cuda": 0.5}
 
 
 @dataclass(frozen=True)
@@ -59,18 +67,36 @@ def candidates(batch: int, stages: int, schedule: str) -> list[int]:
     return [m for m in range(low, batch + 1) if batch % m == 0]
 
 
+def kind(device: str, compute: str = "bf16") -> str:
+    """The OVERHEAD_ROWS key: 'cuda', or 'cpu-bf16' / 'cpu-fp32' by the dtype a CPU step's matmuls run in."""
+    if str(device).startswith("cuda"):
+        return "cuda"
+    if compute not in ("bf16", "fp32"):
+        raise ConfigError(f"compute={compute!r}: expected bf16 or fp32 (the dtype a CPU step computes in)")
+    return f"cpu-{compute}"
+
+
+def compute_for(precision: str | None) -> str:
+    """'bf16' or 'fp32': what a CPU step computes its matmuls in at this precision (as flops.compute_dtype: fp32
+    and bf16 as named, a quantized base in bitsandbytes' compute dtype, bf16 only where the CPU has it)."""
+    p = resolve_precision(precision or "auto")
+    if p in ("fp32", "bf16"):
+        return p
+    return "bf16" if hardware.cpu_bf16_native() else "fp32"
+
+
 def choose(batch: int, stages: int, schedule: str = "1f1b", device: str = "cpu",
-           fits: Callable[[int], bool] | None = None) -> Choice:
+           fits: Callable[[int], bool] | None = None, compute: str = "bf16") -> Choice:
     """The micro-batch count for a `stages`-stage pipeline at global batch `batch` (see the module's docstring).
-    fits(m): whether m micro-batches fit in memory (the planner's peak per stage against the device); the
-    fastest that fits is taken, and when none fits the one with the most micro-batches (the smallest in-flight
-    activations), saying so."""
+    compute: bf16 or fp32, what a CPU step computes in (flops.compute_dtype). fits(m): whether m micro-batches
+    fit in memory (the planner's peak per stage against the device); the fastest that fits is taken, and when
+    none fits the one with the most micro-batches (the smallest in-flight activations), saying so."""
     for name, value in (("batch_size", batch), ("nproc", stages)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}={value!r}: expected an integer >= 1")
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}")
-    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    dev = kind(device, compute)
     o = OVERHEAD_ROWS[dev]
     ms = candidates(batch, stages, schedule)
     if not ms:

@@ -421,7 +421,8 @@ def sized(config: TrainConfig, world: int, device) -> tuple[TrainConfig, dict | 
         peak = stage_peak(dataclasses.replace(config, micro_batches=m), world, dev.type)
         return peak is None or peak <= total
 
-    choice = microbatch.choose(config.batch_size, world, config.schedule, dev.type, fits)
+    choice = microbatch.choose(config.batch_size, world, config.schedule, dev.type, fits,
+                               microbatch.compute_for(config.precision))
     return dataclasses.replace(config, micro_batches=choice.micro_batches), choice.as_dict()
 
 

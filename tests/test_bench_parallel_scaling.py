@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from finlora_utils import flops, microbatch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,11 +38,14 @@ def test_bench_prints_every_row_and_the_pipeline_lines(tmp_path):
     doc = json.loads(out_json.read_text())
     assert f"results: {out_json} (commit {doc['run_info']['git_commit']})" in out
     assert doc["run_id"] == "parallel_scaling" and doc["run_info"]["config"]["micro_batches"] == 2
-    assert doc["run_info"]["config"]["micro_batch_choice"]["micro_batches"] == 2   # 2 of 2 rows beat 4 of 1 on CPU
-    assert out.splitlines()[0] == "micro-batches: 2, chosen by the kit: predicted pipeline efficiency 0.47 (2: 0.47, " \
-        "4: 0.35)", out[:500]
-    assert re.search(r"^micro-batches chosen by the kit: 2 \(predicted pipeline efficiency 0\.47, measured "
-                     r"\d\.\d\d\)$", out, re.M), out
+    # 2 micro-batches of 2 rows beat 4 of 1 on a CPU, in bf16 and in fp32 alike
+    here = "bf16" if flops.compute_dtype("nf4") == torch.bfloat16 else "fp32"
+    c = microbatch.choose(4, 2, "1f1b", "cpu", compute=here)
+    assert c.micro_batches == doc["run_info"]["config"]["micro_batch_choice"]["micro_batches"] == 2
+    assert out.splitlines()[0] == (f"micro-batches: 2, chosen by the kit: predicted pipeline efficiency "
+                                   f"{c.efficiency:.2f} (2: {c.table[0][1]:.2f}, 4: {c.table[1][1]:.2f})"), out[:500]
+    assert re.search(rf"^micro-batches chosen by the kit: 2 \(predicted pipeline efficiency {c.efficiency:.2f}, "
+                     r"measured \d\.\d\d\)$", out, re.M), out
     assert doc["meta_info"]["base_model"]["name"] == "tiny-random-llama" and doc["run_info"]["data_files"]
     assert [r["mode"] for r in doc["rows"]] == ["single/1t", "pipe x2"] and len(doc["rows"][1]["planned_peaks"]) == 2
     assert f"{doc['figures']['pipeline_efficiency']:.2f}" == last[0].split(": ")[1].split()[0]
