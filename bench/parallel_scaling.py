@@ -215,7 +215,7 @@ def main(argv=None) -> int:
 
         try:
             cfg, args.micro_batch_choice = pipeline.sized(config_for("pipeline", args, Path("."), "size"), args.nproc,
-                                                          "cpu")
+                                                          parallel.rank_device(args.nproc))   # where launch runs
         except ConfigError as e:
             ap.error(str(e))
         args.micro_batches = cfg.micro_batches

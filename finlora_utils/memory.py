@@ -861,8 +861,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--gpus", type=int, default=1, help="devices (ranks); > 1 without --parallel means ddp")
     e.add_argument("--parallel", default="none", choices=PARALLEL)
     e.add_argument("--micro-batches", type=int, default=1,
-                   help="pipeline micro-batches per batch; 0: the count a run with micro_batches=0 takes "
-                        "(finlora_utils.microbatch), shown with its predicted efficiency")
+                   help="pipeline micro-batches per batch; 0 (with --batch): the count a run with micro_batches=0 "
+                        "takes where memory is not the limit (finlora_utils.microbatch), with its predicted efficiency")
     e.add_argument("--schedule", default="gpipe", choices=SCHEDULES,
                    help="pipeline schedule: gpipe keeps every micro-batch's activations in flight, 1f1b at most "
                         "(stages - s) on stage s")
@@ -883,10 +883,15 @@ def main(argv=None) -> int:
     chosen = None
     if a.micro_batches == 0 and a.parallel == "pipeline":
         if a.fit is not None:
-            raise ConfigError("micro_batches=0: expected a count >= 1 with --fit (the search starts from one row "
+            raise ConfigError("--micro-batches=0: expected a count >= 1 with --fit (the search starts from one row "
                               "per micro-batch)")
-        chosen = microbatch.choose(a.batch or 1, a.gpus, a.schedule, a.device,
-                                   compute=microbatch.compute_for({16: "bf16"}.get(a.bits, "nf4")))
+        if a.batch is None:
+            raise ConfigError("--micro-batches=0: expected --batch too (the kit splits that global batch)")
+        try:
+            chosen = microbatch.choose(a.batch, a.gpus, a.schedule, a.device,
+                                       compute=microbatch.compute_for({16: "bf16"}.get(a.bits, "nf4")))
+        except ConfigError as err:   # name the CLI's flags, not the config fields they fill
+            raise ConfigError(str(err).replace("batch_size=", "--batch=").replace("nproc=", "--gpus=")) from None
         a.micro_batches = chosen.micro_batches
     if a.batch is None:   # a pipeline's batch splits into its micro-batches, so --fit searches from one row each
         a.batch = a.micro_batches if a.fit is not None and a.parallel == "pipeline" else 1

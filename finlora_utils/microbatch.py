@@ -24,7 +24,7 @@ fits. o depends on what a step computes in:
 - CPU in fp32 (the AVX2-only kind): 1 row. A row costs ~2.5x the matmul time there, so the same fixed cost is
   fewer rows; fitted on pairs of pipeline runs on the Zen 4 capped at AVX2 (batch 16 in 2 and 4 micro-batches:
   0.51 and 0.53, o = 1.5; batch 32 in 4 and 8: 0.64 and 0.66, o = 0.7). It picks the better count of each pair
-  (up to a tie), but predicts ~0.1 more than measured: those runs lose more to other causes than bf16 ones do.
+  (up to a tie), but predicts 0.1-0.15 more than measured: those runs lose more to other causes than bf16 ones do.
 - CUDA: 0.5 rows, not measured; it makes the choice follow GPipe's advice (m about 4p: batch 8 in 4, batch 32 in
   8 at 2 stages).
 """

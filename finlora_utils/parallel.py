@@ -377,8 +377,9 @@ def record_parallel_info(result_path, config: TrainConfig, world: int, ranks: li
     if not result_path or ranks is None:
         return
     info = read_result(result_path)["train_info"]
-    info["parallel"] = dict(info.get("parallel") or {}, mode=config.parallel, world_size=world,
-                            micro_batches=config.micro_batches,
+    recipe = info.get("parallel") or {}   # a pipeline recorded the count it trained with (config may ask for 0)
+    info["parallel"] = dict(recipe, mode=config.parallel, world_size=world,
+                            micro_batches=recipe.get("micro_batches", config.micro_batches),
                             schedule=config.schedule if config.parallel == "pipeline" else None,
                             per_rank_batch=-(-config.batch_size // world) if config.parallel == "ddp" else None,
                             ranks=ranks, **extra)
@@ -407,10 +408,10 @@ def _run_rank(config: TrainConfig, preset: str | None, results_dir: str | None, 
         if config.parallel == "pipeline":
             from . import pipeline
 
+            resolved = pipeline.sized(config, world, device)   # micro_batches=0: rank 0's choice, on every rank
             result = pipeline.train_pipeline(config, rank, world, device, preset=preset, results_dir=results_dir,
-                                             force=force, log=log, on_step=monitor)
-            config, _ = pipeline.sized(config, world, device)   # the count it trained with (micro_batches=0)
-            where = dict(layers=pipeline.stage_layers(config, rank, world, device.type), stage=rank)
+                                             force=force, log=log, on_step=monitor, resolved=resolved)
+            where = dict(layers=pipeline.stage_layers(resolved[0], rank, world, device.type), stage=rank)
         else:
             result = _train_replica(config, rank, world, device, preset, results_dir, force, log, monitor)
             where = {}

@@ -48,6 +48,10 @@ def _plan(config: TrainConfig, n_stages: int, device: str):
     from . import memory
 
     prec = PRECISION[config.precision]
+    if not config.micro_batches:
+        config = dataclasses.replace(config, micro_batches=microbatch.choose(
+            config.batch_size, n_stages, config.schedule, device, compute=microbatch.compute_for(config.precision))
+            .micro_batches)
     try:
         return memory.plan(model=_config_source(config.model), bits=prec.planner_bits, rank=config.lora.rank,
                            targets=config.lora.targets, seq_len=config.max_seq_len,
@@ -408,33 +412,43 @@ def check_pipeline_config(config: TrainConfig, world: int) -> None:
 def sized(config: TrainConfig, world: int, device) -> tuple[TrainConfig, dict | None]:
     """(config with its micro-batch count, how it was chosen): micro_batches=0 leaves the count to
     finlora_utils.microbatch (predicted efficiency among the counts whose planned peak fits the device); any
-    other count is the config's own (None). Every rank computes the same answer: it depends on the config, the
-    number of stages and the device's total memory only."""
+    other count is the config's own (None). In a distributed run rank 0 decides and the others take its answer
+    (nodes may differ in memory or in bf16 support), so every rank must call it."""
     if config.micro_batches:
         return config, None
     check_pipeline_config(config, world)
     dev = torch.device(device)
-    total = (torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda"
-             else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world)   # ranks share the machine
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        answer = [None]
+    else:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))   # the ranks that share this machine's memory
+        total = (torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda"
+                 else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(local, 1))
 
-    def fits(m: int) -> bool:
-        peak = stage_peak(dataclasses.replace(config, micro_batches=m), world, dev.type)
-        return peak is None or peak <= total
+        def fits(m: int) -> bool:
+            peak = stage_peak(dataclasses.replace(config, micro_batches=m), world, dev.type)
+            return peak is None or peak <= total
 
-    choice = microbatch.choose(config.batch_size, world, config.schedule, dev.type, fits,
-                               microbatch.compute_for(config.precision))
-    return dataclasses.replace(config, micro_batches=choice.micro_batches), choice.as_dict()
+        choice = microbatch.choose(config.batch_size, world, config.schedule, dev.type, fits,
+                                   microbatch.compute_for(config.precision))
+        answer = [choice.as_dict()]
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(answer, src=0)
+    return dataclasses.replace(config, micro_batches=answer[0]["micro_batches"]), answer[0]
 
 
 def train_pipeline(config: TrainConfig, rank: int, world: int, device, preset: str | None = None,
-                   results_dir=None, force: bool = False, data_dir=None, log=print, on_step=None) -> dict:
+                   results_dir=None, force: bool = False, data_dir=None, log=print, on_step=None,
+                   resolved: tuple[TrainConfig, dict | None] | None = None) -> dict:
     """Pipeline-parallel training: engine.run with this rank's stage as the recipe (same data plan,
     optimizer, checkpoints and results schema as train.train). Every rank calls it; rank 0 returns the
     results dict (with '_path'), the others {}. on_step(step, loss) runs on every rank after every step.
-    micro_batches=0: the kit chooses the count (`sized`); the run's config and id carry the chosen one."""
-    config, choice = sized(config, world, device)
-    return run(config, Stage(rank, world, device, choice), preset=preset, results_dir=results_dir,
-               data_dir=data_dir, force=force, log=log, on_step=on_step)
+    micro_batches=0: the kit chooses the count (`sized`, or `resolved`, its answer computed before). The run's
+    config keeps the 0 it was asked for, so a finished or interrupted run is found again wherever the count
+    would come out otherwise; train_info.parallel records the count it trained with and how it was chosen."""
+    sized_config, choice = resolved or sized(config, world, device)
+    return run(config, Stage(rank, world, device, sized_config.micro_batches, choice), preset=preset,
+               results_dir=results_dir, data_dir=data_dir, force=force, log=log, on_step=on_step)
 
 
 class Stage:
@@ -444,8 +458,10 @@ class Stage:
     label = "pipeline"
     writes_checkpoints = True   # every stage writes its own part (its LoRA tensors and optimizer state)
 
-    def __init__(self, rank: int, world_size: int, device, micro_batch_choice: dict | None = None):
+    def __init__(self, rank: int, world_size: int, device, micro_batches: int | None = None,
+                 micro_batch_choice: dict | None = None):
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.micro_batches = micro_batches             # the count a config asking for 0 trains with
         self.micro_batch_choice = micro_batch_choice   # microbatch.Choice.as_dict() when the kit chose the count
 
     def check(self, config: TrainConfig) -> None:
@@ -460,6 +476,9 @@ class Stage:
         shutil.rmtree(root, ignore_errors=True)
 
     def build(self, config: TrainConfig, data) -> Built:
+        if not config.micro_batches:   # the kit's count (train_pipeline), or its choice when built by hand
+            config = dataclasses.replace(config, micro_batches=self.micro_batches
+                                         or sized(config, self.world_size, self.device)[0].micro_batches)
         self.config, self.examples = config, data.examples
         self.split = stage_split(config, self.world_size, device=self.device.type)
         peft_model, self.tok = load_stage(config, self.rank, self.split, str(self.device))

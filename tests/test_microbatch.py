@@ -81,6 +81,9 @@ def test_a_pipeline_run_and_the_planner_resolve_zero_alike(monkeypatch):
     # where the planner says a count does not fit the device, the run takes one that does
     monkeypatch.setattr(pipeline, "stage_peak", lambda c, n, d: 10 ** 15 if c.micro_batches < 8 else 1)
     assert pipeline.sized(cfg, 2, "cpu")[0].micro_batches == 8
+    # the stage split of a config still asking for 0 is priced at the kit's count, not left to an even split
+    monkeypatch.undo()
+    assert pipeline.stage_split(cfg, 2) == pipeline.stage_split(dataclasses.replace(cfg, micro_batches=expected), 2)
 
 
 def _committed_pipeline_runs():
@@ -134,4 +137,9 @@ def test_memory_estimate_shows_the_count_the_kit_would_take(capsys):
     assert memory.main(args[:-1] + ["4", "--json"]) == 0   # the same plan as naming the count
     assert json.loads(capsys.readouterr().out)["total_bytes"] == doc["total_bytes"]
     assert memory.main(args + ["--fit", "24"]) == 2
-    assert "micro_batches=0: expected a count >= 1 with --fit" in capsys.readouterr().err
+    assert "--micro-batches=0: expected a count >= 1 with --fit" in capsys.readouterr().err
+    no_batch = [a for i, a in enumerate(args) if a != "--batch" and args[i - 1] != "--batch"]
+    assert memory.main(no_batch) == 2
+    assert "--micro-batches=0: expected --batch too" in capsys.readouterr().err
+    assert memory.main(["1" if a == "16" else a for a in args]) == 2   # --batch 1: fewer rows than 1F1B's stages
+    assert "error: --batch=1: expected at least --gpus=2 rows for schedule='1f1b'" in capsys.readouterr().err

@@ -113,7 +113,10 @@ def test_pipeline_matches_single_process(tmp_path, single, schedule, precision, 
     if micro_batches == 0:   # the kit chose (batch 4 on CPU: 2 micro-batches of 2 beat 4 of 1), and says how
         choice = par["micro_batch_choice"]
         assert choice["micro_batches"] == 2 and [c["micro_batches"] for c in choice["candidates"]] == [2, 4]
-        assert res["run_info"]["config"]["micro_batches"] == 2   # the config it trained with
+        assert res["run_info"]["config"]["micro_batches"] == 0   # the config keeps what it was asked
+        # so asking again finds the finished run, whatever count this machine would choose
+        again = parallel.launch(cfg, timeout_s=LAUNCH_TIMEOUT, results_dir=tmp_path / "results", log=None)
+        assert again["_path"] == res["_path"] and losses(again) == losses(res)
     else:
         assert par["micro_batch_choice"] is None
     assert [r["layers"] for r in par["ranks"]] == [[0, 1], [1, 2]]
