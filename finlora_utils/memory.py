@@ -510,8 +510,7 @@ def _micro_batches(config: dict, batch: int, gpus: int, device: str) -> int:
     m = int(config.get("micro_batches", 1))
     if m:
         return m
-    return microbatch.choose(batch, gpus, config.get("schedule", "gpipe"), device,
-                             compute=microbatch.compute_for(config.get("precision"))).micro_batches
+    return microbatch.count_for(batch, gpus, config.get("schedule", "gpipe"), device, config.get("precision"))
 
 
 def _largest(fn, lo: int, hi: int) -> int:

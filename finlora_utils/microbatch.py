@@ -112,3 +112,9 @@ def choose(batch: int, stages: int, schedule: str = "1f1b", device: str = "cpu",
         best = table[-1]
         why = f"none of {[m for m, _, _ in table]} fits the planned memory; the most micro-batches holds the least"
     return Choice(best[0], best[1], o, table, why)
+
+
+def count_for(batch: int, stages: int, schedule: str, device: str, precision: str | None) -> int:
+    """The count `choose` gives a run at this precision where memory is not the limit (the planner's readers,
+    which have no device to fit)."""
+    return choose(batch, stages, schedule, device, compute=compute_for(precision)).micro_batches

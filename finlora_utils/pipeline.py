@@ -48,10 +48,9 @@ def _plan(config: TrainConfig, n_stages: int, device: str):
     from . import memory
 
     prec = PRECISION[config.precision]
-    if not config.micro_batches:
-        config = dataclasses.replace(config, micro_batches=microbatch.choose(
-            config.batch_size, n_stages, config.schedule, device, compute=microbatch.compute_for(config.precision))
-            .micro_batches)
+    if not config.micro_batches:   # priced at the kit's count, never left to the planner to reject
+        config = dataclasses.replace(config, micro_batches=microbatch.count_for(
+            config.batch_size, n_stages, config.schedule, device, config.precision))
     try:
         return memory.plan(model=_config_source(config.model), bits=prec.planner_bits, rank=config.lora.rank,
                            targets=config.lora.targets, seq_len=config.max_seq_len,
