@@ -3,6 +3,7 @@
     python bench/gpu_check.py              # one GPU, < 8 min: reports/showcase/gpu/gpu_check.json
     python bench/gpu_check.py --dry-run    # the same code on CPU (tiny random model, 2 steps), ~1 min:
                                            # reports/gpu_check/dry_run.json (not committed)
+    python bench/gpu_check.py --checks lora_step_8bit,lora_step_16bit --out FILE   # some of them again
 
 Checks, each recorded as ok / failed (with the error) / skipped (with the reason, e.g. `no CUDA`):
   lora_step_16bit, _8bit, _4bit  finlora_utils.train on the embedded model at bf16 / int8 / nf4 (the
@@ -349,9 +350,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--commit", help="the commit this tree was copied from, where it has no .git (40 hex digits; "
                                     "default: read from git)")
+    p.add_argument("--checks", help=f"comma-separated subset to run (default all: {','.join(CHECKS)})")
     p.add_argument("--out", help=f"results JSON (default {SHOWCASE.relative_to(ROOT)}; dry run "
                                  f"{DRY_RUN.relative_to(ROOT)})")
     a = p.parse_args(argv)
+    names = [c.strip() for c in a.checks.split(",") if c.strip()] if a.checks else list(CHECKS)
+    unknown = [c for c in names if c not in CHECKS]
+    if unknown or not names:
+        p.error(f"--checks={a.checks!r}: unknown {', '.join(unknown) or '(empty)'}; expected some of "
+                f"{', '.join(CHECKS)}")
     from finlora_utils import results
 
     commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
@@ -382,7 +389,7 @@ def main(argv=None) -> int:
     base = models.base_provenance(a.model)
 
     def write(checks: dict) -> dict:
-        s = dict(wall_s=round(time.time() - t0, 1), pending=[k for k in CHECKS if k not in checks],
+        s = dict(wall_s=round(time.time() - t0, 1), pending=[k for k in names if k not in checks],
                  **{st: sorted(k for k, v in checks.items() if v["status"] == st)
                     for st in ("ok", "failed", "skipped")})
         # portable: the showcase copy is committed, so no path of this machine may stay in it
@@ -392,7 +399,7 @@ def main(argv=None) -> int:
                             base_model=base, portable=True, commit=commit)
         return s
 
-    s = write(run_checks(a, after_each=write))
+    s = write(run_checks(a, names, after_each=write))
     print(f"gpu check: {len(s['ok'])} ok, {len(s['failed'])} failed, {len(s['skipped'])} skipped in "
           f"{s['wall_s']:.0f}s -> {path}")
     return 1 if s["failed"] else 0

@@ -426,11 +426,15 @@ def load_tokenizer(name: str = EMBEDDED):
 
 def load_dtype(precision: str, device: str, compute_dtype: torch.dtype | None = None) -> torch.dtype:
     """The dtype of a loaded model's unquantized tensors (all of them at fp32 / bf16; embeddings, norms and
-    head at int8 / nf4 / fp4, in the compute dtype)."""
+    head at int8 / nf4 / fp4, in the compute dtype, which is train.amp_dtype's on a GPU; fp32 for int8 on
+    CPU)."""
     if precision not in QUANTIZED:
         return torch.float32 if precision == "fp32" else torch.bfloat16
-    if precision == "int8":
-        return torch.float32 if device == "cpu" else torch.float16
+    if precision == "int8" and device == "cpu":
+        return torch.float32
+    # int8 on a GPU too: bitsandbytes returns its matmul in the input's dtype and autocast computes LoRA in its
+    # own, so any other dtype here makes base + adapter promote to fp32 (measured on an H200 with fp16 here and
+    # bf16 autocast: every projection output fp32, an 8-bit step's peak 1.55x the plan and above the 16-bit one)
     return compute_dtype or default_compute_dtype()
 
 

@@ -74,6 +74,20 @@ def test_results_are_written_after_every_check_so_a_crash_keeps_the_ones_before(
     assert res["summary"]["pending"] == ["crash", "never"] and res["summary"]["failed"] == ["broken"]
 
 
+def test_checks_runs_a_subset_and_names_an_unknown_one(tmp_path, monkeypatch, capsys):
+    mod = _module()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(mod, "CHECKS", {"first": lambda a, tmp: {"value": 1}, "second": lambda a, tmp: 1 / 0})
+    out = tmp_path / "g.json"
+    assert mod.main(["--dry-run", "--checks", "first", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert list(res["checks"]) == ["first"] and res["summary"]["pending"] == [] and res["summary"]["ok"] == ["first"]
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--dry-run", "--checks", "first,nope", "--out", str(out)])
+    assert e.value.code == 2 and "--checks='first,nope': unknown nope; expected some of first, second" in \
+        capsys.readouterr().err
+
+
 def test_errors_keep_no_absolute_path_and_the_commit_is_checked(capsys):
     mod = _module()
     tb = (f'File "/usr/lib/python3/site-packages/peft/tuners/lora.py", line 3\nin /tmp/finlora-gpu-check-ab12/x/y\n'

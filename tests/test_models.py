@@ -202,3 +202,18 @@ def test_cpu_weights_loaded_in_their_stored_dtype_are_owned_not_left_mapped(tmp_
     blob_ranges = [tuple(int(x, 16) for x in line.split()[0].split("-"))
                    for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(blob))]
     assert not [n for n, p in model.named_parameters() if any(lo <= p.data_ptr() < hi for lo, hi in blob_ranges)]
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_quantized_models_on_a_gpu_keep_unquantized_tensors_in_the_autocast_dtype(monkeypatch, bf16):
+    """bitsandbytes returns a matmul in its input's dtype and autocast computes LoRA in its own: any other load dtype
+    promotes base + adapter to fp32 in every projection (an H200 run of int8 at fp16 peaked 1.55x its plan)."""
+    from finlora_utils import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    cuda = torch.device("cuda")
+    for precision in ("int8", "nf4", "fp4"):
+        assert models.load_dtype(precision, "cuda") == train.amp_dtype(precision, cuda)
+        assert models.load_dtype(precision, "cuda") == (torch.bfloat16 if bf16 else torch.float16)
+    assert models.load_dtype("int8", "cpu") == torch.float32   # bitsandbytes' CPU int8 path, with fp32 activations
