@@ -310,6 +310,13 @@ def scrub(text: str, tmp: str) -> str:
     return ABS_PATH.sub(lambda m: ".../" + "/".join(m.group(0).rstrip("/").split("/")[-2:]), text)
 
 
+def shown(path) -> str:
+    """The results file as its own config records it: relative to the project, else its name alone (a device's
+    output folder is no path of the machine the file is committed from)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
+
+
 def run_checks(a, names=None, after_each=None) -> dict:
     """Every check in turn, each ok / failed / skipped; after_each(results so far) after every one."""
     out = {}
@@ -394,7 +401,7 @@ def main(argv=None) -> int:
                     for st in ("ok", "failed", "skipped")})
         # portable: the showcase copy is committed, so no path of this machine may stay in it
         results.write_bench(path, "gpu_check" + ("_dry_run" if a.dry_run else ""),
-                            {k: v for k, v in vars(a).items() if k != "model_path"},
+                            dict({k: v for k, v in vars(a).items() if k != "model_path"}, out=shown(path)),
                             dict(checks=checks, summary=s), seed=a.seed, data_source=data.data_source(a.task),
                             base_model=base, portable=True, commit=commit)
         return s
