@@ -42,6 +42,7 @@ def test_dry_run_runs_every_check_and_skips_only_cuda_items(tmp_path):
     assert auto["fp16_grad_scaler"]["reason"].startswith("no CUDA")
     score = checks["label_scoring"]
     assert score["status"] == "ok" and score["nf4"]["identical_predictions"] == f"{score['n']}/{score['n']}"
+    assert score["agreement_judged"] is False   # the tiny model's weights are random
     # provenance from the results helpers
     assert res["run_info"]["git_commit"] and res["meta_info"]["packages"]["torch"]
     assert res["meta_info"]["hardware"]["gpus"] == 0 and res["summary"]["failed"] == res["summary"]["pending"] == []
@@ -115,3 +116,32 @@ def test_a_random_weight_model_is_named_as_such_in_the_results(tmp_path, monkeyp
                                                                 "config tiny-random-llama")
     assert res["run_info"]["config"]["model"] == "random:tiny-random-llama"
     assert "model_path" not in res["run_info"]["config"]
+
+
+def test_label_scoring_judges_the_agreement_only_on_trained_weights(monkeypatch):
+    """Three flipped predictions fail the check on a real model and are only recorded on random weights."""
+    import argparse
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from finlora_utils import evaluate as ev, models
+
+    mod = _module()
+
+    def score(model, tok, prompts, labels, batch, share_prefix=True):
+        s = np.tile([0.0, -1.0, -2.0], (len(prompts), 1))
+        if not share_prefix:
+            s[:3] = [-1.0, 0.0, -2.0]
+        return s
+
+    monkeypatch.setattr(ev, "score_labels", score)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (torch.nn.Linear(1, 1), None))
+    a = argparse.Namespace(task="fpb", n_score=200, seed=0, batch=8, model_path="unused")
+    with warnings.catch_warnings():   # without FINLORA_DATA_DIR: the sample set, said once per process
+        warnings.simplefilter("ignore", UserWarning)
+        got = mod.check_label_scoring(argparse.Namespace(**vars(a), model="random:smollm2-135m"), Path("."))
+    assert got["agreement_judged"] is False and got["nf4"]["identical_predictions"] == f"{got['n'] - 3}/{got['n']}"
+    with pytest.raises(AssertionError, match="changed 3 of"):
+        mod.check_label_scoring(argparse.Namespace(**vars(a), model="embedded"), Path("."))
