@@ -47,7 +47,13 @@ OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
 BNB_MIN_8BIT_SIZE = 4096
 BLOCK_4BIT = 64          # bitsandbytes 4-bit blocksize (absmax per 64 weights)
 BLOCK_DQ = 256           # double quantization: absmax quantized to 8 bit in blocks of 256
-CUDA_CONTEXT = 512 * 2 ** 20   # context + cuBLAS workspace on an Ampere GPU with torch 2.x
+CUDA_CONTEXT = 512 * 2 ** 20   # the CUDA context and kernels, outside torch's allocator (Ampere, torch 2.x)
+# A process's first training on a GPU allocates, through torch's allocator, more than its tensors: 66 MiB
+# (embedded 135M) and 98 MiB (SmolLM2-1.7B's shape) over the plan on an H200 (torch 2.11, 2026-12-04), the
+# later trainings in that process within 2 %. cuBLAS and cuBLASLt keep a 32 MiB workspace per handle on Hopper,
+# and autograd's backward runs on a thread of its own, with its own handle: three workspaces, likely (not
+# separated by a profile).
+CUDA_FIRST_RUNTIME = 96 * 2 ** 20
 CPU_FRAMEWORK = 20 * 2 ** 20   # python-side model objects, allocator arenas (bench: tiny model, static part)
 # The one definition of "peak training memory" the kit stores, draws and predicts. The loaded process
 # (python, torch, the model with its adapter, the tokenizer, the prepared data) is measured just before
@@ -372,7 +378,7 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     on CPU up to train.SHORT_ATTENTION tokens; fused SDPA kernels never store them); `base_bytes=4`
     models fp32 unquantized weights (peft's prepare_model_for_kbit_training); `autocast=False` keeps
     LoRA inputs in fp32; `warm_process`: this process has trained before, so the CPU runtime's one-off
-    caches (breakdown 'runtime') are mostly resident already; `new_shapes`: how many micro-batch shapes
+    caches and a GPU's BLAS workspaces (breakdown 'runtime') are resident already; `new_shapes`: how many micro-batch shapes
     the run meets that this process has not trained on (CPU: each costs CPU_SHAPE_BYTES of kernels; None:
     a typical run, the older constants); `runtime_bytes` overrides that term. `balance` (pipeline):
     'memory' splits the layers so the most loaded stage is as light as it can be, 'even' gives every stage
@@ -396,8 +402,8 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     framework = overhead_bytes if overhead_bytes is not None else (CUDA_CONTEXT if device == "cuda" else CPU_FRAMEWORK)
     if runtime_bytes is not None:
         runtime = runtime_bytes
-    elif device == "cuda":   # cuBLAS workspaces and kernels live outside torch.cuda.max_memory_allocated's count
-        runtime = 0
+    elif device == "cuda":
+        runtime = 0 if warm_process else CUDA_FIRST_RUNTIME
     elif new_shapes is None:
         runtime = CPU_TRAIN_RUNTIME_WARM if warm_process else CPU_TRAIN_RUNTIME
     else:
