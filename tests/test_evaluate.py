@@ -73,6 +73,26 @@ def test_scores_match_one_forward_per_label_and_do_not_depend_on_batch(tiny):
         np.testing.assert_allclose(plain, ref, atol=1e-4)
 
 
+def test_a_bf16_model_scores_its_label_tokens_with_fp32_logits():
+    """In bf16 a logit is rounded to 8 bits of mantissa, so two labels can tie exactly and argmax hands the tie to
+    the first label (6 of 200 FPB prompts with the embedded model): the label tokens' logits are taken in fp32
+    from the head's input, here the same forward as the reference (batch 1, no shared prefix)."""
+    model, tok = models.load_model("tiny-random-llama", precision="bf16")
+    prompts = [r["context"] for r in rows(n=4)]
+    w = model.get_output_embeddings().weight.float()
+    for labels in (SENT, NWGI):   # NWGI: multi-token labels, scored in the second forward
+        ref = np.zeros((len(prompts), len(labels)))
+        for i, p in enumerate(prompts):
+            ctx, conts = ev.split_label_tokens(tok, p, labels, boundary="train")
+            for j, c in enumerate(conts):
+                with torch.no_grad():
+                    out = model(torch.tensor([ctx + c]), output_hidden_states=True)
+                h, norm = out.hidden_states[-1][0].float(), torch.logsumexp(out.logits[0].float(), -1)
+                ref[i, j] = sum((h[len(ctx) - 1 + t] @ w[c[t]] - norm[len(ctx) - 1 + t]).item() for t in range(len(c)))
+        got = ev.score_labels(model, tok, prompts, labels, 1, share_prefix=False)
+        np.testing.assert_allclose(got, ref, atol=2e-5, rtol=0)
+
+
 def test_batch_specific_prefixes_score_like_single_forwards(tiny):
     """NER-like prompts: several templates, each shared by a group, so batches get their own long prefix."""
     model, tok = tiny
