@@ -367,11 +367,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", help=f"results JSON (default {SHOWCASE.relative_to(ROOT)}; dry run "
                                  f"{DRY_RUN.relative_to(ROOT)})")
     a = p.parse_args(argv)
-    names = [c.strip() for c in a.checks.split(",") if c.strip()] if a.checks else list(CHECKS)
+    names = list(dict.fromkeys(c.strip() for c in a.checks.split(",") if c.strip())) if a.checks else list(CHECKS)
     unknown = [c for c in names if c not in CHECKS]
     if unknown or not names:
         p.error(f"--checks={a.checks!r}: unknown {', '.join(unknown) or '(empty)'}; expected some of "
                 f"{', '.join(CHECKS)}")
+    if a.checks and not a.dry_run and not a.out:   # a subset must not replace the committed full run
+        p.error(f"--checks without --out: expected a results file other than {SHOWCASE.relative_to(ROOT)}")
     from finlora_utils import results
 
     commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)

@@ -47,5 +47,6 @@ def default_compute_dtype():
     import torch
 
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # torch's default counts emulated bf16 (T4, V100) as supported: those compute fp16 natively
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.bfloat16 if cpu_bf16_native() else torch.float32

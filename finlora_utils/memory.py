@@ -52,7 +52,8 @@ CUDA_CONTEXT = 512 * 2 ** 20   # the CUDA context and kernels, outside torch's a
 # (embedded 135M) and 98 MiB (SmolLM2-1.7B's shape) over the plan on an H200 (torch 2.11, 2026-12-04), the
 # later trainings in that process within 2 %. cuBLAS and cuBLASLt keep a 32 MiB workspace per handle on Hopper,
 # and autograd's backward runs on a thread of its own, with its own handle: three workspaces, likely (not
-# separated by a profile).
+# separated by a profile). Measured on Hopper only: torch gives an older GPU ~8 MiB workspaces, so there the
+# term is ~70 MiB high, kept because a plan that is a little high costs less than one that does not fit.
 CUDA_FIRST_RUNTIME = 96 * 2 ** 20
 CPU_FRAMEWORK = 20 * 2 ** 20   # python-side model objects, allocator arenas (bench: tiny model, static part)
 # The one definition of "peak training memory" the kit stores, draws and predicts. The loaded process
@@ -377,10 +378,11 @@ def plan(model="llama-3.1-8b", bits: int = 4, rank: int | None = None, targets=(
     int8 inputs; `math_attention` adds the seq x seq scores of plain-matmul attention (the kit uses it
     on CPU up to train.SHORT_ATTENTION tokens; fused SDPA kernels never store them); `base_bytes=4`
     models fp32 unquantized weights (peft's prepare_model_for_kbit_training); `autocast=False` keeps
-    LoRA inputs in fp32; `warm_process`: this process has trained before, so the CPU runtime's one-off
-    caches and a GPU's BLAS workspaces (breakdown 'runtime') are resident already; `new_shapes`: how many micro-batch shapes
-    the run meets that this process has not trained on (CPU: each costs CPU_SHAPE_BYTES of kernels; None:
-    a typical run, the older constants); `runtime_bytes` overrides that term. `balance` (pipeline):
+    LoRA inputs in fp32; `warm_process`: this process has trained before on this device, so the CPU
+    runtime's one-off caches or a GPU's BLAS workspaces (breakdown 'runtime') are resident already;
+    `new_shapes`: how many micro-batch shapes the run meets that this process has not trained on (CPU: each
+    costs CPU_SHAPE_BYTES of kernels; None: a typical run, the older constants); `runtime_bytes` overrides
+    that term. `balance` (pipeline):
     'memory' splits the layers so the most loaded stage is as light as it can be, 'even' gives every stage
     the same number of layers (TrainConfig.pipeline_split). `shared_prefix`: each micro-batch's (a
     pipeline chunk's) examples share that many prompt tokens, laid out once (shared_prefix.pack): the layers

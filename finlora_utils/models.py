@@ -23,7 +23,7 @@ from .config import PRECISIONS, QUANTIZED
 from .hardware import default_compute_dtype
 from .paths import cache_dir
 
-# bitsandbytes logs on every int8 matmul that fp32 inputs are cast to fp16; that cast is the design.
+# bitsandbytes logs on every int8 matmul that its (fp32 or bf16) inputs are cast to fp16; that cast is the design.
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 
 EMBEDDED = "embedded"

@@ -339,7 +339,7 @@ def calibrate(model, tokenizer, prompts: Sequence[str], labels: Sequence[str], s
 
 @contextlib.contextmanager
 def quiet_bnb_int8():
-    """bitsandbytes logs on every int8 matmul that fp32 inputs are cast to fp16: that cast is the design."""
+    """bitsandbytes logs on every int8 matmul that its (fp32 or bf16) inputs are cast to fp16: the design."""
     log = logging.getLogger("bitsandbytes.autograd._functions")
     level = log.level
     log.setLevel(logging.ERROR)

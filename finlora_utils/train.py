@@ -47,7 +47,7 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32":
         return None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     from .hardware import default_compute_dtype
 
     return torch.bfloat16 if default_compute_dtype() == torch.bfloat16 else None
@@ -192,12 +192,14 @@ def memory_plan(config: TrainConfig, model, lengths: list[int], batch: int, labe
 
     try:
         cfg = model_config(causal_lm(model))
+        prev = memory.last_training_peak()   # warm for this device only: a CPU training leaves a GPU's BLAS cold
+        warm = bool(prev) and prev["peak_mem_method"].startswith("cuda") == (device.type == "cuda")
         for seq in sorted(set(lengths)):
             shape = dict(seq_len=seq, batch=batch, shared_prefix=shared[seq], label_tokens=label_tokens,
                          grad_checkpointing=grad_checkpointing,
                          math_attention=(device.type == "cpu" and seq <= SHORT_ATTENTION
                                          and not grad_checkpointing),
-                         device=device.type, gpus=gpus, warm_process=bool(memory.last_training_peak()),
+                         device=device.type, gpus=gpus, warm_process=warm,
                          new_shapes=built_by(seq))
             p = memory.run_plan(config.to_dict(), shape, model=cfg)
             if best is None or p.training_bytes > best["predicted_peak_mem_bytes"]:

@@ -211,7 +211,9 @@ def test_quantized_models_on_a_gpu_keep_unquantized_tensors_in_the_autocast_dtyp
     from finlora_utils import train
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    # asked for native support: torch's default also counts emulated bf16 (T4, V100), where fp16 is the fast path
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: bf16 and not including_emulation)
     cuda = torch.device("cuda")
     for precision in ("int8", "nf4", "fp4"):
         assert models.load_dtype(precision, "cuda") == train.amp_dtype(precision, cuda)
