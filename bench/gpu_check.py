@@ -188,7 +188,7 @@ def check_autocast(a, tmp: Path) -> dict:
     dev = torch.device("cuda" if _cuda() else "cpu")
     chosen = {p: str(train.amp_dtype(p, dev)).replace("torch.", "") for p in ("fp32", "bf16", "int8", "nf4")}
     out = dict(device=str(dev), chosen=chosen,
-               cuda_bf16_supported=bool(_cuda() and torch.cuda.is_bf16_supported()))
+               cuda_bf16_supported=bool(_cuda() and torch.cuda.is_bf16_supported(including_emulation=False)))
     kit = train.amp_dtype("nf4", dev)
     out["kit_choice_losses"] = _steps_with(a, tmp, kit)
     if not _cuda():

@@ -43,10 +43,18 @@ def cpu_bf16_native() -> bool:
 
 
 def default_compute_dtype():
-    """bf16 where the hardware computes it natively (CUDA Ampere+, AVX-512-BF16/AMX CPUs), else fp32."""
+    """bf16 where the hardware computes it natively (CUDA Ampere+, AVX-512-BF16/AMX CPUs), else fp16 on a GPU
+    and fp32 on a CPU."""
     import torch
 
     if torch.cuda.is_available():
-        # torch's default counts emulated bf16 (T4, V100) as supported: those compute fp16 natively
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return cuda_compute_dtype()
     return torch.bfloat16 if cpu_bf16_native() else torch.float32
+
+
+def cuda_compute_dtype():
+    """bf16 on a GPU that computes it natively (Ampere+), else fp16."""
+    import torch
+
+    # torch's default counts emulated bf16 (T4, V100) as supported: those compute fp16 natively
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16

@@ -181,11 +181,11 @@ def _label_logprobs(head: dict, logits: torch.Tensor, rows: torch.Tensor, pos: t
     ids = torch.tensor(tokens, device=logits.device)
     if "h" not in head:
         return (logits[rows.to(logits.device), pos.to(logits.device), ids].float() - norm).cpu()
-    h = head["h"][rows.to(head["h"].device), pos.to(head["h"].device)].float()
-    w = head["head"].weight[torch.tensor(tokens, device=head["head"].weight.device)].float()
-    exact = (h * w).sum(-1)
+    at = head["h"].device
+    ids = ids.to(at)
+    exact = (head["h"][rows.to(at), pos.to(at)].float() * head["head"].weight[ids].float()).sum(-1)
     if getattr(head["head"], "bias", None) is not None:
-        exact = exact + head["head"].bias[torch.tensor(tokens, device=exact.device)].float()
+        exact = exact + head["head"].bias[ids].float()
     return (exact.to(norm.device) - norm).cpu()
 
 

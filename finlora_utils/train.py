@@ -46,9 +46,10 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     (AMX / AVX-512-BF16 CPUs ~6x fp32 matmul, Ampere+ GPUs), fp16 on older GPUs, else none."""
     if precision == "fp32":
         return None
+    from .hardware import cuda_compute_dtype, default_compute_dtype
+
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    from .hardware import default_compute_dtype
+        return cuda_compute_dtype()
 
     return torch.bfloat16 if default_compute_dtype() == torch.bfloat16 else None
 
