@@ -279,7 +279,9 @@ for n in (5, 21, 40):   # padded to 16, 32, 48: a new stage and schedule for eve
     out.append(dict(loss=sum(x.item() for x in runner.losses), grads=grads))
     for p in names:
         p.grad = None
-print("RESULT" + json.dumps(dict(rank=rank, seen=seen, out=out)))
+# a file per rank: the ranks share torchrun's stdout, where two long lines can interleave
+with open(f"{sys.argv[2]}/result-{sys.argv[1]}-{rank}.json", "w") as f:
+    json.dump(dict(rank=rank, seen=seen, out=out), f)
 dist.destroy_process_group()
 """
 
@@ -288,11 +290,11 @@ def _stage_run(tmp_path: Path, mode: str) -> list[dict]:
     script = tmp_path / "stage_worker.py"
     script.write_text(STAGE_WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint=127.0.0.1:{parallel.free_port()}", str(script), mode]
+           f"--rdzv-endpoint=127.0.0.1:{parallel.free_port()}", str(script), mode, str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    found = [json.loads(line.split("RESULT", 1)[1]) for line in out.stdout.splitlines() if "RESULT" in line]
+    found = [json.loads(p.read_text()) for p in tmp_path.glob(f"result-{mode}-*.json")]
     return sorted(found, key=lambda r: r["rank"])
 
 
