@@ -4,6 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PRESET  ?= cpu
 PYTEST_ARGS ?=
+# test workers (pytest-xdist, one test file each at a time); JOBS=0 runs the suite in one process
+JOBS    ?= 2
 # Real data: FINLORA_DATA_DIR wins; in this repository's own workspace the shared copy sits beside the checkout.
 ifeq ($(origin FINLORA_DATA_DIR), undefined)
   ifneq ($(wildcard ../shared/data/finlora),)
@@ -29,7 +31,7 @@ study: venv
 	$(BIN)/python -m finlora_utils.study all --preset $(PRESET)
 
 test: venv
-	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs -n $(JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lab: venv
 	$(BIN)/jupyter lab notebooks/

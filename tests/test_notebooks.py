@@ -37,6 +37,7 @@ def smoke_study(tmp_path_factory):
     return out, index
 
 
+@pytest.mark.slow   # the smoke study they share runs every notebook (~2 min)
 def test_study_runs_every_notebook_with_the_smoke_preset(smoke_study):
     out, index = smoke_study
     names = study.available_notebooks()
@@ -53,6 +54,7 @@ def test_study_runs_every_notebook_with_the_smoke_preset(smoke_study):
     assert all(f"html/{n}.html" in text for n in names)
 
 
+@pytest.mark.slow
 def test_every_figure_has_its_numbers_beside_it(smoke_study):
     out, _ = smoke_study
     pngs = sorted((out / "figures").glob("*.png"))
