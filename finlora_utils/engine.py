@@ -145,7 +145,7 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
         if changed:
             raise ConfigError(f"{changed}: the data changed since {results_path} was trained on it; expected "
                               "force=True to retrain on the data as it is now (or a variant_tag for a new run id)")
-        say(f"{tag} finished earlier: {results_path} (force=True retrains)")
+        say(f"{tag} finished earlier: {results_path} (to retrain: --force, FORCE = True in a notebook, force=True in Python)")
         return dict(done, _path=str(results_path)) if rank == 0 else {}
     memory.set_heap_mode(config.cpu_memory)   # before data and model: see memory.pin_mmap_threshold
     data = build_data(config, load_tokenizer(config.model), data_dir)   # data errors before the model loads

@@ -460,10 +460,18 @@ def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool
                   use_safetensors=True)
     if qcfg is not None:
         kwargs.update(quantization_config=qcfg, device_map={"": device if device != "cuda" else 0})
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    # a 'Loading weights' bar per model buries the training log and a notebook's tables; the kit says what it loads
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), **kwargs)
     except Exception as e:  # noqa: BLE001
         raise _offline_hint(name, e) from e
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if qcfg is None:
         model.to(device)
     if device == "cpu":

@@ -147,15 +147,7 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
     if not labels:   # an adapter or merged-model folder names the tasks it was trained on, with their prompts
         labels, instruction, task = _recorded_task(adapter or Path(str(source)), task, labels, instruction)
     labels, instruction, task = _label_set(task, labels, instruction)
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()   # a 'Loading weights' bar per run buries a notebook's table
-    try:
-        base, tok = load_model(model, precision=precision or "auto")
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    base, tok = load_model(model, precision=precision or "auto")
     if adapter is not None:
         from peft import PeftModel
 

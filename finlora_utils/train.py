@@ -62,16 +62,8 @@ def build_model(config: TrainConfig, device: str | None = None):
     """
     from .models import load_model
 
-    from transformers.utils import logging as hf_logging
-
     torch.manual_seed(config.seed)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()   # a 272-step 'Loading weights' bar per run buries the training log
-    try:
-        model, tok = load_model(config.model, config.precision, config.double_quant, device=device)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    model, tok = load_model(config.model, config.precision, config.double_quant, device=device)
     return with_adapter(config, model), tok
 
 

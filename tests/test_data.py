@@ -383,3 +383,15 @@ def test_data_dir_argument_beats_missing_env(real_data_dir, monkeypatch, tmp_pat
         data.load_task("fpb", "test")
     with pytest.raises(sources.DataUnavailableError, match=r"^data_dir='.*nothing': no such folder"):
         sources.resolve("fpb/Sentences_50Agree.txt", data_dir=tmp_path / "nothing")
+
+
+def test_a_task_mix_draws_no_progress_bar_and_leaves_the_bars_setting_alone(capfd):
+    import datasets
+
+    for enabled in (True, False):
+        (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+        capfd.readouterr()
+        mix = loader.load_tasks(["fpb", "fiqa"], "train", max_samples=20)
+        err = capfd.readouterr().err
+        assert len(mix) == 40 and "Flattening" not in err and datasets.is_progress_bar_enabled() == enabled, err
+    datasets.enable_progress_bars()

@@ -219,3 +219,17 @@ def test_quantized_models_on_a_gpu_keep_unquantized_tensors_in_the_autocast_dtyp
         assert models.load_dtype(precision, "cuda") == train.amp_dtype(precision, cuda)
         assert models.load_dtype(precision, "cuda") == (torch.bfloat16 if bf16 else torch.float16)
     assert models.load_dtype("int8", "cpu") == torch.float32   # bitsandbytes' CPU int8 path, with fp32 activations
+
+
+def test_loading_prints_no_progress_bar_and_leaves_the_bars_setting_alone(capfd):
+    """transformers draws a 'Loading weights' bar per model (272 steps for the embedded one) between the kit's own
+    progress lines; load_model hides it during the load only, so a user's own setting stays as it was."""
+    from transformers.utils import logging as hf_logging
+
+    for enabled in (True, False):
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+        capfd.readouterr()
+        models.load_model("tiny-random-llama", "fp32")
+        err = capfd.readouterr().err
+        assert "Loading weights" not in err and hf_logging.is_progress_bar_enabled() == enabled, err[-500:]
+    hf_logging.enable_progress_bar()

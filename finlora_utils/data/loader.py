@@ -247,7 +247,13 @@ def load_tasks(names, split: str = "train", data_dir: str | os.PathLike | None =
     if not names:
         raise ValueError("names: give at least one task name")
     parts = [load_task(n, split, data_dir, max_samples, seed, allow_sample) for n in names]
-    return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()   # a 'Flattening the indices' bar per run, between the kit's own progress lines
+    try:
+        return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def data_source(name: str, data_dir: str | os.PathLike | None = None) -> str:
