@@ -104,7 +104,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     from . import results
     from .artifacts import ADAPTER_WEIGHTS, TASK_FILE, read_task_record, safetensors_adapter
     from .data.sources import sha256_file
-    from .models import load_tokenizer, resolve_model_path
+    from .models import load_tokenizer, quiet_progress, resolve_model_path
 
     adapter, out = Path(adapter), Path(out)
     if dtype not in DTYPES:
@@ -121,8 +121,9 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     tok = load_tokenizer(base)
     # merge in fp32 (W + BA exactly as trained), cast once at the end
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True,
-                                                 trust_remote_code=False)
+    with quiet_progress():
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True,
+                                                     trust_remote_code=False)
     peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     peft_model.eval()
     expected = _logits(peft_model, tok, PROBE)
@@ -152,7 +153,8 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        merged.save_pretrained(tmp, safe_serialization=True)
+        with quiet_progress():
+            merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(record), encoding="utf-8")
         results.write_json(tmp / "finlora_merge.json", record)

@@ -6,6 +6,7 @@ hub id / local directory. Quantization goes through ``BitsAndBytesConfig`` only.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -438,6 +439,22 @@ def load_dtype(precision: str, device: str, compute_dtype: torch.dtype | None = 
     return compute_dtype or default_compute_dtype()
 
 
+@contextlib.contextmanager
+def quiet_progress():
+    """transformers' progress bars off inside, the caller's setting back after: a 'Loading weights' bar per model
+    (272 steps for the embedded one) or 'Writing model shards' buries the kit's own progress lines and a
+    notebook's tables."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool = False,
                device: str | None = None, compute_dtype: torch.dtype | None = None):
     """Return (model, tokenizer). ``precision`` is auto | fp32 | bf16 | int8 | nf4 | fp4 (auto: config.resolve_precision)."""
@@ -460,18 +477,11 @@ def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool
                   use_safetensors=True)
     if qcfg is not None:
         kwargs.update(quantization_config=qcfg, device_map={"": device if device != "cuda" else 0})
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    # a 'Loading weights' bar per model buries the training log and a notebook's tables; the kit says what it loads
-    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), **kwargs)
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), **kwargs)
     except Exception as e:  # noqa: BLE001
         raise _offline_hint(name, e) from e
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     if qcfg is None:
         model.to(device)
     if device == "cpu":
