@@ -444,15 +444,23 @@ def quiet_progress():
     """transformers' progress bars off inside, the caller's setting back after: a 'Loading weights' bar per model
     (272 steps for the embedded one) or 'Writing model shards' buries the kit's own progress lines and a
     notebook's tables."""
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    bars, hub_off = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    # transformers' switch also flips huggingface_hub's, which warns where HF_HUB_DISABLE_PROGRESS_BARS overrides it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if bars:
+                hf_logging.enable_progress_bar()
+            if hub_off and not hub_utils.are_progress_bars_disabled():   # switched off on its own before
+                hub_utils.disable_progress_bars()
 
 
 def load_model(name: str = EMBEDDED, precision: str = "bf16", double_quant: bool = False,

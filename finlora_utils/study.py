@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import difflib
 import html
 import os
@@ -219,6 +220,21 @@ def _register_engine() -> None:
     papermill_engines.register(ENGINE, ProgressEngine)
 
 
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """os.environ with `values` set inside, as it was after."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _kernel_config(sock_dir: str):
     """Kernel over local IPC sockets in a private folder: nothing on the network, and no 'TCP without
     encryption' warning from ipykernel at every launch. TCP where IPC does not exist (Windows)."""
@@ -257,11 +273,12 @@ def run_notebook(name: str, preset: str = "cpu", output_dir: str | Path | None =
         raise ConfigError(f"FINLORA_CELL_TIMEOUT={env_timeout!r}: expected seconds per notebook cell, an integer > 0")
     from .data.sources import ENV_DATA_DIR
 
+    # The kernel inherits os.environ when it starts; the caller's is put back after the run (datasets reads its
+    # variable once, at import, so a leftover would switch a later import's bars off in the calling process).
+    kernel_env = {"HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                  "HF_DATASETS_DISABLE_PROGRESS_BARS": os.environ.get("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")}
     if os.environ.get(ENV_DATA_DIR):   # the kernel runs in notebooks/: a relative data dir would move
-        os.environ[ENV_DATA_DIR] = str(Path(os.environ[ENV_DATA_DIR]).resolve())
-    # The kernel inherits these: the package's own progress lines replace the libraries' redrawn bars.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        kernel_env[ENV_DATA_DIR] = str(Path(os.environ[ENV_DATA_DIR]).resolve())
     own = progress is None
     progress = progress or Progress(dst.parent / LOG_NAME)
     tag = label or name
@@ -275,7 +292,7 @@ def run_notebook(name: str, preset: str = "cpu", output_dir: str | Path | None =
 
     t0 = time.time()
     try:
-        with tempfile.TemporaryDirectory(prefix="finlora-kernel-") as sock_dir:
+        with tempfile.TemporaryDirectory(prefix="finlora-kernel-") as sock_dir, _environ(kernel_env):
             pm.execute_notebook(str(src), str(dst), parameters=params, cwd=str(notebooks_dir()),
                                 kernel_name="python3", engine_name=ENGINE, log_output=False, progress_bar=False,
                                 stdout_file=progress, stderr_file=progress, config=_kernel_config(sock_dir),

@@ -385,13 +385,23 @@ def test_data_dir_argument_beats_missing_env(real_data_dir, monkeypatch, tmp_pat
         sources.resolve("fpb/Sentences_50Agree.txt", data_dir=tmp_path / "nothing")
 
 
-def test_a_task_mix_draws_no_progress_bar_and_leaves_the_bars_setting_alone(capfd):
+def test_a_task_mix_draws_no_progress_bar_and_leaves_the_bars_setting_alone(capfd, monkeypatch):
+    import importlib
+
     import datasets
 
-    for enabled in (True, False):
-        (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
-        capfd.readouterr()
-        mix = loader.load_tasks(["fpb", "fiqa"], "train", max_samples=20)
-        err = capfd.readouterr().err
-        assert len(mix) == 40 and "Flattening" not in err and datasets.is_progress_bar_enabled() == enabled, err
-    datasets.enable_progress_bars()
+    ds_tqdm = importlib.import_module("datasets.utils.tqdm")   # the module; datasets.utils.tqdm is its class
+
+    # as if HF_DATASETS_DISABLE_PROGRESS_BARS were unset when datasets was imported (it then decides, not the code)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_DISABLE_PROGRESS_BARS", None)
+    monkeypatch.setattr(ds_tqdm, "HF_DATASETS_DISABLE_PROGRESS_BARS", None)
+    before = datasets.is_progress_bar_enabled()
+    try:
+        for enabled in (True, False):
+            (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+            capfd.readouterr()
+            mix = loader.load_tasks(["fpb", "fiqa"], "train", max_samples=20)
+            err = capfd.readouterr().err
+            assert len(mix) == 40 and "Flattening" not in err and datasets.is_progress_bar_enabled() == enabled, err
+    finally:
+        (datasets.enable_progress_bars if before else datasets.disable_progress_bars)()

@@ -221,15 +221,26 @@ def test_quantized_models_on_a_gpu_keep_unquantized_tensors_in_the_autocast_dtyp
     assert models.load_dtype("int8", "cpu") == torch.float32   # bitsandbytes' CPU int8 path, with fp32 activations
 
 
-def test_loading_prints_no_progress_bar_and_leaves_the_bars_setting_alone(capfd):
+def test_loading_prints_no_progress_bar_and_leaves_the_bars_settings_alone(capfd):
     """transformers draws a 'Loading weights' bar per model (272 steps for the embedded one) between the kit's own
-    progress lines; load_model hides it during the load only, so a user's own setting stays as it was."""
+    progress lines; load_model hides it during the load only: transformers' and huggingface_hub's own settings
+    (hub's can be off on its own) stay as they were."""
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
-    for enabled in (True, False):
-        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
-        capfd.readouterr()
-        models.load_model("tiny-random-llama", "fp32")
-        err = capfd.readouterr().err
-        assert "Loading weights" not in err and hf_logging.is_progress_bar_enabled() == enabled, err[-500:]
-    hf_logging.enable_progress_bar()
+    before = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    try:
+        for enabled, hub_off in ((True, False), (False, True), (True, True)):
+            (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+            if hub_off:
+                hub_utils.disable_progress_bars()
+            capfd.readouterr()
+            models.load_model("tiny-random-llama", "fp32")
+            err = capfd.readouterr().err
+            assert "Loading weights" not in err, err[-500:]
+            assert hf_logging.is_progress_bar_enabled() == enabled, enabled
+            assert hub_utils.are_progress_bars_disabled() == hub_off, (enabled, hub_off)
+    finally:
+        (hf_logging.enable_progress_bar if before[0] else hf_logging.disable_progress_bar)()
+        if before[1]:
+            hub_utils.disable_progress_bars()

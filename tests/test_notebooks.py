@@ -65,3 +65,22 @@ def test_every_figure_has_its_numbers_beside_it(smoke_study):
         assert csv.exists() and len(csv.read_text().splitlines()) >= 2, f"{csv.name} missing or empty"
     for res in (out / "results").glob("*.json"):
         json.loads(res.read_text())  # every results file is complete JSON
+
+
+def test_the_kernel_gets_its_environment_and_the_caller_keeps_its_own(tmp_path, monkeypatch):
+    """The kernel starts with the libraries' bars off and an absolute data dir; the calling process's environment is
+    left as it was (datasets reads its variable once, at import: a leftover switched later bars off for good)."""
+    import os
+
+    import papermill as pm
+
+    seen = {}
+    monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")   # a user's own choice reaches the kernel
+    monkeypatch.setenv("FINLORA_DATA_DIR", "rel/data")
+    monkeypatch.setattr(pm, "execute_notebook", lambda *a, **k: seen.update(os.environ))
+    study.run_notebook("06_report", "smoke", tmp_path)
+    assert seen["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1" and seen["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+    assert seen["FINLORA_DATA_DIR"] == str(Path("rel/data").resolve())
+    assert "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ and os.environ["FINLORA_DATA_DIR"] == "rel/data"
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"

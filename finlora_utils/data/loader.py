@@ -247,12 +247,15 @@ def load_tasks(names, split: str = "train", data_dir: str | os.PathLike | None =
     if not names:
         raise ValueError("names: give at least one task name")
     parts = [load_task(n, split, data_dir, max_samples, seed, allow_sample) for n in names]
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()   # a 'Flattening the indices' bar per run, between the kit's own progress lines
+    # a 'Flattening the indices' bar per run between the kit's own progress lines; HF_DATASETS_DISABLE_PROGRESS_BARS,
+    # where set, decides instead (datasets refuses, with a warning, to switch against it)
+    quiet = datasets.is_progress_bar_enabled() and datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is None
+    if quiet:
+        datasets.disable_progress_bars()
     try:
         return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
     finally:
-        if bars:
+        if quiet:
             datasets.enable_progress_bars()
 
 
