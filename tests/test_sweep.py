@@ -46,6 +46,7 @@ def test_grid_validation_names_the_problem(tmp_path):
         sweep.load_grid(p)
 
 
+@pytest.mark.slow
 def test_sweep_resumes_skips_finished_points_and_reports_failures(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump(GRID))
