@@ -850,7 +850,7 @@ def is_training_phase(train_info: dict) -> bool:
 # ------------------------------------------------------------------ CLI
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m finlora_utils.memory", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m finlora_utils", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("estimate", help="predict peak training memory")
     e.add_argument("--model", default="llama-3.1-8b", help="shipped name, hub id, local dir or config.json")

@@ -403,7 +403,7 @@ def run_study(preset: str = "cpu", output_dir: str | Path | None = None, noteboo
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m finlora_utils.study", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m finlora_utils study", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("all", help="run every notebook in order, render HTML and index.html")
     a.add_argument("--notebooks", default=None, help="comma-separated subset to run, in the order given (default: all)")

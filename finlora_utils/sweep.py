@@ -483,7 +483,7 @@ def rescore_points(grid_path: str | Path, output_dir: str | Path | None = None) 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m finlora_utils.sweep", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m finlora_utils sweep", description=__doc__.splitlines()[0])
     ap.add_argument("grid", help="grid YAML file")
     ap.add_argument("--output-dir", default=None, help="default: reports/sweeps/<name>")
     ap.add_argument("--report-only", action="store_true",

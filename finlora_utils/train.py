@@ -501,7 +501,7 @@ def main(argv=None) -> int:
     import argparse
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="python -m finlora_utils.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m finlora_utils train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=None, help="TrainConfig JSON to start from (flags override it)")
     config_args(ap)
     ap.add_argument("--task", dest="tasks", help="alias of --tasks (comma-separated for a multi-task mix)")

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from finlora_utils import artifacts, evaluate, memory, parallel, results, study, sweep, train
+from finlora_utils.__main__ import VERBS
+from finlora_utils.__main__ import main as entry_main
 from finlora_utils.config import ConfigError, LoraSettings, TrainConfig
 from finlora_utils.data import __main__ as data_cli
 
@@ -239,3 +241,13 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
     assert main([]) == 130
     err = capsys.readouterr().err
     assert err.startswith("interrupted (Ctrl-C)") and "resumes from its last checkpoint" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_a_verbs_help_shows_the_command_the_readme_teaches(verb, capsys):
+    """`python -m finlora_utils train --help` said `usage: python -m finlora_utils.train`: a working command, but
+    not the one the user typed or the README shows."""
+    with pytest.raises(SystemExit) as done:
+        entry_main([verb, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m finlora_utils {verb} "), verb

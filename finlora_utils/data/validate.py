@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .tasks import TASKS
 
-    ap = argparse.ArgumentParser(prog="python -m finlora_utils.data validate",
+    ap = argparse.ArgumentParser(prog="python -m finlora_utils validate",
                                  description="Check a JSONL file of {\"context\", \"target\"} rows in FinLoRA format, "
                                              "or a CSV / TSV with a text and a label column, as training reads it.")
     ap.add_argument("file")
