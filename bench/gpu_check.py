@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 import tempfile
 import time
@@ -316,13 +315,6 @@ def scrub(text: str, tmp: str) -> str:
     return ABS_PATH.sub(lambda m: ".../" + "/".join(m.group(0).rstrip("/").split("/")[-2:]), text)
 
 
-def shown(path) -> str:
-    """The results file as its own config records it: relative to the project, else its name alone (a device's
-    output folder is no path of the machine the file is committed from)."""
-    p = Path(path).resolve()
-    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
-
-
 def run_checks(a, names=None, after_each=None) -> dict:
     """Every check in turn, each ok / failed / skipped; after_each(results so far) after every one."""
     out = {}
@@ -376,13 +368,10 @@ def main(argv=None) -> int:
         p.error(f"--checks without --out: expected a results file other than {SHOWCASE.relative_to(ROOT)}")
     from finlora_utils import results
 
-    commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
-    if a.commit is not None:
-        if not re.fullmatch(r"[0-9a-f]{40}", a.commit):   # a dirty tree's figures are not committed anyway
-            p.error(f"--commit={a.commit!r}: expected a full 40-hex-digit commit")
-        if commit is not None and commit != a.commit:
-            p.error(f"--commit={a.commit}: this checkout is at {commit}")
-        commit = a.commit
+    try:   # the code the bench starts with (edits while it runs must not relabel it)
+        commit = results.run_commit(a.commit)
+    except ValueError as e:
+        p.error(str(e))
     if a.dry_run:
         import os
 
@@ -409,7 +398,7 @@ def main(argv=None) -> int:
                     for st in ("ok", "failed", "skipped")})
         # portable: the showcase copy is committed, so no path of this machine may stay in it
         results.write_bench(path, "gpu_check" + ("_dry_run" if a.dry_run else ""),
-                            dict({k: v for k, v in vars(a).items() if k != "model_path"}, out=shown(path)),
+                            dict({k: v for k, v in vars(a).items() if k != "model_path"}, out=results.shareable_path(path)),
                             dict(checks=checks, summary=s), seed=a.seed, data_source=data.data_source(a.task),
                             base_model=base, portable=True, commit=commit)
         return s

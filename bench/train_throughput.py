@@ -47,8 +47,10 @@ OPT = dict(lr=5e-4, weight_decay=0.005, warmup_ratio=0.05)
 
 def _config(a, out: Path):
     from finlora_utils.config import LoraSettings, TrainConfig
+    from finlora_utils.models import bench_model_path
 
-    return TrainConfig(model=a.model, tasks=(a.task,), precision="nf4", double_quant=True,
+    # random:<config> (a GPU check at a real model's shape) trains its seeded folder, built once
+    return TrainConfig(model=bench_model_path(a.model), tasks=(a.task,), precision="nf4", double_quant=True,
                        lora=LoraSettings(**LORA), batch_size=a.batch, max_steps=a.steps,
                        max_train_samples=a.steps * a.batch, max_seq_len=a.max_seq_len, seed=a.seed,
                        log_every=max(1, a.steps // 4), output_dir=str(out / "runs"),
@@ -167,14 +169,18 @@ def heldout_loss(cfg, adapters: dict, n: int) -> dict:
     base, tok = load_model(cfg.model, "nf4", double_quant=True)
     rows = data.load_task(cfg.tasks[0], "test", max_samples=n, seed=cfg.seed)
     exs = [encode(tok, r["context"], r["target"], cfg.max_seq_len) for r in rows]
+    device = next(base.parameters()).device
+    # on a GPU in the dtype training computed in (the LoRA weights are fp32); a CPU as before: no autocast
+    amp = train.amp_dtype("nf4", device) if device.type == "cuda" else None
     out = {}
     for name, path in [("base", None)] + list(adapters.items()):
         model = PeftModel.from_pretrained(base, path) if path else base
         model.eval()
         tot, cnt = 0.0, 0
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             for i in range(0, len(exs), 16):
-                s, c = train.loss_fn(model, collate(exs[i:i + 16], tok.pad_token_id))
+                batch = {k: v.to(device) for k, v in collate(exs[i:i + 16], tok.pad_token_id).items()}
+                s, c = train.loss_fn(model, batch)
                 tot, cnt = tot + float(s), cnt + c
         out[name] = tot / cnt
         if path:
@@ -190,7 +196,9 @@ def needed_flops_and_peak(cfg) -> tuple[dict, dict, dict]:
     padding or recomputation) and this machine's
     matmul peak in the dtype training computes in, at the threads a fresh process gets. Also the FLOPs of the
     steps after the first (ours), for the steady-state MFU."""
-    from finlora_utils import engine, flops, train
+    import torch
+
+    from finlora_utils import engine, flops
     from finlora_utils.models import load_tokenizer
 
     data = engine.build_data(cfg, load_tokenizer(cfg.model))
@@ -199,7 +207,9 @@ def needed_flops_and_peak(cfg) -> tuple[dict, dict, dict]:
     after_first = flops.train_flops(cfg.model, flops.planned_examples(data.examples, data.plan[1:], share_prefix=True),
                                     cfg.lora)
     tokens = round(sum(e[0] for e in ex) / max(sum(map(len, data.plan)), 1))   # one micro-batch's projection rows
-    return need, after_first, flops.measure_peak(cfg.model, tokens=tokens, dtype=flops.compute_dtype(cfg.precision))
+    device = "cuda" if torch.cuda.is_available() else "cpu"   # where both recipes trained
+    return need, after_first, flops.measure_peak(cfg.model, tokens=tokens, dtype=flops.compute_dtype(cfg.precision),
+                                                 device=device)
 
 
 # ---------------------------------------------------------------- driver
@@ -223,7 +233,9 @@ def _spawn(recipe: str, a, out: Path, extra: list[str]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="embedded")
+    p.add_argument("--model", default="embedded",
+                   help="embedded (default), tiny-random-llama, a local folder, or random:<shipped config> (e.g. "
+                        "random:smollm2-1.7b): seeded random weights of that shape, for time and memory only")
     p.add_argument("--task", default="fpb")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch", type=int, default=8)
@@ -234,6 +246,8 @@ def main(argv=None) -> int:
                    help="interleaved repeats, each recipe in a fresh process; the fastest of each counts")
     p.add_argument("--json", default=None,
                    help="results file: figures, config, commit, machine (default: reports/bench/train_throughput.json)")
+    p.add_argument("--commit", help="the commit this tree was copied from, where it has no .git (40 hex digits; "
+                                    "default: read from git)")
     p.add_argument("--recipe", choices=("finlora", "ours"), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -245,7 +259,10 @@ def main(argv=None) -> int:
         return _child(a)
     from finlora_utils import results
 
-    commit = results.git_commit()   # the code the bench starts with (edits while it runs must not relabel it)
+    try:   # the code the bench starts with (edits while it runs must not relabel it)
+        commit = results.run_commit(a.commit)
+    except ValueError as e:
+        p.error(str(e))
     extra = ["--model", a.model, "--task", a.task, "--steps", str(a.steps), "--batch", str(a.batch),
              "--max-seq-len", str(a.max_seq_len), "--seed", str(a.seed)]
     with tempfile.TemporaryDirectory(prefix="finlora-bench-") as tmp:
@@ -260,7 +277,10 @@ def main(argv=None) -> int:
         rows = [best["finlora"], best["ours"]]
         losses = heldout_loss(_config(a, out), {r["recipe"]: r["adapter"] for r in rows}, a.heldout)
         need, after_first, peak = needed_flops_and_peak(_config(a, out))
-    print(f"\n{a.model} on {a.task}, nf4 r4, {a.steps} steps x batch {a.batch}, {os.cpu_count()} CPUs "
+    import torch
+
+    where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{os.cpu_count()} CPUs"
+    print(f"\n{a.model} on {a.task}, nf4 r4, {a.steps} steps x batch {a.batch}, {where} "
           f"(held-out target loss of the base model: {losses['base']:.4f})")
     print(f"{'recipe':<8} {'wall s':>7} {'cpu s':>7} {'s/step':>7} {'target tok/s':>13} {'tok/s':>6} {'peak GiB':>9} "
           f"{'train loss':>11} {'held-out loss':>14}")
@@ -283,10 +303,10 @@ def main(argv=None) -> int:
     from finlora_utils.flops import mfu, peak_summary
 
     whole_mfu = mfu(need["total"], ours["wall_s"], peak["peak"])
+    by_cpu = (f" (by CPU time / threads: {100 * mfu(need['total'], ours['cpu_s'] / peak['threads'], peak['peak']):.1f} %)"
+              if peak["device"] == "cpu" else "")   # on a GPU the host's CPU time is not the matmuls'
     print(f"{peak_summary(peak)}; the run needs {need['total'] / 1e12:.3f} TFLOP (forward {need['forward'] / 1e12:.3f}); "
-          f"MFU finlora {100 * mfu(need['total'], fin['wall_s'], peak['peak']):.1f} %, "
-          f"ours {100 * whole_mfu:.1f} % (by CPU time / threads: "
-          f"{100 * mfu(need['total'], ours['cpu_s'] / peak['threads'], peak['peak']):.1f} %)")
+          f"MFU finlora {100 * mfu(need['total'], fin['wall_s'], peak['peak']):.1f} %, ours {100 * whole_mfu:.1f} %{by_cpu}")
     # A fresh process's first step also faults in the memory the step works in and builds its kernels; a real
     # run (FinLoRA: 4 epochs, hundreds of steps) pays that once, so the steps after it are what a run sees.
     steady = {r["recipe"]: (r["target_tokens"] - r["first_step"]["target_tokens"])
@@ -302,7 +322,8 @@ def main(argv=None) -> int:
     out = Path(a.json) if a.json else reports_dir() / "bench" / "train_throughput.json"
     figures = dict(train_speedup=steady["ours"] / steady["finlora"], train_speedup_whole_run=speedup,
                    train_mfu=steady_mfu, train_mfu_whole_run=whole_mfu, cpu_time_speedup=fin["cpu_s"] / ours["cpu_s"])
-    config = {k: v for k, v in vars(a).items() if k not in ("recipe", "out")}
+    config = dict({k: v for k, v in vars(a).items() if k not in ("recipe", "out")},
+                  json=results.shareable_path(out))   # a GPU machine's output folder is no path here
     doc = results.write_bench(out, "train_throughput", config, dict(
         recipes=[{k: v for k, v in r.items() if k != "adapter"} for r in rows],   # adapters: a temporary folder
         seconds_per_repeat=walls, heldout_loss=losses, figures=figures,

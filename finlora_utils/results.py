@@ -172,6 +172,20 @@ def git_commit() -> str | None:
         return None
 
 
+def run_commit(claimed: str | None = None) -> str | None:
+    """The code a run starts with: git's HEAD (git_commit) or, in a copy of the tree without .git (as a GPU machine
+    gets it), `claimed`, the commit it was copied from. ValueError for a claim that is not 40 hex digits or that
+    git contradicts."""
+    commit = git_commit()
+    if claimed is None:
+        return commit
+    if not re.fullmatch(r"[0-9a-f]{40}", claimed):   # a dirty tree's figures are not committed anyway
+        raise ValueError(f"--commit={claimed!r}: expected a full 40-hex-digit commit")
+    if commit is not None and commit != claimed:
+        raise ValueError(f"--commit={claimed}: this checkout is at {commit}")
+    return claimed
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from finlora_utils import results
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -84,7 +86,7 @@ def test_checks_runs_a_subset_and_names_an_unknown_one(tmp_path, monkeypatch, ca
     res = json.loads(out.read_text())
     assert list(res["checks"]) == ["first"] and res["summary"]["pending"] == [] and res["summary"]["ok"] == ["first"]
     assert res["run_info"]["config"]["out"] == "g.json"   # outside the project: its name, no absolute path
-    assert mod.shown(ROOT / "reports" / "x.json") == "reports/x.json"
+    assert results.shareable_path(ROOT / "reports" / "x.json") == "reports/x.json"
     with pytest.raises(SystemExit) as e:
         mod.main(["--dry-run", "--checks", "first,nope", "--out", str(out)])
     assert e.value.code == 2 and "--checks='first,nope': unknown nope; expected some of first, second" in \

@@ -174,3 +174,15 @@ def test_written_files_get_the_umask_permissions_not_owner_only(tmp_path):
         assert results.write_json(tmp_path / "p.json", {}).stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_a_run_names_its_commit_from_git_or_from_a_claim_git_cannot_contradict(monkeypatch):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setattr(results, "git_commit", lambda: None)   # a copy of the tree without .git
+    assert results.run_commit(None) is None and results.run_commit(sha) == sha
+    with pytest.raises(ValueError, match="--commit='abc': expected a full 40-hex-digit commit"):
+        results.run_commit("abc")
+    monkeypatch.setattr(results, "git_commit", lambda: "f" * 40 + "-dirty")
+    assert results.run_commit(None) == "f" * 40 + "-dirty"
+    with pytest.raises(ValueError, match=f"--commit={sha}: this checkout is at f{{40}}-dirty"):
+        results.run_commit(sha)
