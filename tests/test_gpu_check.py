@@ -180,3 +180,24 @@ def test_the_committed_gpu_runs_are_within_the_planner(name):
                 assert ratio > 1.5, (folder.name, name, k, ratio)   # fp16 base + bf16 LoRA promoted to fp32
             else:
                 assert 0.93 <= ratio <= 1.05, (folder.name, name, k, ratio)
+
+
+def test_the_committed_gpu_training_bench_recomputes_from_its_own_rows():
+    """The H200 run of bench/train_throughput.py that the README quotes: both recipes trained the same examples on
+    the GPU, the peak was measured there (8192^3 included), and the speedup and MFU follow from the rows."""
+    from finlora_utils.flops import mfu
+
+    res = json.loads((GPU_RUNS / "train_throughput_random_1.7b.json").read_text())
+    fin, ours = res["recipes"]
+    assert (fin["recipe"], ours["recipe"]) == ("finlora", "ours") and fin["examples"] == ours["examples"] == 160
+    assert fin["peak_mem_method"] == ours["peak_mem_method"] == "cuda_max_allocated"
+    assert res["peak"]["device"] == "cuda" and "8192^3" in res["peak"]["flops_per_s"]
+    assert res["meta_info"]["hardware"]["gpu"] == "NVIDIA H200" and res["run_info"]["data_source"] == "real"
+
+    def steady(r):
+        return (r["target_tokens"] - r["first_step"]["target_tokens"]) / (r["wall_s"] - r["first_step"]["wall_s"])
+
+    fig = res["figures"]
+    assert fig["train_speedup"] == pytest.approx(steady(ours) / steady(fin)) and round(fig["train_speedup"], 2) == 1.53
+    secs = ours["wall_s"] - ours["first_step"]["wall_s"]
+    assert fig["train_mfu"] == pytest.approx(mfu(res["flops"]["after_first_step"]["total"], secs, res["peak"]["peak"]))
