@@ -24,6 +24,11 @@ Checks, each recorded as ok / failed (with the error) / skipped (with the reason
                                  predictions (up to 1 % flipped by rounding on near-ties; on random weights,
                                  whose label scores nearly tie, recorded but not judged), time per example,
                                  accuracy
+  step_profile                   the kit's own 4-bit loop at the check's batch and at 4x it, the torch profiler
+                                 over the steps after two warm-ups: per step the wall time, the host's ops and
+                                 kernel launches, the GPU's kernel time and the share of the wall it fills
+                                 (gpu_busy), the ops taking the most host time; a step 4x the batch in about
+                                 the same time says the host, not the GPU, bounds it
   ddp_nccl                       parallel.launch DDP over 2 GPUs under torchrun with a timeout (needs >= 2)
 Provenance (versions, commit, hardware, data source) comes from finlora_utils.results; the results file is
 rewritten after every check, so a crash or a timeout keeps the checks before it. `--commit SHA` names the
@@ -284,6 +289,78 @@ def check_label_scoring(a, tmp: Path) -> dict:
     return out
 
 
+class _Profiler:
+    """An on_step hook for train.train: the torch profiler over the steps after `warm` warm-up steps (the first
+    builds kernels and warms the allocator), with their wall time."""
+
+    def __init__(self, warm: int, steps: int):
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        self.cuda = torch.cuda.is_available()
+        self.sync = torch.cuda.synchronize if self.cuda else (lambda: None)
+        self.warm, self.steps, self.wall = warm, steps, None
+        self.prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else []))
+
+    def __call__(self, step: int, loss: float) -> None:
+        if step == self.warm:
+            self.sync()
+            self.prof.start()
+            self.t0 = time.perf_counter()
+        elif step == self.warm + self.steps:
+            self.sync()
+            self.wall = time.perf_counter() - self.t0
+            self.prof.stop()
+
+    def summary(self, top: int = 12) -> dict:
+        """Per step: wall ms, the host's ops and kernel launches, the GPU's kernel time and the share of the
+        wall it fills, and the ops that take the most host time."""
+        evs = self.prof.key_averages()
+        n = self.steps
+
+        def dev_us(e):   # torch >= 2.4 names it device time; older, cuda time
+            return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) or 0
+
+        launches = sum(e.count for e in evs if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel"))
+        kernel_ms = sum(dev_us(e) for e in evs) / 1e3 / n
+        wall_ms = 1e3 * self.wall / n
+        return dict(steps=n, wall_ms_per_step=round(wall_ms, 2),   # aten ops: nested ones (mm in linear) too
+                    aten_ops_per_step=round(sum(e.count for e in evs if e.key.startswith("aten::")) / n),
+                    kernel_launches_per_step=round(launches / n) if self.cuda else None,
+                    gpu_kernel_ms_per_step=round(kernel_ms, 2) if self.cuda else None,
+                    gpu_busy=round(kernel_ms / wall_ms, 4) if self.cuda and wall_ms > 0 else None,
+                    top_host_ops=[dict(op=e.key, calls_per_step=round(e.count / n, 1),
+                                       self_host_ms_per_step=round(e.self_cpu_time_total / 1e3 / n, 2),
+                                       **({"self_gpu_ms_per_step": round(dev_us(e) / 1e3 / n, 2)} if self.cuda else {}))
+                                  for e in sorted(evs, key=lambda e: -e.self_cpu_time_total)[:top]])
+
+
+def check_step_profile(a, tmp: Path) -> dict:
+    """Where a 4-bit training step's time goes (the kit's own loop, nf4 r4, the torch profiler over the steps after
+    two warm-ups) at the check's batch and at 4x it: tokens/s per batch says whether the GPU or the host issuing
+    its kernels bounds the step (host-bound: tokens/s grows with the batch, the GPU is busy a small share)."""
+    from finlora_utils import train
+
+    warm, steps = 2, (2 if a.dry_run else 3)
+    out = {}
+    for batch in (a.batch, 4 * a.batch):
+        hook = _Profiler(warm, steps)
+        cfg = _config(a, tmp / f"b{batch}", 4, batch_size=batch, max_steps=warm + steps,
+                      max_train_samples=(warm + steps) * batch)
+        ti = train.train(cfg, results_dir=tmp / f"b{batch}" / "results", force=True, log=lambda *_: None,
+                         on_step=hook)["train_info"]
+        if hook.wall is None:
+            raise AssertionError(f"batch {batch}: the profiled steps did not run ({ti['steps']} steps)")
+        row = hook.summary()
+        curve = dict(ti["loss_curve"])
+        row["tokens_per_s"] = round(ti["nonpad_tokens"] / ti["wall_s"], 1)   # whole run, first step included
+        row["loss_last"] = curve[max(curve)]
+        out[f"batch_{batch}"] = row
+    small, large = out[f"batch_{a.batch}"], out[f"batch_{4 * a.batch}"]
+    out["step_time_ratio_4x_batch"] = round(large["wall_ms_per_step"] / small["wall_ms_per_step"], 3)
+    return out
+
+
 def check_ddp_nccl(a, tmp: Path) -> dict:
     import torch
 
@@ -302,7 +379,8 @@ def check_ddp_nccl(a, tmp: Path) -> dict:
 
 CHECKS = {"lora_step_16bit": check_lora_step(16), "lora_step_8bit": check_lora_step(8),
           "lora_step_4bit": check_lora_step(4), "paged_adamw_8bit": check_paged_adamw, "autocast": check_autocast,
-          "shared_prefix": check_shared_prefix, "label_scoring": check_label_scoring, "ddp_nccl": check_ddp_nccl}
+          "shared_prefix": check_shared_prefix, "label_scoring": check_label_scoring,
+          "step_profile": check_step_profile, "ddp_nccl": check_ddp_nccl}
 
 
 def scrub(text: str, tmp: str) -> str:

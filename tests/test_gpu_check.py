@@ -22,7 +22,7 @@ def test_dry_run_runs_every_check_and_skips_only_cuda_items(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=900,
                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1].startswith("gpu check: 6 ok, 0 failed, 2 skipped")
+    assert run.stdout.strip().splitlines()[-1].startswith("gpu check: 7 ok, 0 failed, 2 skipped")
     res = json.loads(out.read_text())
     checks = res["checks"]
     for bits, precision in ((16, "bf16"), (8, "int8"), (4, "nf4")):
@@ -45,6 +45,15 @@ def test_dry_run_runs_every_check_and_skips_only_cuda_items(tmp_path):
     score = checks["label_scoring"]
     assert score["status"] == "ok" and score["nf4"]["identical_predictions"] == f"{score['n']}/{score['n']}"
     assert score["agreement_judged"] is False   # the tiny model's weights are random
+    prof = checks["step_profile"]
+    assert prof["status"] == "ok" and set(prof) >= {"batch_4", "batch_16", "step_time_ratio_4x_batch"}
+    for batch in ("batch_4", "batch_16"):
+        row = prof[batch]
+        assert row["steps"] == 2 and row["wall_ms_per_step"] > 0 and row["tokens_per_s"] > 0
+        assert row["gpu_busy"] is None and row["kernel_launches_per_step"] is None   # no CUDA here
+        ops = row["top_host_ops"]
+        assert len(ops) == 12 and any(o["op"] in ("aten::mm", "aten::addmm", "aten::linear") for o in ops)
+        assert ops[0]["self_host_ms_per_step"] >= ops[-1]["self_host_ms_per_step"] > 0
     # provenance from the results helpers
     assert res["run_info"]["git_commit"] and res["meta_info"]["packages"]["torch"]
     assert res["meta_info"]["hardware"]["gpus"] == 0 and res["summary"]["failed"] == res["summary"]["pending"] == []
