@@ -11,6 +11,7 @@ import sys
 # A module is imported only when its verb runs.
 VERBS = {
     "train": ("finlora_utils.train", "finetune a LoRA adapter (a built-in task, or your data: --train-file)"),
+    "parallel": ("finlora_utils.parallel", "train under torchrun with a timeout: --parallel ddp | pipeline, --nproc N"),
     "evaluate": ("finlora_utils.evaluate", "evaluate runs (their results JSON) or a zero-shot base model"),
     "predict": ("finlora_utils.predict", "label new text with a run, an adapter or a merged model"),
     "sweep": ("finlora_utils.sweep", "run a grid of notebook parameters (grids/*.yaml)"),

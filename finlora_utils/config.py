@@ -364,6 +364,8 @@ def config_args(ap: argparse.ArgumentParser) -> None:
                         help=f"TrainConfig.{f.name}")
     for f in dataclasses.fields(LoraSettings):
         ap.add_argument(f"--lora-{f.name}", dest=f"lora_{f.name}", default=None, help=f"LoraSettings.{f.name}")
+    for f in ("rank", "alpha", "dropout", "targets", "variant"):   # the short forms the README uses
+        ap.add_argument(f"--{f}", dest=f"lora_{f}", help=f"alias of --lora-{f}")
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:

@@ -3,8 +3,8 @@
     from finlora_utils import parallel
     result = parallel.launch(TrainConfig(parallel="ddp", nproc=2, ...), timeout_s=600)
 
-    python -m finlora_utils.parallel --parallel ddp --nproc 2 --model tiny-random-llama --max-steps 8
-    python -m finlora_utils.parallel --parallel ddp --nproc 4 --nnodes 2 --rdzv-endpoint host0:29500
+    python -m finlora_utils parallel --parallel ddp --nproc 2 --model tiny-random-llama --max-steps 8
+    python -m finlora_utils parallel --parallel ddp --nproc 4 --nnodes 2 --rdzv-endpoint host0:29500
 
 One entry point for the three modes. `launch` runs `torchrun` as a subprocess in its own process group
 with a hard timeout, streams the ranks' output, and on failure raises ParallelRunError carrying the
@@ -556,7 +556,7 @@ def planner_table(models=("llama-3.1-8b", "llama-3.1-70b"), gpus: int = 4, bits:
 # ---------------------------------------------------------------- CLI
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m finlora_utils.parallel", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m finlora_utils parallel", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=None, help="TrainConfig JSON to start from (flags override it)")
     ap.add_argument("--task", dest="tasks", help="alias of --tasks (comma-separated for a multi-task mix)")
     ap.add_argument("--timeout", type=float, default=3600, help="hard limit for the whole run, seconds")
@@ -566,6 +566,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--preset", default=None, help="recorded in run_info.preset")
     ap.add_argument("--results-dir", default=None, help="default: reports/results")
     ap.add_argument("--force", action="store_true", help="retrain even if a finished result exists")
+    ap.add_argument("--data-dir", default=None, help="FINLORA_DATA_DIR for every rank")
     config_args(ap)
     return ap
 
@@ -589,8 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         from .models import resolve_model_path
 
         resolve_model_path(config.model)   # a missing model folder fails here, not once per rank under torchrun
+        env = {"FINLORA_DATA_DIR": str(Path(ns.data_dir).resolve())} if ns.data_dir else None   # ranks' cwd may differ
         result = launch(config, timeout_s=ns.timeout, nnodes=ns.nnodes, rdzv_endpoint=ns.rdzv_endpoint,
-                        rdzv_id=ns.rdzv_id, preset=ns.preset, results_dir=ns.results_dir, force=ns.force)
+                        rdzv_id=ns.rdzv_id, preset=ns.preset, results_dir=ns.results_dir, force=ns.force, env=env)
     except ParallelRunError as e:   # the run itself failed (exit 1); a user's mistake leaves through cli_entry (2)
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ fp32), bf16 autocast where the hardware has it, no gradient checkpointing unless
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 import torch
@@ -329,6 +330,13 @@ class Replica:
         self.writes_checkpoints = rank == 0   # every replica holds the same adapter and optimizer state
 
     def check(self, config: TrainConfig) -> None:
+        # torchrun sets WORLD_SIZE for every rank (1 too); without it a ddp / pipeline config would train one
+        # plain process and its results would still say ddp
+        if config.parallel != "none" and self.world_size == 1 and "WORLD_SIZE" not in os.environ:
+            raise ConfigError(
+                f"parallel={config.parallel!r}: train trains one process; a {config.parallel} run goes through "
+                f"torchrun (with a timeout): `python -m finlora_utils parallel --parallel {config.parallel} --nproc "
+                f"{config.nproc} ...` with the same flags, or parallel.launch(config) in Python")
         if config.batch_size < self.world_size:
             raise ConfigError(f"batch_size={config.batch_size}: expected >= world_size ({self.world_size}); every "
                               "rank needs a share of each micro-batch")
@@ -505,8 +513,6 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=None, help="TrainConfig JSON to start from (flags override it)")
     config_args(ap)
     ap.add_argument("--task", dest="tasks", help="alias of --tasks (comma-separated for a multi-task mix)")
-    for f in ("rank", "alpha", "dropout", "targets", "variant"):
-        ap.add_argument(f"--{f}", dest=f"lora_{f}", help=f"alias of --lora-{f}")
     ap.add_argument("--preset", default=None, help="recorded in run_info.preset")
     ap.add_argument("--results-dir", default=None, help="where the results JSON goes (default reports/results)")
     ap.add_argument("--data-dir", default=None, help="FINLORA_DATA_DIR for this run")

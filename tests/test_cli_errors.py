@@ -11,7 +11,7 @@ import yaml
 from finlora_utils import artifacts, evaluate, memory, parallel, results, study, sweep, train
 from finlora_utils.__main__ import VERBS
 from finlora_utils.__main__ import main as entry_main
-from finlora_utils.config import ConfigError, LoraSettings, TrainConfig
+from finlora_utils.config import ConfigError, LoraSettings, TrainConfig, config_from_args
 from finlora_utils.data import __main__ as data_cli
 
 
@@ -251,3 +251,20 @@ def test_a_verbs_help_shows_the_command_the_readme_teaches(verb, capsys):
         entry_main([verb, "--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: python -m finlora_utils {verb} "), verb
+
+
+def test_a_parallel_config_outside_torchrun_is_refused_not_trained_as_one_process(capsys, tmp_path, monkeypatch):
+    """`train --parallel ddp --nproc 2` used to train one plain process whose results said ddp."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = ["--model", "tiny-random-llama", "--task", "fpb", "--output-dir", str(tmp_path / "runs"),
+            "--results-dir", str(tmp_path / "results"), "--parallel", "ddp", "--nproc", "2", "--rank", "4"]
+    _fails_cleanly(capsys, train.main, args, "parallel='ddp'", "python -m finlora_utils parallel --parallel ddp "
+                   "--nproc 2", "parallel.launch(config)")
+    with pytest.raises(ConfigError, match="parallel='pipeline'"):
+        train.train(TrainConfig(model="tiny-random-llama", tasks="fpb", parallel="pipeline", nproc=2,
+                                output_dir=str(tmp_path / "runs")), results_dir=tmp_path / "results", log=None)
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+    # ... and the command it names takes the same flags (the short LoRA aliases, --data-dir too)
+    ns = parallel._parser().parse_args(args + ["--data-dir", str(tmp_path)])
+    cfg = config_from_args(ns)
+    assert (cfg.parallel, cfg.nproc, cfg.lora.rank, ns.data_dir) == ("ddp", 2, 4, str(tmp_path))

@@ -121,7 +121,7 @@ def test_cli_lists_the_verbs_and_refuses_unknown_ones(capsys, monkeypatch):
     for verb in ("train", "evaluate", "sweep", "merge", "export", "predict", "validate", "estimate", "study"):
         assert f"\n  {verb} " in out
     assert cli(["frobnicate"]) == 2
-    assert "error: unknown verb 'frobnicate'; expected one of train, evaluate" in capsys.readouterr().err
+    assert "error: unknown verb 'frobnicate'; expected one of train, parallel, evaluate" in capsys.readouterr().err
     monkeypatch.setitem(VERBS, "merge", ("finlora_utils.no_such_module", "merge"))
     assert cli(["merge", "x"]) == 2
     assert "error: merge: finlora_utils.no_such_module is not part of this installation" in capsys.readouterr().err
