@@ -343,10 +343,28 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
             for task in _run_tasks(r, tasks, trained_only):
                 info[task] = evaluate_modes(model, tok, task, modes, **kw)
                 info[task].update(model=model_name, precision=prec, adapter=name, evaluated=made)
+                info[task] = keep_other_modes((r.get("eval_info") or {}).get(task), info[task])
             update_result(path, eval_info=info)
             out[name] = info
         del model, base
     return out
+
+
+SAME_EVALUATION = ("model", "precision", "adapter", "test_sample")
+
+
+def keep_other_modes(old: dict | None, new: dict) -> dict:
+    """`new` with the modes an earlier evaluation of the same task stored and this one did not run (evaluating
+    `score` again must not drop a stored `generate`), where both describe the same evaluation: model, precision,
+    adapter and test sample. Another setting replaces the entry whole, since its modes would not compare."""
+    if not old or not old.get("modes") or any(old.get(k) != new.get(k) for k in SAME_EVALUATION):
+        return new
+    kept = {m: v for m, v in old["modes"].items() if m not in new["modes"]}
+    if kept:
+        for v in kept.values():   # when each kept mode ran, unless it says so already
+            v.setdefault("evaluated", old.get("evaluated"))
+        new["modes"] = {**new["modes"], **kept}
+    return new
 
 
 def _check_tasks(groups: dict, tasks, trained_only: bool) -> None:

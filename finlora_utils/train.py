@@ -336,7 +336,7 @@ class Replica:
             raise ConfigError(
                 f"parallel={config.parallel!r}: train trains one process; a {config.parallel} run goes through "
                 f"torchrun (with a timeout): `python -m finlora_utils parallel --parallel {config.parallel} --nproc "
-                f"{config.nproc} ...` with the same flags, or parallel.launch(config) in Python")
+                f"{max(config.nproc, 2)} ...` with the same flags, or parallel.launch(config) in Python")
         if config.batch_size < self.world_size:
             raise ConfigError(f"batch_size={config.batch_size}: expected >= world_size ({self.world_size}); every "
                               "rank needs a share of each micro-batch")

@@ -436,3 +436,22 @@ def test_macro_f1_leaves_out_a_label_neither_in_the_test_sample_nor_answered():
     assert m["accuracy"] == 1.0 and m["f1_macro"] == 1.0 and m["per_class"]["down"]["support"] == 0
     answered = classification_metrics(["flat", "up"], ["down", "up"], ["down", "flat", "up"])   # down: answered
     assert answered["f1_macro"] == pytest.approx((0 + 0 + 1) / 3)
+
+
+def test_evaluating_one_mode_again_keeps_the_other_stored_modes(tmp_path, tiny, monkeypatch):
+    """`evaluate RUN --modes score,generate` then `evaluate RUN` used to drop the stored generate results."""
+    _, tok = tiny
+    p0, _ = _fake_run(tmp_path, 0, tok)
+    ds = rows()
+    monkeypatch.setattr(data, "load_task", lambda *a, **k: ds)
+    ev.evaluate_runs([p0], modes=("score", "generate"), batch_size=4)
+    first = results.read_result(p0)["eval_info"]["fpb"]
+    ev.evaluate_runs([p0], modes=("score",), batch_size=4)
+    again = results.read_result(p0)["eval_info"]["fpb"]
+    assert list(again["modes"]) == ["score", "generate"] and again["mode"] == "score"
+    assert again["modes"]["generate"]["predictions"] == first["modes"]["generate"]["predictions"]
+    assert again["modes"]["generate"]["evaluated"] == first["evaluated"]   # when the kept mode ran
+    assert again["evaluated"]["at"] >= first["evaluated"]["at"]
+    # another setting (here the precision) replaces the entry whole: its modes would not compare
+    ev.evaluate_runs([p0], modes=("score",), batch_size=4, precision="bf16")
+    assert list(results.read_result(p0)["eval_info"]["fpb"]["modes"]) == ["score"]
