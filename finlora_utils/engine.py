@@ -30,6 +30,8 @@ replica per rank) and `pipeline.Stage` (one pipeline stage per rank). Its interf
 """
 from __future__ import annotations
 
+import difflib
+
 import json
 import math
 import shutil
@@ -57,6 +59,20 @@ class TrainData:
     files: list[dict] | None = None   # provenance of the own-data (file) tasks: paths, sha256, label set
 
 
+def check_tasks(config: TrainConfig) -> None:
+    """Every task the config names exists (ConfigError otherwise); own data (train_file) is registered, its file
+    checked by the validator (FILE:LINE errors). Cheap: a launcher runs it before starting any process."""
+    from . import data
+
+    data.register_config(config)
+    for t in config.tasks:
+        if t not in data.TASKS and not data.is_file_task(t):
+            known = data.task_names(include_variants=True)
+            close = difflib.get_close_matches(t, known, n=1)
+            raise ConfigError(f"tasks={t!r}: unknown task{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                              f"expected one of {', '.join(known)}, or your own data with train_file")
+
+
 def build_data(config: TrainConfig, tok, data_dir=None) -> TrainData:
     """Load the train split(s), tokenize with masking/truncation, and plan the batches.
 
@@ -64,11 +80,7 @@ def build_data(config: TrainConfig, tok, data_dir=None) -> TrainData:
     """
     from . import data
 
-    data.register_config(config)   # own data (train_file): the validator's FILE:LINE errors come here
-    for t in config.tasks:
-        if t not in data.TASKS and not data.is_file_task(t):
-            raise ConfigError(f"tasks={t!r}: unknown task; expected one of {', '.join(data.task_names())}, "
-                              "or your own data with train_file")
+    check_tasks(config)
     ds = data.load_tasks(list(config.tasks), config.train_split, data_dir, config.max_train_samples or None,
                          config.seed)
     examples, truncated = encode_dataset(ds, tok, config.max_seq_len, config.truncation)

@@ -92,6 +92,9 @@ def launch(config: TrainConfig, nproc: int | None = None, timeout_s: float = 180
     config.validate()
     nproc = 1 if config.parallel == "none" else int(nproc or config.nproc)
     _check_world(config, nproc, nnodes, rdzv_endpoint, timeout_s)
+    from .engine import check_tasks
+
+    check_tasks(config)   # a mistyped task or a broken data file: one error here, not one traceback per rank
     if threads_per_rank is None:  # share this machine's cores between the local ranks
         threads_per_rank = max(1, (os.cpu_count() or 1) // nproc)
     device = device or rank_device(nproc)

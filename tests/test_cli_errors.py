@@ -268,3 +268,12 @@ def test_a_parallel_config_outside_torchrun_is_refused_not_trained_as_one_proces
     ns = parallel._parser().parse_args(args + ["--data-dir", str(tmp_path)])
     cfg = config_from_args(ns)
     assert (cfg.parallel, cfg.nproc, cfg.lora.rank, ns.data_dir) == ("ddp", 2, 4, str(tmp_path))
+
+
+def test_parallel_names_a_bad_task_or_data_file_before_torchrun_starts(capsys, tmp_path, monkeypatch):
+    """It used to start torchrun and print each rank's traceback (115-141 lines) around the one-line cause."""
+    monkeypatch.setattr(parallel, "_run_bounded", lambda *a, **k: pytest.fail("torchrun must not start"))
+    base = ["--parallel", "ddp", "--nproc", "2", "--model", "tiny-random-llama", "--max-steps", "2",
+            "--output-dir", str(tmp_path / "runs")]
+    _fails_cleanly(capsys, parallel.main, base + ["--task", "fbp"], "tasks='fbp': unknown task (did you mean 'fpb'?)")
+    _fails_cleanly(capsys, parallel.main, base + ["--train-file", str(tmp_path / "nope.csv")], "nope.csv", "no such file")

@@ -480,7 +480,8 @@ def test_bad_parameters_fail_before_training(tmp_path, monkeypatch):
         tiny_config(tmp_path, lr=0)
     with pytest.raises(ConfigError, match=r"^lr=-0\.1: expected > 0"):
         tiny_config(tmp_path, lr=-0.1)
-    with pytest.raises(ConfigError, match=r"^tasks='fbp': unknown task; expected one of .*fpb"):
+    with pytest.raises(ConfigError, match=r"^tasks='fbp': unknown task \(did you mean 'fpb'\?\); expected one of "
+                                          r".*fpb.*tfns_finlora_labels"):
         run(tiny_config(tmp_path, tasks="fbp"), tmp_path)
     with pytest.raises(ConfigError, match=r"^max_seq_len=24: expected >= \d+: the instruction"):
         run(tiny_config(tmp_path, max_seq_len=24), tmp_path)
