@@ -215,6 +215,28 @@ def safetensors_adapter(folder: str | os.PathLike) -> str:
     return str(folder)
 
 
+def attach_adapter(model, folder: str | os.PathLike, base_name: str, **kwargs):
+    """PeftModel.from_pretrained(model, folder, **kwargs) for an adapter folder safetensors_adapter accepts. An adapter
+    trained on another base model (other layer shapes) is an AdapterError naming the folder, the base it was given
+    and the base it was trained on, not torch's state-dict traceback of every mismatched tensor."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, safetensors_adapter(folder), **kwargs)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        first = next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
+        try:
+            recorded = json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            recorded = None
+        trained = card_base(folder) or recorded or "another base model"
+        raise AdapterError(f"{folder}: trained on {trained}, which does not fit the base model {base_name!r} "
+                           f"({first}); expected the base it was trained on (--base / --model), or the run's "
+                           "results file, which names it") from None
+
+
 def task_record(tasks) -> dict:
     """TASK_FILE's content: each task's kind, label set, instruction and prompt format (registered tasks: built-in
     or own data), as the adapter's training prompts had them."""

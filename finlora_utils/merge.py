@@ -98,11 +98,10 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     `tolerance`: largest allowed |logit difference| between base + adapter and the merged model on a probe
     prompt (fp32: ~1e-5 in practice; bf16/fp16 outputs are checked after the cast, so allow ~0.1)."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from . import results
-    from .artifacts import ADAPTER_WEIGHTS, TASK_FILE, read_task_record, safetensors_adapter
+    from .artifacts import ADAPTER_WEIGHTS, TASK_FILE, attach_adapter, read_task_record, safetensors_adapter
     from .data.sources import sha256_file
     from .models import load_tokenizer, quiet_progress, resolve_model_path
 
@@ -124,7 +123,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     with quiet_progress():
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True,
                                                      trust_remote_code=False)
-    peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    peft_model = attach_adapter(model, adapter, base, is_trainable=False)
     peft_model.eval()
     expected = _logits(peft_model, tok, PROBE)
     merged = peft_model.merge_and_unload()

@@ -149,9 +149,9 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
     labels, instruction, task = _label_set(task, labels, instruction)
     base, tok = load_model(model, precision=precision or "auto")
     if adapter is not None:
-        from peft import PeftModel
+        from .artifacts import attach_adapter
 
-        base = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
+        base = attach_adapter(base, adapter, model, is_trainable=False)
     base.eval()
     info.update(model=model, adapter=str(adapter) if adapter else None, precision=precision or "auto", task=task)
     return Predictor(base, tok, labels, instruction, batch_size, max_len, info)

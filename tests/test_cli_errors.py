@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 import yaml
 
 from finlora_utils import artifacts, evaluate, memory, parallel, results, study, sweep, train
@@ -277,3 +278,26 @@ def test_parallel_names_a_bad_task_or_data_file_before_torchrun_starts(capsys, t
             "--output-dir", str(tmp_path / "runs")]
     _fails_cleanly(capsys, parallel.main, base + ["--task", "fbp"], "tasks='fbp': unknown task (did you mean 'fpb'?)")
     _fails_cleanly(capsys, parallel.main, base + ["--train-file", str(tmp_path / "nope.csv")], "nope.csv", "no such file")
+
+
+def test_an_adapter_from_another_base_is_named_not_a_state_dict_traceback(capsys, tmp_path):
+    """merge / predict with --base of another shape printed torch's size-mismatch traceback, one line per tensor."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+
+    from finlora_utils import artifacts, merge
+    from finlora_utils.models import load_model
+
+    model, _ = load_model("tiny-random-llama", "fp32")
+    adir = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(adir)
+    weights = adir / "adapter_model.safetensors"   # as if trained on a base 8 wider than this one
+    save_file({k: torch.zeros(v.shape[0], v.shape[1] + 8) if "lora_A" in k else v
+               for k, v in load_file(weights).items()}, str(weights))
+    base, _ = load_model("tiny-random-llama", "fp32")
+    with pytest.raises(artifacts.AdapterError, match=r"adapter: trained on .*does not fit the base model "
+                                                      r"'tiny-random-llama' \(size mismatch for .*lora_A"):
+        artifacts.attach_adapter(base, adir, "tiny-random-llama")
+    err = _fails_cleanly(capsys, merge.main, [str(adir), "--out", str(tmp_path / "m"), "--base", "tiny-random-llama"],
+                         "does not fit the base model 'tiny-random-llama'")
+    assert err.count("size mismatch") == 1   # the first mismatch, not one line per tensor
