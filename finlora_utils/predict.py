@@ -76,6 +76,9 @@ def _label_set(task: str | None, labels, instruction: str | None) -> tuple[list[
     if labels:
         if len(labels) < 2:
             raise ConfigError(f"labels={labels!r}: expected at least two labels")
+        twice = sorted({x for x in labels if list(labels).count(x) > 1})
+        if twice:   # a repeated label would split its probability and show one of the halves
+            raise ConfigError(f"labels={labels!r}: {', '.join(twice)} given more than once; expected distinct labels")
         return list(labels), instruction or default_instruction(labels), task
     if not task:
         raise ConfigError("task: expected a task (--task), a label set (--labels) or a results JSON of a run on one "
@@ -188,17 +191,31 @@ def with_input_fields(row: dict, fields: dict) -> dict:
     return {**{(f"input_{k}" if k in taken else k): v for k, v in fields.items()}, **row}
 
 
+OUT_SUFFIXES = (".jsonl", ".csv", ".tsv")
+
+
+def check_out(path: str | Path) -> Path:
+    """The predictions file a user named, refused before any model loads when it cannot be written as asked."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"out={str(path)!r}: is a folder; expected a file to write ({', '.join(OUT_SUFFIXES)})")
+    if path.suffix.lower() not in OUT_SUFFIXES:
+        raise ConfigError(f"out={str(path)!r}: expected a file ending in {', '.join(OUT_SUFFIXES)} (JSONL, or a table "
+                          "with one probability column per label)")
+    return path
+
+
 def write_predictions(rows: list[dict], path: str | Path) -> Path:
-    """JSONL (one prediction per line), or CSV with the input's other columns, the text, the label and one
-    probability column per label for a .csv path."""
+    """JSONL (one prediction per line), or for a .csv / .tsv path a table with the input's other columns, the text,
+    the label and one probability column per label."""
     from .results import atomic_write_text
 
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
+    path = check_out(path)
+    if path.suffix.lower() in (".csv", ".tsv"):
         import pandas as pd
 
         frame = pd.DataFrame([{**{k: v for k, v in r.items() if k != "probs"}, **r["probs"]} for r in rows])
-        return atomic_write_text(path, frame.to_csv(index=False))
+        return atomic_write_text(path, frame.to_csv(index=False, sep="\t" if path.suffix.lower() == ".tsv" else ","))
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
@@ -223,15 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instruction", default=None, help="prompt instruction (default: the task's)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=None, help="truncate longer prompts' input text to this many tokens")
-    ap.add_argument("--out", default=None, help="write predictions here (.jsonl, or .csv) instead of stdout")
+    ap.add_argument("--out", default=None, help="write predictions here (.jsonl, .csv or .tsv) instead of stdout")
     ns = ap.parse_intermixed_args(argv)   # texts may follow the options
     try:
         texts, fields = read_texts(ns.file, ns.text_column, with_fields=True) if ns.file else ([], [])
         texts, fields = list(ns.texts) + texts, [{}] * len(ns.texts) + fields
         if not texts:
             raise ConfigError("texts: expected texts to label (arguments or --file)")
-        if ns.out and Path(ns.out).is_dir():   # found out before the model loads, not after the predictions
-            raise ConfigError(f"out={ns.out!r}: is a folder; expected a file to write (.jsonl, or .csv)")
+        if ns.out:   # found out before the model loads, not after the predictions
+            check_out(ns.out)
         task = ns.task
         if ns.train_file:
             task = task or data.register_files(ns.train_file, instruction=ns.instruction).name

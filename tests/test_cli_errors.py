@@ -301,3 +301,11 @@ def test_an_adapter_from_another_base_is_named_not_a_state_dict_traceback(capsys
     err = _fails_cleanly(capsys, merge.main, [str(adir), "--out", str(tmp_path / "m"), "--base", "tiny-random-llama"],
                          "does not fit the base model 'tiny-random-llama'")
     assert err.count("size mismatch") == 1   # the first mismatch, not one line per tensor
+
+
+def test_predict_refuses_a_label_given_twice(capsys):
+    """--labels approve,approve collapsed to one label and printed 0.5 as its probability."""
+    from finlora_utils import predict
+
+    _fails_cleanly(capsys, predict.main, ["tiny-random-llama", "Loan approved.", "--labels", "approve,approve,reject"],
+                   "approve given more than once; expected distinct labels")

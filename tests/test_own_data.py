@@ -321,6 +321,11 @@ def test_predict_keeps_the_input_columns_and_refuses_a_row_without_text(tmp_path
     assert list(row) == ["id", "input_label", "text", "label", "probs"] and row["input_label"] == "card"
     out = write_predictions([row], tmp_path / "out.csv").read_text(encoding="utf-8")
     assert out.splitlines() == ["id,input_label,text,label,card,loan", "7,card,Loan approved.,loan,0.2,0.8"]
+    tsv = write_predictions([row], tmp_path / "out.tsv").read_text(encoding="utf-8")   # was JSONL under a .tsv name
+    assert tsv.splitlines()[1] == "7\tcard\tLoan approved.\tloan\t0.2\t0.8"
+    with pytest.raises(ConfigError, match=r"out=.*out\.txt': expected a file ending in \.jsonl, \.csv, \.tsv"):
+        write_predictions([row], tmp_path / "out.txt")
+    assert not (tmp_path / "out.txt").exists()
     gap = tmp_path / "gap.csv"
     gap.write_text("id,text\n1,hello\n2,\n3,world\n", encoding="utf-8")   # row 2 has no text: named, not dropped
     with pytest.raises(ConfigError, match=rf"{gap}:3: empty text in column 'text'"):
