@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import results
-from .config import ConfigError, TrainConfig
+from .config import FORCE_HINT, VARIANT_HINT, ConfigError, TrainConfig
 
 CKPT_DIR = "checkpoints"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"   # what save_pretrained writes and the only adapter weights loaded
@@ -193,7 +193,7 @@ def finished_result(config: TrainConfig, results_path: Path, run_dir: Path) -> d
     if diff:
         raise ConfigError(f"{diff[0]}={getattr(config, diff[0], None)!r}: {results_path} holds a finished run "
                           f"of {config.run_id()} with {diff[0]}={res['run_info']['config'].get(diff[0])!r}; "
-                          "expected force=True to retrain, or a variant_tag for a new run id")
+                          f"expected {FORCE_HINT} to retrain, or {VARIANT_HINT} for a new run id")
     return res
 
 

@@ -63,6 +63,11 @@ class ConfigError(ValueError):
     """A setting is out of range; the message starts with the parameter name."""
 
 
+# How a message names "retrain" and "a new run id" to every kind of user: command line, notebook, Python
+FORCE_HINT = "--force (FORCE = True in a notebook, force=True in Python)"
+VARIANT_HINT = "--variant-tag (variant_tag in Python)"
+
+
 def model_slug(name: str) -> str:
     """The model's part of a run id: 'embedded' is smollm2-135m; a path or hub id its last part, lowercased."""
     if name == "embedded":

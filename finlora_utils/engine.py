@@ -44,7 +44,7 @@ import torch
 from . import dropout, memory, results
 from .artifacts import (CKPT_DIR, TASK_FILE, as_stored, differences, finished_result, load_checkpoint, model_card,
                         save_adapter, save_checkpoint, task_record)
-from .config import ConfigError, TrainConfig
+from .config import FORCE_HINT, VARIANT_HINT, ConfigError, TrainConfig
 from .tokenization import IGNORE, batch_plan, encode_dataset
 
 
@@ -156,8 +156,8 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
         changed = data_changed(config, done, data_dir)
         if changed:
             raise ConfigError(f"{changed}: the data changed since {results_path} was trained on it; expected "
-                              "force=True to retrain on the data as it is now (or a variant_tag for a new run id)")
-        say(f"{tag} finished earlier: {results_path} (to retrain: --force, FORCE = True in a notebook, force=True in Python)")
+                              f"{FORCE_HINT} to retrain on the data as it is now, or {VARIANT_HINT} for a new run id")
+        say(f"{tag} finished earlier: {results_path} (to retrain: {FORCE_HINT})")
         return dict(done, _path=str(results_path)) if rank == 0 else {}
     memory.set_heap_mode(config.cpu_memory)   # before data and model: see memory.pin_mmap_threshold
     data = build_data(config, load_tokenizer(config.model), data_dir)   # data errors before the model loads
@@ -172,7 +172,7 @@ def run(config: TrainConfig, recipe, preset: str | None = None, results_dir: str
         diff = differences(state["config"], as_stored(config))
         if diff:
             raise ConfigError(f"{diff[0]}={getattr(config, diff[0], None)!r}: the checkpoint in {root} was made "
-                              f"with {diff[0]}={state['config'].get(diff[0])!r}; expected force=True to start over")
+                              f"with {diff[0]}={state['config'].get(diff[0])!r}; expected {FORCE_HINT} to start over")
         say(f"{tag} resuming from step {state['step']}/{len(state['plan'])}")
     # the code this run computes with: read now, not when the results are written (a commit made while it trains
     # is not its code); a resumed run keeps the commit its first segment started at when they differ

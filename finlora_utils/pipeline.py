@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from . import microbatch, shared_prefix
-from .config import PRECISION, ConfigError, TrainConfig
+from .config import FORCE_HINT, PRECISION, ConfigError, TrainConfig
 from .engine import Built, longest, run
 from .tokenization import IGNORE, collate, padded_length
 from .train import (MAX_GRAD_NORM, amp_dtype, attention_kernel, decide_grad_checkpointing, decide_share_prefix,
@@ -508,10 +508,10 @@ class Stage:
         if any(s != self.split for _, s in every):
             raise ConfigError(f"nproc={self.world_size}: the checkpoint in {root.parent} was made with stages "
                               f"{next(s for _, s in every if s != self.split)}, this run splits {self.split}; "
-                              "expected the same nproc, or force=True to start over")
+                              f"expected the same nproc, or {FORCE_HINT} to start over")
         if len({st for st, _ in every}) > 1:
             raise RuntimeError(f"{root.parent}: stage checkpoints disagree (steps {[st for st, _ in every]}), a "
-                               "run died while saving; expected force=True to start over")
+                               f"run died while saving; expected {FORCE_HINT} to start over")
         # checkpoints written before pipeline chunks could pack have no such key: they padded
         if state is not None and bool(state.get("share_prefix", False)) != self.pack:
             made, now = ("packed", "pads") if state.get("share_prefix") else ("padded", "packs")

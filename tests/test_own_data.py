@@ -236,7 +236,8 @@ def test_named_columns_train_and_a_changed_file_is_not_passed_off_as_the_finishe
     memos.write_text(memos.read_text(encoding="utf-8").replace(",governance", ",social"), encoding="utf-8")
     assert cli(args) == 2
     err = capsys.readouterr().err
-    assert f"train_file={str(memos.resolve())!r}: the data changed since {path}" in err and "force=True" in err
+    assert f"train_file={str(memos.resolve())!r}: the data changed since {path}" in err
+    assert "--force (FORCE = True in a notebook, force=True in Python)" in err and "--variant-tag" in err
     # predict and evaluate take the run's labels from its file: an edited one is named, not silently used
     for verb in (["predict", str(path), "Rates rose."], ["evaluate", str(path)]):
         assert cli(verb) == 2
