@@ -529,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="*", help="results JSON files of finetuned runs (from train)")
     ap.add_argument("--base", default=None, help="evaluate this base model zero-shot instead (embedded, a path, ...)")
     ap.add_argument("--tasks", default=None, help="comma-separated (default: each run's training tasks)")
+    ap.add_argument("--task", dest="tasks", help="alias of --tasks, as train and predict take it")
     ap.add_argument("--any-task", action="store_true",
                     help="evaluate each run on --tasks even where it was not trained on them (cross-task transfer)")
     ap.add_argument("--modes", default="score", help=f"comma-separated from {', '.join(MODES)}")

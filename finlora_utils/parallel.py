@@ -341,6 +341,11 @@ class StepMonitor:
         self.times: list[float] = []
         self.t_last = time.time()
 
+    def begin(self, total_steps: int, start_step: int) -> None:
+        """The training loop starts now (engine.run calls this after the model and data loaded): step 1's time
+        is its own, not the load's."""
+        self.t_last = time.time()
+
     def __call__(self, step: int, loss: float) -> None:
         now = time.time()
         self.times.append(now - self.t_last)
