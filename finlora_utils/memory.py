@@ -908,6 +908,18 @@ def main(argv=None) -> int:
               micro_batches=a.micro_batches, schedule=a.schedule)
     if a.gpus > 1 and a.parallel == "none":
         kw["parallel"] = "ddp"
+    # a flag the plan would not use is a mistake to name, not a plan to print without it
+    unused = [(a.parallel == "pipeline" and a.gpus < 2, "--parallel pipeline", "--gpus >= 2 (one stage per GPU)"),
+              (a.schedule != "gpipe" and kw["parallel"] != "pipeline", f"--schedule {a.schedule}",
+               "--parallel pipeline (a schedule orders a pipeline's micro-batches)"),
+              (a.micro_batches != 1 and kw["parallel"] != "pipeline", f"--micro-batches {a.micro_batches}",
+               "--parallel pipeline"),
+              (a.zero1 and kw["parallel"] != "ddp", "--zero1", "--parallel ddp (or --gpus > 1): it shards the "
+               "optimizer states over DDP ranks"),
+              (a.double_quant and a.bits != 4, "--double-quant", "--bits 4 (it quantizes NF4's constants)")]
+    for bad, flag, needs in unused:
+        if bad:
+            raise ConfigError(f"{flag}: expected {needs}")
     try:
         if a.fit is not None:
             s = max_seq_len_that_fits(a.fit, a.model, **kw)
@@ -928,6 +940,10 @@ def main(argv=None) -> int:
         print(f"micro-batches: {chosen.micro_batches}, chosen by the kit: predicted pipeline efficiency "
               f"{chosen.efficiency:.2f} ({chosen.reason})")
     print(p.table())
+    if not a.label_only_logits:   # the flag's default is the paper's recipe; the kit's own training differs
+        kit = plan(a.model, seq_len=a.seq_len, **dict(kw, label_only_logits=True))
+        print(f"logits at every position (FinLoRA's recipe); the kit's training takes the LM head at label "
+              f"positions only: {kit.total_gib:.3f} GiB per GPU with --label-only-logits")
     return 0
 
 

@@ -309,3 +309,27 @@ def test_predict_refuses_a_label_given_twice(capsys):
 
     _fails_cleanly(capsys, predict.main, ["tiny-random-llama", "Loan approved.", "--labels", "approve,approve,reject"],
                    "approve given more than once; expected distinct labels")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--parallel", "pipeline", "--gpus", "1"], "--parallel pipeline: expected --gpus >= 2"),
+    (["--schedule", "1f1b"], "--schedule 1f1b: expected --parallel pipeline"),
+    (["--micro-batches", "4"], "--micro-batches 4: expected --parallel pipeline"),
+    (["--zero1"], "--zero1: expected --parallel ddp"),
+    (["--double-quant", "--bits", "16"], "--double-quant: expected --bits 4"),
+])
+def test_estimate_names_a_flag_its_plan_would_not_use(flags, message, capsys):
+    """Each of these printed the plain plan as if the flag had been applied."""
+    _fails_cleanly(capsys, memory.main, ["estimate", *flags], message)
+
+
+def test_estimate_says_what_the_kits_own_training_needs_beside_the_papers_recipe(capsys):
+    args = ["estimate", "--model", "llama-3.1-8b", "--seq-len", "4096", "--batch", "4", "--grad-checkpointing"]
+    assert memory.main(args) == 0
+    full = capsys.readouterr().out
+    assert memory.main(args + ["--label-only-logits"]) == 0
+    kit = capsys.readouterr().out
+    kit_total = float(re.search(r"total per device\s+([\d.]+) GiB", kit).group(1))
+    assert f"label positions only: {kit_total:.3f} GiB per GPU with --label-only-logits" in full
+    assert float(re.search(r"total per device\s+([\d.]+) GiB", full).group(1)) > kit_total
+    assert "label positions only" not in kit
