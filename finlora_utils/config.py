@@ -411,6 +411,9 @@ def read_json_object(path: str | Path, expected: str, error: type[Exception] = C
 
 def read_config_file(path: str | Path) -> dict:
     """A TrainConfig as JSON (what results store under run_info.config): an object of its fields."""
+    if not Path(path).is_file():   # --config names it: say so, not the bare errno
+        raise ConfigError(f"config={str(path)!r}: no such file; expected a JSON object of TrainConfig fields "
+                          "(e.g. a results file's run_info.config)")
     return read_json_object(path, "an object of TrainConfig fields")
 
 

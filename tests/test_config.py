@@ -177,3 +177,10 @@ def test_more_processes_need_a_parallel_mode():
     with pytest.raises(ConfigError, match=r"^nproc=4: expected 1 with parallel='none' \(--parallel ddp or pipeline"):
         TrainConfig(tasks="fpb", nproc=4)
     assert TrainConfig(tasks="fpb", nproc=4, parallel="ddp").nproc == 4
+
+
+def test_a_missing_config_file_is_named_with_what_is_expected(tmp_path):
+    from finlora_utils.config import read_config_file
+
+    with pytest.raises(ConfigError, match=r"^config='.*nope\.json': no such file; expected a JSON object of TrainConfig"):
+        read_config_file(tmp_path / "nope.json")
