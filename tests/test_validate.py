@@ -165,3 +165,17 @@ def test_a_csv_is_checked_as_training_reads_it(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli(["validate", str(write(tmp_path, "\n".join(GOOD) + "\n")), "--text-column", "x"])
     assert e.value.code == 2 and "only for a .csv or .tsv file" in capsys.readouterr().err
+
+
+def test_an_unclosed_quote_is_named_where_it_opens_and_another_separator_is_recognised(tmp_path, capsys):
+    """The row with the lost quote swallows the lines after it; it used to be reported at the file's last line."""
+    bad = write(tmp_path, 'sentence,label\n"Profit rose,positive\nSales fell,negative\nFlat year,neutral\n', "q.csv")
+    rc, out, err = run(capsys, bad, "--no-tokens")
+    assert rc == 1 and err.splitlines()[0] == (f"{bad}:2: 1 fields, the header has 2; a quote opened on this line "
+                                               "is not closed (the row runs to line 4)")
+    multi = write(tmp_path, 'sentence,label\n"Profit rose\nagain",positive\nSales fell,\n', "m.csv")
+    rc, out, err = run(capsys, multi, "--no-tokens")   # a legal two-line row: the next row keeps its own line
+    assert rc == 1 and err.splitlines()[0] == f"{multi}:4: empty label ('label')"
+    semi = write(tmp_path, "sentence;sentiment\nProfit rose;positive\n", "s.csv")
+    rc, out, err = run(capsys, semi, "--no-tokens")
+    assert rc == 1 and "the header looks separated by another character: save as comma-separated CSV" in err

@@ -28,7 +28,7 @@ from . import tasks as registry
 from .sources import sha256_file
 from .tasks import Task, format_prompt, split_prompt
 from .validate import (CSV_SUFFIXES, LABEL_COLUMNS, MAX_SHOWN, TEXT_COLUMNS, check_file, check_table,  # noqa: F401
-                       find_column, missing_column, not_text)
+                       field_count_problem, find_column, missing_column, not_text)
 SOURCE = "file"     # the Dataset's `source` column for own data (built-ins: real | sample)
 
 
@@ -266,13 +266,15 @@ def read_texts(path, text_column: str | None = None, with_fields: bool = False):
         i = find_column(header, text_column, TEXT_COLUMNS)
         if i is None:
             raise _fail(path, [(1, missing_column(header, text_column, TEXT_COLUMNS, "text"))], "file")
+        end = reader.line_num
         for row in reader:
+            ln, end = end + 1, reader.line_num   # a quoted field may span lines: a row is named by its first
             if not any(c.strip() for c in row):
                 continue
             if len(row) != len(header):   # a lost quote or comma: say so rather than label a shifted row
-                problems.append((reader.line_num, f"{len(row)} fields, the header has {len(header)}"))
+                problems.append(field_count_problem(row, header, ln, end))
             elif not row[i].strip():
-                problems.append((reader.line_num, f"empty text in column {header[i]!r}"))
+                problems.append((ln, f"empty text in column {header[i]!r}"))
             else:
                 texts.append(row[i])
                 fields.append({h: v for j, (h, v) in enumerate(zip(header, row)) if j != i})

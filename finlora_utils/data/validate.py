@@ -165,7 +165,19 @@ def find_column(header: list[str], wanted: str | None, names: tuple[str, ...]) -
 
 def missing_column(header: list[str], wanted: str | None, names: tuple[str, ...], kind: str) -> str:
     expected = repr(wanted) if wanted else " or ".join(repr(n) for n in names)
-    return f"no {kind} column {expected} in the header (columns: {', '.join(header)})"
+    hint = ""
+    if len(header) == 1 and any(sep in header[0] for sep in ";|"):   # a spreadsheet's other list separator
+        hint = "; the header looks separated by another character: save as comma-separated CSV, or as .tsv with tabs"
+    return f"no {kind} column {expected} in the header (columns: {', '.join(header)}){hint}"
+
+
+def field_count_problem(row: list[str], header: list[str], first: int, last: int) -> tuple[int, str]:
+    """(line, message) for a row with another field count than the header, at the line where it starts. A row that
+    ran over several lines swallowed them in a quoted field: most likely a quote that is not closed."""
+    msg = f"{len(row)} fields, the header has {len(header)}"
+    if last > first and any("\n" in c for c in row):
+        msg += f"; a quote opened on this line is not closed (the row runs to line {last})"
+    return first, msg
 
 
 def check_table(path: str | Path, text_column: str | None = None, label_column: str | None = None,
@@ -201,13 +213,14 @@ def check_table(path: str | Path, text_column: str | None = None, label_column: 
         return rep
     seen: dict[str, int] = {}
     try:
+        end = reader.line_num
         for row in reader:
-            ln = reader.line_num
+            ln, end = end + 1, reader.line_num   # a quoted field may span lines: a row is named by its first
             if not any(c.strip() for c in row):
                 continue
             rep.rows += 1
             if len(row) != len(header):
-                rep.errors.append((ln, f"{len(row)} fields, the header has {len(header)}"))
+                rep.errors.append(field_count_problem(row, header, ln, end))
                 continue
             for i, name in ((ti, "text"), (li, "label")):
                 if not row[i].strip():
