@@ -152,3 +152,20 @@ def test_adapter_config_names_the_base_a_colleague_can_load(tmp_path, monkeypatc
     cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == models.EMBEDDED_HUB_ID
     assert merge.adapter_base(tmp_path / "a") == models.EMBEDDED
+
+
+def test_an_adapter_on_a_kit_test_model_names_that_model_not_its_cache_folder(adapter, tmp_path):
+    """peft records the loaded folder (data/cache/models/tiny-random-llama-s0); merge recorded that path as the base's
+    name, while the card said tiny-random-llama."""
+    from finlora_utils import artifacts
+    from finlora_utils.config import TrainConfig
+
+    d = tmp_path / "adapter"
+    shutil.copytree(adapter, d)
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    folder = str(models.resolve_model_path(models.TINY))
+    (d / "adapter_config.json").write_text(json.dumps(dict(cfg, base_model_name_or_path=folder)))
+    info = dict(loss_curve=[[1, 2.0]], steps=1, examples=4, target_tokens=8, truncated=0, wall_s=1.0,
+                peak_mem_bytes=2**20, peak_mem_method="VmHWM")
+    (d / "README.md").write_text(artifacts.model_card(TrainConfig(model=models.TINY, tasks="fpb"), info, folder))
+    assert merge.adapter_base(d) == models.TINY
