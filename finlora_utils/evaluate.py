@@ -543,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{f}", default="", help=h)
     ap.add_argument("--max-labels", type=int, default=DEFAULT_MAX_LABELS, help="own data: label-set limit")
     ns = ap.parse_intermixed_args(argv)   # results files may follow the options
+    for name in ("max_samples", "batch_size"):   # the flag's own terms, before any model loads
+        low = 0 if name == "max_samples" else 1
+        if getattr(ns, name) < low:
+            raise ConfigError(f"--{name.replace('_', '-')}={getattr(ns, name)}: expected >= {low}"
+                              + (" (0: every test example)" if low == 0 else ""))
     modes = [m.strip() for m in ns.modes.split(",") if m.strip()]
     kw = dict(batch_size=ns.batch_size, max_samples=ns.max_samples or None, seed=ns.seed)
     try:

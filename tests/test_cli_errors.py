@@ -333,3 +333,11 @@ def test_estimate_says_what_the_kits_own_training_needs_beside_the_papers_recipe
     assert f"label positions only: {kit_total:.3f} GiB per GPU with --label-only-logits" in full
     assert float(re.search(r"total per device\s+([\d.]+) GiB", full).group(1)) > kit_total
     assert "label positions only" not in kit
+
+
+def test_evaluate_names_its_sample_and_batch_flags_in_their_own_terms(capsys):
+    """--max-samples -1 said 'max_samples=-1: must be >= 1 or None' where --help says 0 means all."""
+    _fails_cleanly(capsys, evaluate.main, ["--base", "tiny-random-llama", "--tasks", "fpb", "--max-samples", "-1"],
+                   "--max-samples=-1: expected >= 0 (0: every test example)")
+    _fails_cleanly(capsys, evaluate.main, ["--base", "tiny-random-llama", "--task", "fpb", "--batch-size", "0"],
+                   "--batch-size=0: expected >= 1")
