@@ -321,8 +321,12 @@ class _Profiler:
         def dev_us(e):   # torch >= 2.4 names it device time; older, cuda time
             return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) or 0
 
+        from torch.autograd import DeviceType
+
         launches = sum(e.count for e in evs if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel"))
-        kernel_ms = sum(dev_us(e) for e in evs) / 1e3 / n
+        # the kernels' own events: the CPU op that launched a kernel carries its time too (torch's table sums so)
+        kernel_ms = sum(dev_us(e) for e in evs if e.device_type != DeviceType.CPU
+                        and not getattr(e, "is_user_annotation", False)) / 1e3 / n
         wall_ms = 1e3 * self.wall / n
         return dict(steps=n, wall_ms_per_step=round(wall_ms, 2),   # aten ops: nested ones (mm in linear) too
                     aten_ops_per_step=round(sum(e.count for e in evs if e.key.startswith("aten::")) / n),
@@ -352,6 +356,10 @@ def check_step_profile(a, tmp: Path) -> dict:
         if hook.wall is None:
             raise AssertionError(f"batch {batch}: the profiled steps did not run ({ti['steps']} steps)")
         row = hook.summary()
+        if row["gpu_busy"] is not None and row["gpu_busy"] > 1.0:
+            raise AssertionError(f"batch {batch}: GPU kernel time {row['gpu_kernel_ms_per_step']} ms over a "
+                                 f"{row['wall_ms_per_step']} ms step: kernels counted twice")
+        row["grad_checkpointing"] = ti["grad_checkpointing"]   # 4x the batch may switch it on: another step
         curve = dict(ti["loss_curve"])
         row["tokens_per_s"] = round(ti["nonpad_tokens"] / ti["wall_s"], 1)   # whole run, first step included
         row["loss_last"] = curve[max(curve)]

@@ -232,6 +232,9 @@ def attach_adapter(model, folder: str | os.PathLike, base_name: str, **kwargs):
         except (OSError, ValueError):
             recorded = None
         trained = card_base(folder) or recorded or "another base model"
+        if trained == str(base_name):   # the right name, other shapes: that model's folder changed since
+            raise AdapterError(f"{folder}: its weights do not fit {base_name!r} as that model is now ({first}); "
+                               "expected the model folder it was trained on, unchanged") from None
         raise AdapterError(f"{folder}: trained on {trained}, which does not fit the base model {base_name!r} "
                            f"({first}); expected the base it was trained on (--base / --model), or the run's "
                            "results file, which names it") from None

@@ -268,7 +268,8 @@ class TrainConfig:
         _check(self.nproc >= 1, "nproc", self.nproc, ">= 1")
         # more processes without a parallel mode would run one and still record nproc in the results
         _check(self.parallel != "none" or self.nproc == 1, "nproc", self.nproc,
-               "1 with parallel='none' (--parallel ddp or pipeline to train on more processes)")
+               "1 with parallel='none'; more processes train under torchrun: `python -m finlora_utils parallel "
+               "--parallel ddp|pipeline --nproc N` (parallel.launch in Python)")
         _check(isinstance(self.micro_batches, int) and self.micro_batches >= 0, "micro_batches", self.micro_batches,
                ">= 1, or 0 for the kit to choose (pipeline)")
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, " or ".join(SCHEDULES))

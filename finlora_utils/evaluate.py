@@ -350,13 +350,14 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
     return out
 
 
-SAME_EVALUATION = ("model", "precision", "adapter", "test_sample")
+SAME_EVALUATION = ("model", "precision", "adapter", "test_sample", "data_source", "data_files")
 
 
 def keep_other_modes(old: dict | None, new: dict) -> dict:
     """`new` with the modes an earlier evaluation of the same task stored and this one did not run (evaluating
     `score` again must not drop a stored `generate`), where both describe the same evaluation: model, precision,
-    adapter and test sample. Another setting replaces the entry whole, since its modes would not compare."""
+    adapter, test sample and test data (source and file hashes). Another setting replaces the entry whole, since
+    its modes would not compare. A base model's zero-shot file (evaluate_base) is rewritten whole."""
     if not old or not old.get("modes") or any(old.get(k) != new.get(k) for k in SAME_EVALUATION):
         return new
     kept = {m: v for m, v in old["modes"].items() if m not in new["modes"]}
@@ -364,6 +365,9 @@ def keep_other_modes(old: dict | None, new: dict) -> dict:
         for v in kept.values():   # when each kept mode ran, unless it says so already
             v.setdefault("evaluated", old.get("evaluated"))
         new["modes"] = {**new["modes"], **kept}
+        both = new["modes"].get("score"), new["modes"].get("generate")
+        if all(m and m.get("predictions") for m in both):   # as evaluate_modes computes it for both run together
+            new["generate_score_agreement"] = agreement(both[0]["predictions"], both[1]["predictions"])
     return new
 
 

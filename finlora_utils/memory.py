@@ -914,8 +914,8 @@ def main(argv=None) -> int:
                "--parallel pipeline (a schedule orders a pipeline's micro-batches)"),
               (a.micro_batches != 1 and kw["parallel"] != "pipeline", f"--micro-batches {a.micro_batches}",
                "--parallel pipeline"),
-              (a.zero1 and kw["parallel"] != "ddp", "--zero1", "--parallel ddp (or --gpus > 1): it shards the "
-               "optimizer states over DDP ranks"),
+              (a.zero1 and (kw["parallel"] != "ddp" or a.gpus < 2), "--zero1", "--gpus >= 2 under DDP: it shards "
+               "the optimizer states over the ranks"),
               (a.double_quant and a.bits != 4, "--double-quant", "--bits 4 (it quantizes NF4's constants)")]
     for bad, flag, needs in unused:
         if bad:
@@ -943,7 +943,7 @@ def main(argv=None) -> int:
     if not a.label_only_logits:   # the flag's default is the paper's recipe; the kit's own training differs
         kit = plan(a.model, seq_len=a.seq_len, **dict(kw, label_only_logits=True))
         print(f"logits at every position (FinLoRA's recipe); the kit's training takes the LM head at label "
-              f"positions only: {kit.total_gib:.3f} GiB per GPU with --label-only-logits")
+              f"positions only: {kit.total_gib:.3f} GiB per device with --label-only-logits")
     return 0
 
 

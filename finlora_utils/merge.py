@@ -40,12 +40,12 @@ def adapter_base(adapter_dir: Path) -> str:
     embedded copy, whose recorded path is a cache folder). adapter_config.json names the hub id for the embedded
     copy as well; the kit's card says which of the two it was (an adapter without that card: the embedded one)."""
     from .artifacts import card_base
-    from .models import EMBEDDED, EMBEDDED_HUB_ID, RANDOM_PREFIX, TINY, embedded_model_dir
+    from .models import EMBEDDED, EMBEDDED_HUB_ID, TINY, embedded_model_dir
 
     cfg = _adapter_config(adapter_dir)
     base = cfg.get("base_model_name_or_path") or ""
     card = card_base(adapter_dir) or ""
-    if card == TINY or card.startswith(RANDOM_PREFIX):   # the kit's own test models: peft recorded a cache folder
+    if card == TINY:   # the kit's test model: peft recorded its cache folder
         return card
     if base == EMBEDDED_HUB_ID and card == EMBEDDED_HUB_ID:
         return EMBEDDED_HUB_ID   # trained on the hub's SmolLM2, not on the embedded copy

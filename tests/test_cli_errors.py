@@ -301,6 +301,10 @@ def test_an_adapter_from_another_base_is_named_not_a_state_dict_traceback(capsys
     err = _fails_cleanly(capsys, merge.main, [str(adir), "--out", str(tmp_path / "m"), "--base", "tiny-random-llama"],
                          "does not fit the base model 'tiny-random-llama'")
     assert err.count("size mismatch") == 1   # the first mismatch, not one line per tensor
+    (adir / "README.md").write_text("---\nfinlora_base: tiny-random-llama\n---\n")   # the card names this base
+    with pytest.raises(artifacts.AdapterError, match=r"its weights do not fit 'tiny-random-llama' as that model is "
+                                                      r"now \(size mismatch"):
+        artifacts.attach_adapter(base, adir, "tiny-random-llama")
 
 
 def test_predict_refuses_a_label_given_twice(capsys):
@@ -315,7 +319,8 @@ def test_predict_refuses_a_label_given_twice(capsys):
     (["--parallel", "pipeline", "--gpus", "1"], "--parallel pipeline: expected --gpus >= 2"),
     (["--schedule", "1f1b"], "--schedule 1f1b: expected --parallel pipeline"),
     (["--micro-batches", "4"], "--micro-batches 4: expected --parallel pipeline"),
-    (["--zero1"], "--zero1: expected --parallel ddp"),
+    (["--zero1"], "--zero1: expected --gpus >= 2 under DDP"),
+    (["--zero1", "--parallel", "ddp"], "--zero1: expected --gpus >= 2 under DDP"),   # one rank: nothing to shard
     (["--double-quant", "--bits", "16"], "--double-quant: expected --bits 4"),
 ])
 def test_estimate_names_a_flag_its_plan_would_not_use(flags, message, capsys):
@@ -330,7 +335,7 @@ def test_estimate_says_what_the_kits_own_training_needs_beside_the_papers_recipe
     assert memory.main(args + ["--label-only-logits"]) == 0
     kit = capsys.readouterr().out
     kit_total = float(re.search(r"total per device\s+([\d.]+) GiB", kit).group(1))
-    assert f"label positions only: {kit_total:.3f} GiB per GPU with --label-only-logits" in full
+    assert f"label positions only: {kit_total:.3f} GiB per device with --label-only-logits" in full
     assert float(re.search(r"total per device\s+([\d.]+) GiB", full).group(1)) > kit_total
     assert "label positions only" not in kit
 

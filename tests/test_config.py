@@ -174,7 +174,8 @@ def test_a_bad_config_file_is_named_without_a_traceback(tmp_path, capsys, conten
 
 def test_more_processes_need_a_parallel_mode():
     """--nproc 4 without --parallel trained one process and recorded nproc 4 beside world_size 1."""
-    with pytest.raises(ConfigError, match=r"^nproc=4: expected 1 with parallel='none' \(--parallel ddp or pipeline"):
+    with pytest.raises(ConfigError, match=r"^nproc=4: expected 1 with parallel='none'; more processes train under "
+                                          r"torchrun: `python -m finlora_utils parallel --parallel ddp\|pipeline"):
         TrainConfig(tasks="fpb", nproc=4)
     assert TrainConfig(tasks="fpb", nproc=4, parallel="ddp").nproc == 4
 

@@ -452,6 +452,14 @@ def test_evaluating_one_mode_again_keeps_the_other_stored_modes(tmp_path, tiny, 
     assert again["modes"]["generate"]["predictions"] == first["modes"]["generate"]["predictions"]
     assert again["modes"]["generate"]["evaluated"] == first["evaluated"]   # when the kept mode ran
     assert again["evaluated"]["at"] >= first["evaluated"]["at"]
+    assert again["generate_score_agreement"] == first["generate_score_agreement"]   # recomputed over the pair
+    # other test data (here another file hash: the sample set, then the real one) replaces the entry whole
+    stored = results.read_result(p0)
+    stored["eval_info"]["fpb"]["data_files"] = {"fpb_test.jsonl": "0" * 64}
+    results.write_json(p0, stored)
+    ev.evaluate_runs([p0], modes=("score",), batch_size=4)
+    assert list(results.read_result(p0)["eval_info"]["fpb"]["modes"]) == ["score"]
+    ev.evaluate_runs([p0], modes=("score", "generate"), batch_size=4)
     # another setting (here the precision) replaces the entry whole: its modes would not compare
     ev.evaluate_runs([p0], modes=("score",), batch_size=4, precision="bf16")
     assert list(results.read_result(p0)["eval_info"]["fpb"]["modes"]) == ["score"]

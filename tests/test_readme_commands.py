@@ -15,7 +15,7 @@ from finlora_utils.__main__ import VERBS
 from finlora_utils.__main__ import main as entry_main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-CMD = re.compile(r"python -m (finlora_utils(?:\.[a-z_.]+)?)\b(.*)")
+CMD = re.compile(r"python\s+-m\s+(finlora_utils(?:\.[a-z_.]+)?)\b(.*)")
 
 
 def readme_commands() -> list[tuple[str, str]]:
@@ -26,7 +26,8 @@ def readme_commands() -> list[tuple[str, str]]:
     for block in fence.findall(text):
         joined = re.sub(r"\\\n\s*", " ", block)   # continuation lines
         spans += joined.splitlines()
-    spans += [s.replace("\n", " ") for s in re.findall(r"`([^`]*python -m finlora_utils[^`]*)`", fence.sub("", text))]
+    inline = re.findall(r"`([^`]*python\s+-m\s+finlora_utils[^`]*)`", fence.sub("", text))
+    spans += [re.sub(r"\s+", " ", s) for s in inline]   # an inline command may wrap across lines
     found = []
     for s in spans:
         m = CMD.search(s)
@@ -34,6 +35,7 @@ def readme_commands() -> list[tuple[str, str]]:
         if args.strip() and "<verb>" not in args:   # not a module named in prose, nor the verbs' pattern
             args = args.replace("[", " ").replace("]", " ")  # optional parts shown in brackets are options too
             args = re.sub(r"<[^>]+>", "x", args)              # <task>, <run_id>: placeholders
+            args = re.sub(r"(^|\s)\.\.\.(?=\s|$)", " ", args)   # "..." for the flags the text gives elsewhere
             found.append((m.group(1), args.strip()))
     return list(dict.fromkeys(found))
 
@@ -46,10 +48,12 @@ class Parsed(Exception):
 def stop_at_parse(monkeypatch):
     """Every parser returns what it would parse and what it did not recognise, then stops the command."""
     def parse(self, args=None, namespace=None):
+        self.allow_abbrev = False   # a README flag must be the flag, not a prefix argparse would complete
         ns, extra = argparse.ArgumentParser.parse_known_args(self, args, namespace)
         raise Parsed(ns, extra)
 
     def parse_intermixed(self, args=None, namespace=None):
+        self.allow_abbrev = False
         ns, extra = argparse.ArgumentParser.parse_known_intermixed_args(self, args, namespace)
         raise Parsed(ns, extra)
 
@@ -88,3 +92,6 @@ def test_the_check_fails_on_a_flag_the_command_does_not_have(stop_at_parse):
     with pytest.raises(Parsed) as got:
         entry_main(["train", "--task", "fpb", "--no-such-flag", "1"])
     assert got.value.args[1] == ["--no-such-flag", "1"]
+    with pytest.raises(Parsed) as got:   # a prefix of a real flag (--max-train-samples) is no flag either
+        entry_main(["train", "--max-train", "4"])
+    assert got.value.args[1] == ["--max-train", "4"]
