@@ -139,8 +139,10 @@ class Plan:
 
     def table(self) -> str:
         w = max(len(k) for k in self.breakdown)
+        # DDP's batch is each rank's; train's batch_size is the global one (every rank takes a share)
+        per_rank = f" per rank (global {self.batch * self.gpus})" if self.parallel == "ddp" and self.gpus > 1 else ""
         lines = [f"{self.model}  {self.bits}-bit r{self.rank} {','.join(self.targets)}  seq {self.seq_len} x batch "
-                 f"{self.batch}  ckpt={'on' if self.grad_checkpointing else 'off'}  "
+                 f"{self.batch}{per_rank}  ckpt={'on' if self.grad_checkpointing else 'off'}  "
                  f"{self.parallel if self.gpus > 1 else 'single'} x{self.gpus} ({self.device})"]
         lines += [f"  {k:<{w}}  {v / GIB:9.3f} GiB" for k, v in self.breakdown.items()]
         lines.append(f"  {'total per device':<{w}}  {self.total_gib:9.3f} GiB  ({self.total_gb:.2f} GB)")

@@ -424,3 +424,10 @@ def test_8bit_adamw_keeps_fp32_state_for_tensors_below_bitsandbytes_minimum():
     assert small["adamw_8bit"] == small["paged_adamw_8bit"] == small["adamw"] > 0, small
     assert large["adamw_8bit"] == large["paged_adamw_8bit"] == large["adamw"] // 4, large
     assert memory.optimizer_state_bytes([(4, 1024), (1024, 4), (4, 1000)], "adamw_8bit") == 2 * 4096 * 2 + 4000 * 8
+
+
+def test_a_ddp_plan_says_its_batch_is_each_ranks():
+    """train's batch_size is global, estimate's --batch is per rank under DDP: the table says which."""
+    head = memory.plan("llama-3.1-8b", bits=4, seq_len=512, batch=4, gpus=4, parallel="ddp").table().splitlines()[0]
+    assert "x batch 4 per rank (global 16)" in head
+    assert "per rank" not in memory.plan("llama-3.1-8b", bits=4, seq_len=512, batch=4).table()
