@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import PRESETS, ConfigError
+from .config import PRESETS, ConfigError, read_json_object
 from .errors import cli_entry
 from .paths import project_root
 from .results import atomic_write_text, folder_lock, git_commit, load_results, now_iso, write_json
@@ -66,6 +66,9 @@ def load_grid(path: str | Path) -> dict:
     if unknown:
         raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(GRID_KEYS))}")
     spec.setdefault("name", path.stem)
+    if not isinstance(spec["name"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", spec["name"]):
+        # it names reports/sweeps/<name>: a path or a list there would write elsewhere or fail after every point
+        raise ConfigError(f"{path}: name={spec['name']!r}: expected a plain folder name (letters, digits, . _ -)")
     spec.setdefault("preset", "cpu")
     spec.setdefault("params", {})
     spec.setdefault("grid", {})
@@ -133,13 +136,39 @@ def point_id(point: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", "_".join(parts)) or "default"
 
 
+def point_plan(spec: dict, point: dict) -> tuple[list[str], dict]:
+    """(notebooks, parameters) a point runs with: the grid's fixed params under the point's own values."""
+    notebooks = point.get("notebooks") or spec["notebooks"]   # an include point may run fewer notebooks
+    return list(notebooks), {**spec["params"], **{k: v for k, v in point.items() if k != "notebooks"}}
+
+
+def check_finished_points(spec: dict, points: list[dict], out_root: Path) -> None:
+    """Before anything runs: a finished point (DONE.json) whose fixed parameters or notebooks the grid has since
+    changed is an error naming the first change; skipping it would report results made with the old values
+    under the new ones."""
+    for point in points:
+        done = out_root / "points" / point_id(point) / "DONE.json"
+        if not done.exists():
+            continue
+        stored = read_json_object(done, "a finished point's record (point, params, notebooks, ...)", ConfigError)
+        notebooks, params = point_plan(spec, point)
+        before = {**{k: stored.get("params", {}).get(k) for k in set(params) | set(stored.get("params", {}))},
+                  "notebooks": stored.get("notebooks")}
+        now = {**{k: params.get(k) for k in before if k != "notebooks"}, "notebooks": notebooks}
+        changed = sorted(k for k in before if before[k] != now[k])
+        if changed:
+            k = changed[0]
+            raise ConfigError(f"{done}: the point ran with {k}={before[k]!r}, the grid now says {now[k]!r}; expected "
+                              "the grid as it ran, another --output-dir for the new values, or that point's folder "
+                              "removed to run it again")
+
+
 def run_point(spec: dict, point: dict, out_root: Path, progress: Progress | None = None) -> dict:
     pdir = out_root / "points" / point_id(point)
     done = pdir / "DONE.json"
     if done.exists():
         return {"point": point, "status": "skipped", "dir": str(pdir)}
-    notebooks = point.get("notebooks") or spec["notebooks"]   # an include point may run fewer notebooks
-    params = {**spec["params"], **{k: v for k, v in point.items() if k != "notebooks"}}
+    notebooks, params = point_plan(spec, point)
     t0, started, commit = time.time(), now_iso(), git_commit()   # the code the point runs, read before it runs
     for nb in notebooks:
         try:
@@ -442,6 +471,7 @@ def run_sweep(grid_path: str | Path, output_dir: str | Path | None = None,
     spec = load_grid(grid_path)
     out_root = Path(output_dir or project_root() / "reports" / "sweeps" / spec["name"]).resolve()
     points = expand(spec)
+    check_finished_points(spec, points, out_root)   # a report must not show old values' results under new ones
     if report_only:
         outcomes = [{"point": p, "status": "skipped" if (out_root / "points" / point_id(p) / "DONE.json").exists()
                      else "not run", "dir": str(out_root / "points" / point_id(p))} for p in points]

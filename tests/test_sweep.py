@@ -300,3 +300,31 @@ def test_bits_rank_table_and_decomposition_on_fixture_points(tmp_path):
                               tmp_path, outcomes).read_text()
     assert "Bits × rank" in page and "0.643 ± 0.038 (3)" in page and "58% of it rank" in page
     assert (tmp_path / "bits_rank.csv").read_text().count("\n") == 1 + 3 * 6
+
+
+def test_a_finished_point_whose_grid_changed_is_named_before_anything_runs(tmp_path, monkeypatch):
+    """The point used to be skipped as done, and the report then showed results of MAX_STEPS=2 under the grid's 3."""
+    calls = []
+    monkeypatch.setattr(sweep, "run_notebook", lambda nb, preset, pdir, timeout=None, extra_params=None, **_:
+                        calls.append(nb))
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump({**GRID, "grid": {"SEED": [0]}}))
+    outcomes, _ = sweep.run_sweep(p, tmp_path / "out")
+    assert [o["status"] for o in outcomes] == ["done"] * len(outcomes) and calls
+    calls.clear()
+    assert {o["status"] for o in sweep.run_sweep(p, tmp_path / "out")[0]} == {"skipped"} and not calls
+    changed = {**GRID, "grid": {"SEED": [0]}, "params": {**GRID["params"], "MAX_STEPS": 3}}
+    p.write_text(yaml.safe_dump(changed))
+    for report_only in (False, True):
+        with pytest.raises(ConfigError, match=r"DONE\.json: the point ran with MAX_STEPS=\S+, the grid now says 3; "
+                                              r"expected the grid as it ran, another --output-dir"):
+            sweep.run_sweep(p, tmp_path / "out", report_only=report_only)
+    assert not calls
+
+
+@pytest.mark.parametrize("name", [["a", "b"], "../../elsewhere", ""])
+def test_a_grid_name_is_a_plain_folder_name(tmp_path, name):
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump({**GRID, "name": name}))
+    with pytest.raises(ConfigError, match=r"name=.*: expected a plain folder name"):
+        sweep.load_grid(p)
