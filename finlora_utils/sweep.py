@@ -152,9 +152,13 @@ def check_finished_points(spec: dict, points: list[dict], out_root: Path) -> Non
             continue
         stored = read_json_object(done, "a finished point's record (point, params, notebooks, ...)", ConfigError)
         notebooks, params = point_plan(spec, point)
-        before = {**{k: stored.get("params", {}).get(k) for k in set(params) | set(stored.get("params", {}))},
-                  "notebooks": stored.get("notebooks")}
-        now = {**{k: params.get(k) for k in before if k != "notebooks"}, "notebooks": notebooks}
+        before, now = {}, {}
+        if isinstance(stored.get("params"), dict):   # a record without them (hand-made, older) cannot be compared
+            keys = set(params) | set(stored["params"])
+            before.update({k: stored["params"].get(k) for k in keys})
+            now.update({k: params.get(k) for k in keys})
+        if "notebooks" in stored:
+            before["notebooks"], now["notebooks"] = stored["notebooks"], notebooks
         changed = sorted(k for k in before if before[k] != now[k])
         if changed:
             k = changed[0]
