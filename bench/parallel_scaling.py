@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -100,7 +101,7 @@ def config_for(mode: str, args, out: Path, label: str) -> TrainConfig:
                        batch_size=args.batch_size, max_steps=args.steps, max_seq_len=args.max_seq_len,
                        max_train_samples=args.batch_size * args.steps, seed=0, parallel=mode,
                        nproc=1 if mode == "none" else args.nproc, micro_batches=args.micro_batches,
-                       schedule=args.schedule, output_dir=str(out / "runs"), variant_tag=f"bench-{label}",
+                       schedule=args.schedule, output_dir=str(out / "runs"), variant_tag="bench-" + re.sub(r"[^A-Za-z0-9_.+-]+", "-", label),
                        log_every=max(1, args.steps // 2), cpu_memory=args.cpu_memory,
                        pipeline_split=args.pipeline_split, share_prefix=args.share_prefix)
 

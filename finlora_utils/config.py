@@ -152,6 +152,8 @@ class LoraSettings:
 
     def __post_init__(self):
         _check_types(self)
+        _check(isinstance(self.targets, (str, list, tuple)), "targets", self.targets,
+               "module names: a comma-separated string or a list, e.g. q_proj,k_proj,v_proj")
         self.targets = _as_tuple(self.targets)
         self.validate()
 
@@ -247,8 +249,12 @@ class TrainConfig:
     def validate(self):
         _check(isinstance(self.model, str) and self.model != "", "model", self.model, "a name: embedded, tiny-random-llama, a hub id or a local path")
         _check(len(self.tasks) > 0, "tasks", self.tasks, "at least one task name")
+        _check(len(set(self.tasks)) == len(self.tasks), "tasks", ",".join(self.tasks),
+               "each task once (a repeated one would be trained twice per example)")
+        _check(re.fullmatch(r"[A-Za-z0-9_.+-]*", self.variant_tag) is not None, "variant_tag", self.variant_tag,
+               "letters, digits and . _ + - (it ends the run id, a file and a folder name)")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)} or {AUTO}")
-        _check(self.lr > 0, "lr", self.lr, "> 0")
+        _check(0 < self.lr < float("inf"), "lr", self.lr, "> 0 and finite")
         _check(self.epochs > 0 or self.max_steps > 0, "epochs", self.epochs, "> 0 (or max_steps > 0)")
         _check(self.max_steps >= 0, "max_steps", self.max_steps, ">= 0")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
@@ -328,6 +334,9 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self):
+        _check_types(self)   # as TrainConfig: a grid's MAX_TEST_SAMPLES: "5" is named here, not in a notebook cell
+        _check(isinstance(self.tasks, (str, list, tuple)) and all(isinstance(t, str) for t in _as_tuple(self.tasks)),
+               "tasks", self.tasks, "task names: a comma-separated string or a list of strings")
         self.tasks = _as_tuple(self.tasks)
         self.precision = resolve_precision(self.precision)
         self.validate()

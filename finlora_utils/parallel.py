@@ -91,6 +91,8 @@ def launch(config: TrainConfig, nproc: int | None = None, timeout_s: float = 180
     """
     config.validate()
     nproc = 1 if config.parallel == "none" else int(nproc or config.nproc)
+    if nproc != config.nproc:   # the results record the processes that trained, not the config's default
+        config = TrainConfig.from_dict(dict(config.to_dict(), nproc=nproc))
     _check_world(config, nproc, nnodes, rdzv_endpoint, timeout_s)
     from .engine import check_tasks
 

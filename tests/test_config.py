@@ -185,3 +185,25 @@ def test_a_missing_config_file_is_named_with_what_is_expected(tmp_path):
 
     with pytest.raises(ConfigError, match=r"^config='.*nope\.json': no such file; expected a JSON object of TrainConfig"):
         read_config_file(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(variant_tag="a/b"), r"^variant_tag='a/b': expected letters, digits and \. _ \+ -"),
+    (dict(tasks="fpb,fpb"), r"^tasks='fpb,fpb': expected each task once"),
+    (dict(lr=float("inf")), r"^lr=inf: expected > 0 and finite"),
+    (dict(lora={"targets": 5}), r"^targets=5: expected module names"),
+])
+def test_settings_that_used_to_pass_and_misbehave_later(kw, message):
+    """A '/' in variant_tag wrote results into a subfolder no report reads; a repeated task trained every row twice;
+    lr=inf finished with a nan loss as a normal run; targets=5 was a bare TypeError."""
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{"tasks": "fpb", **kw})
+
+
+@pytest.mark.parametrize("kw,message", [(dict(tasks=3), r"^tasks=3: expected task names"),
+                                        (dict(batch_size=2.5), r"^batch_size=2\.5: expected an integer"),
+                                        (dict(max_test_samples="5"), r"^max_test_samples='5': expected an integer")])
+def test_eval_config_checks_types_as_train_config_does(kw, message):
+    """A grid's MAX_TEST_SAMPLES: "5" failed in notebook 05's cell 4 with a TypeError; batch_size=2.5 passed."""
+    with pytest.raises(ConfigError, match=message):
+        EvalConfig(**kw)

@@ -500,3 +500,19 @@ def test_a_ranks_first_step_time_starts_with_the_training_loop(monkeypatch):
     m.begin(2, 0)
     m(1, 0.0), m(2, 0.0)
     assert m.times == [0.5, 0.5]
+
+
+def test_launch_records_the_processes_it_starts(tmp_path, monkeypatch):
+    """launch(cfg, nproc=2) trained 2 ranks while the results' config said nproc=1."""
+    from collections import deque
+
+    seen = {}
+
+    def fake_torchrun(cmd, timeout_s, env, log):
+        seen.update(json.loads(Path(cmd[cmd.index("--config") + 1]).read_text()))
+        return 1, deque(["stopped by the test"])
+
+    monkeypatch.setattr(parallel, "_run_bounded", fake_torchrun)
+    with pytest.raises(parallel.ParallelRunError):
+        parallel.launch(tiny(tmp_path, parallel="ddp"), nproc=2, timeout_s=60, log=None)
+    assert seen["nproc"] == 2 and seen["parallel"] == "ddp"

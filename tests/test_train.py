@@ -476,7 +476,7 @@ def test_bad_parameters_fail_before_training(tmp_path, monkeypatch):
         raise AssertionError("the model must not load for a bad config")
 
     monkeypatch.setattr(train, "build_model", no_model)
-    with pytest.raises(ConfigError, match=r"^lr=0: expected > 0"):
+    with pytest.raises(ConfigError, match=r"^lr=0: expected > 0 and finite"):
         tiny_config(tmp_path, lr=0)
     with pytest.raises(ConfigError, match=r"^lr=-0\.1: expected > 0"):
         tiny_config(tmp_path, lr=-0.1)
