@@ -405,3 +405,10 @@ def test_a_task_mix_draws_no_progress_bar_and_leaves_the_bars_setting_alone(capf
             assert len(mix) == 40 and "Flattening" not in err and datasets.is_progress_bar_enabled() == enabled, err
     finally:
         (datasets.enable_progress_bars if before else datasets.disable_progress_bars)()
+
+
+def test_one_source_for_several():
+    from finlora_utils.data import combined_source
+
+    assert combined_source(["real", "real"]) == "real" and combined_source(["real", "sample"]) == "mixed"
+    assert combined_source([]) == "none"

@@ -72,7 +72,7 @@ def test_fresh_copy_without_data_or_network_runs_the_study_on_the_sample_set(tmp
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith(f"skipped {task} ")]
         assert len(lines) == 1, (task, lines)
         assert f"python -m finlora_utils.data fetch {task}" in lines[0] and "FINLORA_OFFLINE" in lines[0]
-    assert {r["source"] for r in summary["overview"]} == {"sample"}
+    assert {r["source"] for r in summary["overview"]} == {"sample"} and summary["data_source"] == "sample"
 
     # the training run says where its data came from, and so does every page and the index
     trained = [json.loads(p.read_text()) for p in (out / "results").glob("*.json")]

@@ -266,8 +266,13 @@ def data_source(name: str, data_dir: str | os.PathLike | None = None) -> str:
 
 def source_of(ds) -> str:
     """"real", "sample" or "mixed" for a Dataset returned by load_task/load_tasks."""
-    kinds = set(ds.unique("source"))
-    return kinds.pop() if len(kinds) == 1 else "mixed"
+    return combined_source(ds.unique("source"))
+
+
+def combined_source(sources) -> str:
+    """One source for several ("real", "sample", "file"): that one where all agree, "none" for none, else "mixed"."""
+    kinds = set(sources)
+    return kinds.pop() if len(kinds) == 1 else "mixed" if kinds else "none"
 
 
 def describe_source(source: str) -> str:
