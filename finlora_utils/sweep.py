@@ -475,6 +475,9 @@ def run_sweep(grid_path: str | Path, output_dir: str | Path | None = None,
     spec = load_grid(grid_path)
     out_root = Path(output_dir or project_root() / "reports" / "sweeps" / spec["name"]).resolve()
     points = expand(spec)
+    if report_only and not (out_root / "points").is_dir():   # a mistyped folder would get an empty report
+        raise ConfigError(f"output_dir={str(out_root)!r}: no points/ folder; expected the folder a sweep of this grid "
+                          "ran into (--output-dir as it ran, or reports/sweeps/<name>)")
     check_finished_points(spec, points, out_root)   # a report must not show old values' results under new ones
     if report_only:
         outcomes = [{"point": p, "status": "skipped" if (out_root / "points" / point_id(p) / "DONE.json").exists()

@@ -328,3 +328,12 @@ def test_a_grid_name_is_a_plain_folder_name(tmp_path, name):
     p.write_text(yaml.safe_dump({**GRID, "name": name}))
     with pytest.raises(ConfigError, match=r"name=.*: expected a plain folder name"):
         sweep.load_grid(p)
+
+
+def test_report_only_on_a_folder_without_points_is_named(tmp_path, capsys):
+    """A mistyped --output-dir got an empty report and exit 0."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(GRID))
+    assert sweep.main([str(grid), "--output-dir", str(tmp_path / "typo"), "--report-only"]) == 2
+    assert "no points/ folder; expected the folder a sweep of this grid ran into" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
