@@ -1,7 +1,7 @@
 """Peak training-memory planner (pure arithmetic over a model config) and a measurement probe.
 
-    python -m finlora_utils.memory estimate --model llama-3.1-8b --bits 4 --rank 4 --seq-len 2048 --batch 4 --grad-checkpointing
-    python -m finlora_utils.memory estimate --model llama-3.1-8b --bits 8 --batch 4 --fit 24
+    python -m finlora_utils estimate --model llama-3.1-8b --bits 4 --rank 4 --seq-len 2048 --batch 4 --grad-checkpointing
+    python -m finlora_utils estimate --model llama-3.1-8b --bits 8 --batch 4 --fit 24
 
 The planner never imports torch, so it runs anywhere. What it counts, per device:
   quantized_weights   projection weights at 16 / 8 / 4 bits

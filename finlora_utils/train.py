@@ -4,7 +4,7 @@
     from finlora_utils import train
     result = train.train(TrainConfig(tasks="fpb", precision="nf4", max_train_samples=400))
 
-    python -m finlora_utils.train --task fpb --precision nf4 --rank 4 --max-train-samples 400
+    python -m finlora_utils train --task fpb --precision nf4 --rank 4 --max-train-samples 400
 
 Why a loop of our own and not transformers.Trainer / TRL's SFTTrainer: the loss needs the decoder's
 hidden states at label positions only (lm_head never sees a prompt position, which is most of the
@@ -505,7 +505,7 @@ def summary_table(results_list: list[dict]):
 
 @cli_entry
 def main(argv=None) -> int:
-    """python -m finlora_utils.train --task fpb --precision nf4 --rank 4 [any TrainConfig field as --field]"""
+    """python -m finlora_utils train --task fpb --precision nf4 --rank 4 [any TrainConfig field as --field]"""
     import argparse
 
     argv = list(sys.argv[1:] if argv is None else argv)
