@@ -506,6 +506,7 @@ def rescore_points(grid_path: str | Path, output_dir: str | Path | None = None) 
     commit = git_commit()   # before the first rewrite: each rewritten file makes the tree look dirty
     spec = load_grid(grid_path)
     out_root = Path(output_dir or project_root() / "reports" / "sweeps" / spec["name"]).resolve()
+    check_finished_points(spec, expand(spec), out_root)   # before any file is rewritten, as the report needs it
     done = []
     for d in sorted((out_root / "points").glob("*/DONE.json")):
         done_info = json.loads(d.read_text())

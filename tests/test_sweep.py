@@ -232,7 +232,8 @@ def test_rescore_uses_each_points_test_sample_and_rerenders(tmp_path, monkeypatc
     done = tmp_path / "out" / "points" / sweep.point_id(point) / "DONE.json"
     write_json(done, {**json.loads(done.read_text()), "params": {**point, "MAX_TEST_SAMPLES": 4}})
     grid = tmp_path / "g.yaml"
-    grid.write_text(yaml.safe_dump({**GRID, "params": {}, "include": [], "grid": {"TASKS": ["xbrl_formula"], "SEED": [3]}}))
+    grid.write_text(yaml.safe_dump({**GRID, "params": {"MAX_TEST_SAMPLES": 4}, "include": [],   # as the point ran
+                                    "grid": {"TASKS": ["xbrl_formula"], "SEED": [3]}}))
     assert sweep.main([str(grid), "--output-dir", str(tmp_path / "out"), "--rescore"]) == 0
     assert "accuracy 0.5000 -> 0.2500" in capsys.readouterr().out
     e = read_result(done.parent / "results" / "xbrl_formula_4bit_r4.json")["eval_info"]["xbrl_formula"]
