@@ -138,7 +138,10 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
         adapter = run_adapter_dir(src)
     elif (src / "adapter_config.json").is_file():
         adapter = src
-        model = model or json.loads((src / "adapter_config.json").read_text())["base_model_name_or_path"]
+        if not model:   # the base as the kit names it: an embedded-trained adapter records the hub id, not `embedded`
+            from .merge import adapter_base
+
+            model = adapter_base(src)
     else:
         if model:
             raise ConfigError(f"model={model!r}: only with an adapter or a run; {source} is itself the model")

@@ -169,3 +169,29 @@ def test_an_adapter_on_a_kit_test_model_names_that_model_not_its_cache_folder(ad
                 peak_mem_bytes=2**20, peak_mem_method="VmHWM")
     (d / "README.md").write_text(artifacts.model_card(TrainConfig(model=models.TINY, tasks="fpb"), info, folder))
     assert merge.adapter_base(d) == models.TINY
+
+
+def test_predict_on_an_adapter_folder_takes_the_base_its_card_names(adapter, tmp_path, monkeypatch):
+    """predict ADAPTER_DIR without --model loaded the recorded hub id (a download, offline a failure) for an adapter
+    the kit trained on the embedded copy; merge already read the card."""
+    from finlora_utils import artifacts, predict
+    from finlora_utils.config import TrainConfig
+
+    d = tmp_path / "adapter"
+    shutil.copytree(adapter, d)
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    (d / "adapter_config.json").write_text(json.dumps(dict(cfg, base_model_name_or_path=models.EMBEDDED_HUB_ID)))
+    info = dict(loss_curve=[[1, 2.0]], steps=1, examples=4, target_tokens=8, truncated=0, wall_s=1.0,
+                peak_mem_bytes=2**20, peak_mem_method="VmHWM")
+    (d / "README.md").write_text(artifacts.model_card(TrainConfig(model="embedded", tasks="fpb"), info,
+                                                      models.EMBEDDED_HUB_ID))
+    loaded = []
+
+    def stop(name, **kw):
+        loaded.append(name)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(models, "load_model", stop)
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        predict.load(str(d), labels="up,down")
+    assert loaded == [models.EMBEDDED]
