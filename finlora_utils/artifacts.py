@@ -215,6 +215,17 @@ def safetensors_adapter(folder: str | os.PathLike) -> str:
     return str(folder)
 
 
+def adapter_config(folder: str | os.PathLike) -> dict:
+    """An adapter folder's adapter_config.json (peft's save_pretrained), or AdapterError naming the folder / line."""
+    from .config import read_json_object
+
+    path = Path(folder) / "adapter_config.json"
+    if not path.is_file():
+        raise AdapterError(f"adapter={str(folder)!r}: expected a folder with adapter_config.json "
+                           "(what save_pretrained / the kit's train writes)")
+    return read_json_object(path, "peft's adapter config (a JSON object)", AdapterError)
+
+
 def attach_adapter(model, folder: str | os.PathLike, base_name: str, **kwargs):
     """PeftModel.from_pretrained(model, folder, **kwargs) for an adapter folder safetensors_adapter accepts. An adapter
     trained on another base model (other layer shapes) is an AdapterError naming the folder, the base it was given
@@ -227,10 +238,7 @@ def attach_adapter(model, folder: str | os.PathLike, base_name: str, **kwargs):
         if "size mismatch" not in str(e):
             raise
         first = next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
-        try:
-            recorded = json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        except (OSError, ValueError):
-            recorded = None
+        recorded = adapter_config(folder).get("base_model_name_or_path")   # read by from_pretrained already
         trained = card_base(folder) or recorded or "another base model"
         if trained == str(base_name):   # the right name, other shapes: that model's folder changed since
             raise AdapterError(f"{folder}: its weights do not fit {base_name!r} as that model is now ({first}); "

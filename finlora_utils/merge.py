@@ -39,10 +39,10 @@ def adapter_base(adapter_dir: Path) -> str:
     """The base model an adapter was trained on, as the kit names it (`embedded` for SmolLM2's
     embedded copy, whose recorded path is a cache folder). adapter_config.json names the hub id for the embedded
     copy as well; the kit's card says which of the two it was (an adapter without that card: the embedded one)."""
-    from .artifacts import card_base
+    from .artifacts import adapter_config, card_base
     from .models import EMBEDDED, EMBEDDED_HUB_ID, TINY, embedded_model_dir
 
-    cfg = _adapter_config(adapter_dir)
+    cfg = adapter_config(adapter_dir)
     base = cfg.get("base_model_name_or_path") or ""
     card = card_base(adapter_dir) or ""
     if card == TINY:   # the kit's test model: peft recorded its cache folder
@@ -54,17 +54,6 @@ def adapter_base(adapter_dir: Path) -> str:
     if not base:
         raise MergeError(f"{adapter_dir / 'adapter_config.json'}: no base_model_name_or_path; pass --base")
     return base
-
-
-def _adapter_config(adapter_dir: Path) -> dict:
-    path = Path(adapter_dir) / "adapter_config.json"
-    if not path.is_file():
-        raise MergeError(f"adapter={str(adapter_dir)!r}: expected a folder with adapter_config.json "
-                         "(what save_pretrained / the kit's train writes)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MergeError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
 
 
 def _card_text(path: Path) -> str | None:
@@ -104,7 +93,8 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     from transformers import AutoModelForCausalLM
 
     from . import results
-    from .artifacts import ADAPTER_WEIGHTS, TASK_FILE, attach_adapter, read_task_record, safetensors_adapter
+    from .artifacts import (ADAPTER_WEIGHTS, TASK_FILE, adapter_config, attach_adapter, read_task_record,
+                            safetensors_adapter)
     from .data.sources import sha256_file
     from .models import load_tokenizer, quiet_progress, resolve_model_path
 
@@ -113,7 +103,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
         raise MergeError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     if not tolerance >= 0:
         raise MergeError(f"tolerance={tolerance!r}: expected the largest |logit difference| to accept, >= 0")
-    acfg = _adapter_config(adapter)
+    acfg = adapter_config(adapter)
     safetensors_adapter(adapter)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise MergeError(f"out={str(out)!r} exists and is not empty; pass --overwrite to replace it")
