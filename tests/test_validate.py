@@ -176,6 +176,17 @@ def test_an_unclosed_quote_is_named_where_it_opens_and_another_separator_is_reco
     multi = write(tmp_path, 'sentence,label\n"Profit rose\nagain",positive\nSales fell,\n', "m.csv")
     rc, out, err = run(capsys, multi, "--no-tokens")   # a legal two-line row: the next row keeps its own line
     assert rc == 1 and err.splitlines()[0] == f"{multi}:4: empty label ('label')"
+    # the last row's lost quote swallows the rest with the header's field count: caught by the file ending inside it
+    tail = write(tmp_path, 'sentence,label\nProfit rose,positive\nSales fell,"negative\nFlat year,neutral\n', "t.csv")
+    rc, out, err = run(capsys, tail, "--no-tokens")
+    assert rc == 1 and err.splitlines()[0] == (f"{tail}:3: a quote opened on this line is not closed (the row runs "
+                                               "to the end of the file, line 4)")
+    from finlora_utils.data.files import read_texts
+    one = write(tmp_path, 'text\nLoan approved.\n"Card blocked.\nRate cut.\n', "one.csv")
+    with pytest.raises(ValueError, match=r"one.csv:3: a quote opened on this line is not closed"):
+        read_texts(one)   # one column: no field count to catch it, the whole tail was one text to label
+    assert read_texts(write(tmp_path, 'text\n"Card\nblocked."\nRate cut.\n', "two.csv")) == ["Card\nblocked.",
+                                                                                                  "Rate cut."]
     semi = write(tmp_path, "sentence;sentiment\nProfit rose;positive\n", "s.csv")
     rc, out, err = run(capsys, semi, "--no-tokens")
     assert rc == 1 and "the header looks separated by another character: save as comma-separated CSV" in err

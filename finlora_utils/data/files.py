@@ -28,7 +28,7 @@ from . import tasks as registry
 from .sources import sha256_file
 from .tasks import Task, format_prompt, split_prompt
 from .validate import (CSV_SUFFIXES, LABEL_COLUMNS, MAX_SHOWN, TEXT_COLUMNS, check_file, check_table,  # noqa: F401
-                       field_count_problem, find_column, missing_column, not_text)
+                       field_count_problem, find_column, missing_column, not_text, open_quote_at_end)
 SOURCE = "file"     # the Dataset's `source` column for own data (built-ins: real | sample)
 
 
@@ -261,12 +261,14 @@ def read_texts(path, text_column: str | None = None, with_fields: bool = False):
                     "file") from None
     texts, fields, problems = [], [], []
     if path.suffix.lower() in CSV_SUFFIXES:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
         header = next(reader, None) or []
         i = find_column(header, text_column, TEXT_COLUMNS)
         if i is None:
             raise _fail(path, [(1, missing_column(header, text_column, TEXT_COLUMNS, "text"))], "file")
-        end = reader.line_num
+        end = last_kept = reader.line_num
+        ln = end
         for row in reader:
             ln, end = end + 1, reader.line_num   # a quoted field may span lines: a row is named by its first
             if not any(c.strip() for c in row):
@@ -278,6 +280,9 @@ def read_texts(path, text_column: str | None = None, with_fields: bool = False):
             else:
                 texts.append(row[i])
                 fields.append({h: v for j, (h, v) in enumerate(zip(header, row)) if j != i})
+                last_kept = ln
+        if texts and last_kept == ln and (problem := open_quote_at_end(text, delimiter, ln, end)):
+            problems.append(problem)   # the last row took in the rest of the file: not a text to label
     elif path.suffix.lower() == ".txt":
         texts = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
         fields = [{} for _ in texts]

@@ -180,6 +180,21 @@ def field_count_problem(row: list[str], header: list[str], first: int, last: int
     return first, msg
 
 
+def open_quote_at_end(text: str, delimiter: str, first: int, last: int) -> tuple[int, str] | None:
+    """(line, message) when the file ends inside a quoted field: a lost closing quote swallows every line after it
+    into one field, which a field count cannot catch when the header has one column. first, last: the lines the
+    file's last row spans; a row on one line is not checked (nothing was swallowed)."""
+    if last <= first:
+        return None
+    try:
+        for _ in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            return first, f"a quote opened on this line is not closed (the row runs to the end of the file, line {last})"
+    return None
+
+
 def check_table(path: str | Path, text_column: str | None = None, label_column: str | None = None,
                 task: str | None = None, strict: bool = False) -> Report:
     """Validate a CSV (.tsv: tab-separated) with a header: a text and a label column (TEXT_COLUMNS /
@@ -200,7 +215,8 @@ def check_table(path: str | Path, text_column: str | None = None, label_column: 
         line = raw[:e.start].count(b"\n") + 1
         rep.errors.append((line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8"))
         return rep
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = next(reader, None)
     if not header:
         rep.errors.append((1, "file is empty (expected a header row with a text and a label column)"))
@@ -240,6 +256,9 @@ def check_table(path: str | Path, text_column: str | None = None, label_column: 
             rep.contexts.append(row[ti])
             rep.targets.append(label)
             rep.lines.append(ln)
+        if rep.lines and rep.lines[-1] == ln and (problem := open_quote_at_end(text, delimiter, ln, end)):
+            rep.errors.append(problem)   # the last row took in the rest of the file: not a text to train on
+            del rep.contexts[-1], rep.targets[-1], rep.lines[-1]
     except csv.Error as e:
         rep.errors.append((reader.line_num, f"malformed CSV: {e}"))
     _label_variants(rep, warn)
