@@ -373,6 +373,9 @@ def load_preset(name: str, notebook: str | None = None) -> dict:
 
 # ---------------------------------------------------------------- CLI flags from the dataclasses
 
+LORA_FLAG_ALIASES = ("rank", "alpha", "dropout", "targets", "variant")   # the short forms the README uses
+
+
 def config_args(ap: argparse.ArgumentParser) -> None:
     """One --flag per TrainConfig field (lora fields as --lora-rank etc.), defaults from the dataclass."""
     for f in dataclasses.fields(TrainConfig):
@@ -382,7 +385,7 @@ def config_args(ap: argparse.ArgumentParser) -> None:
                         help=f"TrainConfig.{f.name}")
     for f in dataclasses.fields(LoraSettings):
         ap.add_argument(f"--lora-{f.name}", dest=f"lora_{f.name}", default=None, help=f"LoraSettings.{f.name}")
-    for f in ("rank", "alpha", "dropout", "targets", "variant"):   # the short forms the README uses
+    for f in LORA_FLAG_ALIASES:
         ap.add_argument(f"--{f}", dest=f"lora_{f}", help=f"alias of --lora-{f}")
 
 
@@ -396,11 +399,12 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         v = getattr(ns, f.name, None)
         if f.name != "lora" and v is not None:
-            base[f.name] = _cast(v, getattr(defaults, f.name), f.name)
+            base[f.name] = _cast(v, getattr(defaults, f.name), f"--{f.name.replace('_', '-')}")
     for f in dataclasses.fields(LoraSettings):
         v = getattr(ns, f"lora_{f.name}", None)
         if v is not None:
-            base["lora"][f.name] = _cast(v, getattr(lora_defaults, f.name), f"lora.{f.name}")
+            flag = f"--lora-{f.name}" + (f" (--{f.name})" if f.name in LORA_FLAG_ALIASES else "")
+            base["lora"][f.name] = _cast(v, getattr(lora_defaults, f.name), flag)
     return TrainConfig.from_dict(base)
 
 
@@ -437,5 +441,5 @@ def _cast(v: str, default, name: str):
         if isinstance(default, (int, float)):
             return type(default)(v)
     except ValueError:
-        raise ConfigError(f"{name}={v!r}: expected {kind}") from None
+        raise ConfigError(f"{name} {v!r}: expected {kind}") from None
     return v

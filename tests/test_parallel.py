@@ -483,8 +483,10 @@ def test_cli_builds_the_config_from_flags(tmp_path):
     cfg = parallel.config_from_args(ap_ns)
     assert (cfg.parallel, cfg.nproc, cfg.lora.rank, cfg.max_steps, cfg.tasks, cfg.label_only_logits) == \
         ("pipeline", 2, 8, 3, ("fpb", "fiqa"), False)
-    with pytest.raises(ConfigError, match=r"^max_steps='many': expected an integer"):
+    with pytest.raises(ConfigError, match=r"^--max-steps 'many': expected an integer"):   # the flag typed
         parallel.config_from_args(parallel._parser().parse_args(["--max-steps", "many"]))
+    with pytest.raises(ConfigError, match=r"^--lora-rank \(--rank\) 'four': expected an integer"):
+        parallel.config_from_args(parallel._parser().parse_args(["--rank", "four"]))
     out = subprocess.run([sys.executable, "-m", "finlora_utils.parallel", "--parallel", "pipeline", "--nproc", "1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "error: nproc=1: expected >= 2 stages" in out.stderr   # a user's mistake: 2
