@@ -49,7 +49,7 @@ def available_notebooks() -> list[str]:
 
 
 def notebook_path(name: str) -> Path:
-    src = notebooks_dir() / f"{name}.ipynb"
+    src = notebooks_dir() / f"{name.removesuffix('.ipynb')}.ipynb"
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such notebook; available: {', '.join(available_notebooks())}")
     return src
@@ -414,13 +414,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--output-dir", default=None, help="default: reports/ in the checkout")
         p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     args = ap.parse_args(argv)
+    if args.cmd == "run":   # 03_finetune.ipynb names the same notebook (and must not run as 03_finetune.ipynb.ipynb)
+        args.notebook = args.notebook.removesuffix(".ipynb")
     out_root = Path(args.output_dir or project_root() / "reports").resolve()
     try:
         with folder_lock(out_root, f"python -m finlora_utils.study {args.cmd} --preset {args.preset}"):
             if args.cmd == "all":
                 names = None
                 if args.notebooks:
-                    names = [n.strip() for n in args.notebooks.split(",") if n.strip()]
+                    names = [n.strip().removesuffix(".ipynb") for n in args.notebooks.split(",") if n.strip()]
                     for n in names:
                         notebook_path(n)   # FileNotFoundError naming the available ones
                 run_study(args.preset, out_root, names, timeout=args.timeout)

@@ -93,8 +93,17 @@ def load_grid(path: str | Path) -> dict:
         if not isinstance(extra, dict) or (nbs is not None and (not isinstance(nbs, list) or not nbs)):
             raise ConfigError(f"{path}: include[{i}]={extra!r}: expected a mapping of parameters, with an "
                               "optional non-empty list `notebooks`")
+    # a notebook named with its file's suffix is the same notebook (points' folders and records use the bare name)
+    spec["notebooks"] = _bare_names(spec["notebooks"])
+    for extra in spec["include"]:
+        if "notebooks" in extra:
+            extra["notebooks"] = _bare_names(extra["notebooks"])
     _check_names(path, spec)
     return spec
+
+
+def _bare_names(nbs):
+    return [nb.removesuffix(".ipynb") if isinstance(nb, str) else nb for nb in nbs] if isinstance(nbs, list) else nbs
 
 
 def _check_names(path: Path, spec: dict) -> None:
@@ -102,7 +111,7 @@ def _check_names(path: Path, spec: dict) -> None:
     papermill itself only logs an unknown name and runs on with the default."""
     for where, nbs in [("notebooks", spec["notebooks"])] + [(f"include[{i}].notebooks", e["notebooks"])
                                                             for i, e in enumerate(spec["include"]) if "notebooks" in e]:
-        if not isinstance(nbs, list):
+        if not isinstance(nbs, list) or not all(isinstance(nb, str) for nb in nbs):
             raise ConfigError(f"{path}: {where}={nbs!r}: expected a list of notebook names")
         for nb in nbs:
             try:

@@ -102,6 +102,14 @@ def test_an_include_point_may_run_only_some_notebooks(tmp_path, monkeypatch):
     p.write_text(yaml.safe_dump({**GRID, "include": [{"TASKS": "nwgi", "notebooks": []}]}))
     with pytest.raises(ConfigError, match=r"include\[0\]=.*optional non-empty list `notebooks`"):
         sweep.load_grid(p)
+    # a notebook named by its file is the same notebook (it was looked up as 05_evaluation.ipynb.ipynb)
+    p.write_text(yaml.safe_dump({**GRID, "notebooks": ["03_finetune.ipynb", "05_evaluation"],
+                                 "include": [{"TASKS": "nwgi", "notebooks": ["05_evaluation.ipynb"]}]}))
+    spec = sweep.load_grid(p)
+    assert spec["notebooks"] == ["03_finetune", "05_evaluation"] and spec["include"][0]["notebooks"] == ["05_evaluation"]
+    p.write_text(yaml.safe_dump({**GRID, "notebooks": ["03_finetune", 5]}))
+    with pytest.raises(ConfigError, match=r"notebooks=\['03_finetune', 5\]: expected a list of notebook names"):
+        sweep.load_grid(p)
 
 
 def _result(run_id, tasks, precision, rank, evals, seed=0, trained=True, truncated=None):
