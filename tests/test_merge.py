@@ -131,6 +131,11 @@ def test_the_card_tells_the_embedded_copy_from_the_hub_model(adapter, tmp_path, 
         (d / "README.md").write_text(card)
     want = models.EMBEDDED if expected == "embedded" else models.EMBEDDED_HUB_ID
     assert merge.adapter_base(d) == want
+    if trained_on is None:   # peft recorded a cache folder: today's tagged one, or the untagged one of older kits
+        for folder in ("data/cache/models/smollm2-135m-instruct", "/x/models/smollm2-135m-instruct-0a1b2c3d"):
+            (d / "adapter_config.json").write_text(json.dumps(dict(cfg, base_model_name_or_path=folder)))
+            assert merge.adapter_base(d) == models.EMBEDDED
+        assert not models.is_embedded_cache_folder("/x/models/smollm2-135m-instruct-tokenizer-0a1b2c3d")
 
 
 def test_adapter_config_names_the_base_a_colleague_can_load(tmp_path, monkeypatch):
