@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_throughput.py                  # embedded SmolLM2, FPB, 4-bit r4 (~6 min, 2 cores)
     .venv/bin/python bench/train_throughput.py --model tiny-random-llama --steps 4   # seconds
+    .venv/bin/python bench/train_throughput.py --grad-accum 2   # FinLoRA's own config: batch 8, accumulation 2
 
 (a) finlora: what FinLoRA's lora/train_lora.py does - prompt + target + eos tokenized, its collator
     (length-sorted batch, right padding with pad = eos, no attention mask, prompt labels -100 except
@@ -11,6 +12,12 @@
 (b) ours: finlora_utils.train at its best settings for the hardware (bf16 autocast where native,
     label-only logits, each batch's shared instruction prefix computed once, no checkpointing when memory
     allows, length-grouped batches).
+An optimizer step sees --batch x --grad-accum examples: FinLoRA's recipe accumulates --grad-accum micro-batches
+of --batch (its sentiment configs: 8 x 2 per GPU), ours runs them as one micro-batch, which CPU memory allows
+(the same examples per step; FinLoRA's step averages its micro-batches' mean losses, ours is the mean over the
+step's target tokens, as without accumulation; transformers' Trainer does not divide a custom compute_loss by the
+accumulation, so FinLoRA's gradient and logged loss are K times the mean, which AdamW's update is invariant to but
+for clipping).
 Both: nf4 + double quant (FinLoRA's BitsAndBytesConfig), LoRA r4 alpha 32 dropout 0.1 on q/k/v
 (FinLoRA 2024), AdamW lr 5e-4, weight decay 0.005, warmup 0.05, clip 1.0, the same examples, each
 seen once. Each recipe runs in its own fresh subprocess, back to back, so each peak (VmHWM on CPU)
@@ -50,9 +57,10 @@ def _config(a, out: Path):
     from finlora_utils.models import bench_model_path
 
     # random:<config> (a GPU check at a real model's shape) trains its seeded folder, built once
+    # ours: one micro-batch per optimizer step; FinLoRA's recipe splits it into a.grad_accum (run_finlora)
     return TrainConfig(model=bench_model_path(a.model), tasks=(a.task,), precision="nf4", double_quant=True,
-                       lora=LoraSettings(**LORA), batch_size=a.batch, max_steps=a.steps,
-                       max_train_samples=a.steps * a.batch, max_seq_len=a.max_seq_len, seed=a.seed,
+                       lora=LoraSettings(**LORA), batch_size=a.batch * a.grad_accum, max_steps=a.steps,
+                       max_train_samples=a.steps * a.batch * a.grad_accum, max_seq_len=a.max_seq_len, seed=a.seed,
                        log_every=max(1, a.steps // 4), output_dir=str(out / "runs"),
                        cpu_memory="fast", **OPT)   # both recipes on glibc's own heap: no mmap per activation
 
@@ -65,7 +73,7 @@ def _examples(cfg):
 
 # ---------------------------------------------------------------- (a) FinLoRA's recipe
 
-def run_finlora(cfg, out: Path) -> dict:
+def run_finlora(cfg, out: Path, grad_accum: int = 1) -> dict:
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -120,8 +128,9 @@ def run_finlora(cfg, out: Path) -> dict:
 
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
-        output_dir=str(out / "finlora_trainer"), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=1, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        output_dir=str(out / "finlora_trainer"), max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size // grad_accum, gradient_accumulation_steps=grad_accum,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps), max_grad_norm=1.0, fp16=cuda, use_cpu=not cuda,
         logging_steps=1, save_strategy="no", report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
         seed=cfg.seed, disable_tqdm=True)
@@ -138,7 +147,7 @@ def run_finlora(cfg, out: Path) -> dict:
     return dict(recipe="finlora", wall_s=wall, cpu_s=cpu, steps=cfg.max_steps, examples=len(feats), target_tokens=n_target,
                 nonpad_tokens=n_tokens, peak_mem_bytes=peak, peak_mem_method=method,
                 final_train_loss=losses[-1], adapter=str(adapter),
-                first_step=dict(first, target_tokens=step_targets[0]))
+                first_step=dict(first, target_tokens=sum(step_targets[:grad_accum])))   # its micro-batches
 
 
 # ---------------------------------------------------------------- (b) ours
@@ -217,8 +226,8 @@ def needed_flops_and_peak(cfg) -> tuple[dict, dict, dict]:
 def _child(a) -> int:
     out = Path(a.out)
     cfg = _config(a, out)
-    fn = run_finlora if a.recipe == "finlora" else run_ours
-    (out / f"{a.recipe}.json").write_text(json.dumps(fn(cfg, out)))
+    row = run_finlora(cfg, out, a.grad_accum) if a.recipe == "finlora" else run_ours(cfg, out)
+    (out / f"{a.recipe}.json").write_text(json.dumps(row))
     return 0
 
 
@@ -238,7 +247,10 @@ def main(argv=None) -> int:
                         "random:smollm2-1.7b): seeded random weights of that shape, for time and memory only")
     p.add_argument("--task", default="fpb")
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8, help="FinLoRA's per-device micro-batch (its configs: 8)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches FinLoRA's recipe accumulates per optimizer step (its sentiment configs: 2); "
+                        "ours runs the step's --batch x --grad-accum examples as one micro-batch")
     p.add_argument("--max-seq-len", type=int, default=512)
     p.add_argument("--heldout", type=int, default=64, help="test examples for the held-out target loss")
     p.add_argument("--seed", type=int, default=0)
@@ -253,6 +265,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.repeats < 1:
         p.error(f"--repeats={a.repeats}: expected at least 1")
+    if a.grad_accum < 1 or a.batch < 1:
+        p.error(f"--batch={a.batch} --grad-accum={a.grad_accum}: expected integers >= 1")
     if a.steps < 2:
         p.error(f"--steps={a.steps}: expected at least 2 (the first step is timed apart)")
     if a.recipe:
@@ -264,6 +278,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.error(str(e))
     extra = ["--model", a.model, "--task", a.task, "--steps", str(a.steps), "--batch", str(a.batch),
+             "--grad-accum", str(a.grad_accum),
              "--max-seq-len", str(a.max_seq_len), "--seed", str(a.seed)]
     with tempfile.TemporaryDirectory(prefix="finlora-bench-") as tmp:
         out = Path(tmp)
@@ -280,7 +295,9 @@ def main(argv=None) -> int:
     import torch
 
     where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{os.cpu_count()} CPUs"
-    print(f"\n{a.model} on {a.task}, nf4 r4, {a.steps} steps x batch {a.batch}, {where} "
+    step = f"batch {a.batch}" if a.grad_accum == 1 else (f"{a.batch * a.grad_accum} examples (finlora: {a.grad_accum} "
+                                                          f"micro-batches of {a.batch}, ours: one)")
+    print(f"\n{a.model} on {a.task}, nf4 r4, {a.steps} steps x {step}, {where} "
           f"(held-out target loss of the base model: {losses['base']:.4f})")
     print(f"{'recipe':<8} {'wall s':>7} {'cpu s':>7} {'s/step':>7} {'target tok/s':>13} {'tok/s':>6} {'peak GiB':>9} "
           f"{'train loss':>11} {'held-out loss':>14}")

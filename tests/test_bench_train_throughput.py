@@ -17,7 +17,7 @@ BENCH = ROOT / "bench" / "train_throughput.py"
 @pytest.mark.slow
 def test_bench_keeps_the_fastest_repeat_and_prints_the_speedup_and_mfu_last(tmp_path):
     cmd = [sys.executable, str(BENCH), "--model", "tiny-random-llama", "--steps", "2", "--heldout", "8",
-           "--repeats", "2", "--json", str(tmp_path / "train.json")]
+           "--batch", "2", "--grad-accum", "2", "--repeats", "2", "--json", str(tmp_path / "train.json")]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     out = run.stdout
@@ -32,7 +32,11 @@ def test_bench_keeps_the_fastest_repeat_and_prints_the_speedup_and_mfu_last(tmp_
                         speedup), speedup
     assert re.fullmatch(r"train MFU: \d+\.\d % \(steps 2-2; whole run \d+\.\d %\)", mfu), mfu
     assert re.search(r"first step \(warm-up: .*\): finlora [\d.]+ s of [\d.]+, ours [\d.]+ s of [\d.]+", out), out
+    # FinLoRA's recipe accumulates 2 micro-batches of 2 per optimizer step, ours runs the same 4 as one
+    assert "2 steps x 4 examples (finlora: 2 micro-batches of 2, ours: one)" in out, out
+    assert "same 8 examples" in out, out
     doc = json.loads((tmp_path / "train.json").read_text())   # the figures, with how they were made
+    assert doc["run_info"]["config"]["grad_accum"] == 2
     assert f"{doc['figures']['train_speedup']:.2f}x" in speedup
     assert {r: [round(t, 1) for t in ts] for r, ts in doc["seconds_per_repeat"].items()} == walls
     assert doc["run_info"]["git_commit"] and doc["meta_info"]["base_model"]["name"] == "tiny-random-llama"
