@@ -27,7 +27,7 @@ from .config import PRESETS, ConfigError, load_preset
 from .errors import cli_entry
 from . import hardware
 from .paths import project_root
-from .results import atomic_write_text, folder_lock
+from .results import atomic_write_text, folder_lock, relativize_text
 
 NOTEBOOKS = ("00_data", "01_quantization", "02_lora_setup", "03_finetune", "04_parallel",
              "05_evaluation", "06_report")
@@ -317,6 +317,31 @@ _registered: set[str] = set()
 
 # ------------------------------------------------------------------ rendering
 
+def shareable_text(text: str, out_root: Path) -> str:
+    """A report page is read on other machines: this machine's paths in what a notebook printed are shown
+    relative to the report folder (results/x.json), else to the checkout (finlora_utils/lora.py:389), the home
+    folder as ~."""
+    for root in sorted({str(Path(out_root).resolve()), str(project_root().resolve())}, key=len, reverse=True):
+        text = relativize_text(text, root)
+    home = str(Path.home()).rstrip("/")
+    if len(home) > 1:
+        text = re.sub(r"(?<![\w.-])" + re.escape(home) + r"(?=/|(?![\w.-]))", "~", text)
+    return text
+
+
+def shareable_outputs(nb, out_root: Path) -> None:
+    """shareable_text on every printed or displayed text of an executed notebook, in place (images untouched)."""
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            if "text" in o:
+                o["text"] = shareable_text(o["text"], out_root)
+            if "traceback" in o:
+                o["traceback"] = [shareable_text(t, out_root) for t in o["traceback"]]
+            for kind in ("text/plain", "text/html", "text/markdown"):
+                if isinstance(o.get("data", {}).get(kind), str):
+                    o["data"][kind] = shareable_text(o["data"][kind], out_root)
+
+
 def render_html(executed: Path, html_dir: Path, hide_code: bool = True, banner: str = "") -> Path:
     """Render an executed notebook to HTML (the report hides code cells); ``banner`` goes first in the body."""
     import nbformat
@@ -326,6 +351,7 @@ def render_html(executed: Path, html_dir: Path, hide_code: bool = True, banner: 
 
     nb = nbformat.read(str(executed), as_version=4)
     strip_widgets(nb)   # the report opens offline: no widget JavaScript from a CDN
+    shareable_outputs(nb, html_dir.parent)
     exporter = HTMLExporter(exclude_input=hide_code, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
     if banner:

@@ -67,6 +67,38 @@ def test_every_figure_has_its_numbers_beside_it(smoke_study):
         json.loads(res.read_text())  # every results file is complete JSON
 
 
+@pytest.mark.slow
+def test_every_page_shows_its_figures_and_no_path_of_this_machine(smoke_study):
+    """03's figures were closed unshown in a batch run (its page had 1 image of 4 saved), and pages printed the
+    report folder's and the checkout's absolute paths (results, warnings' source lines)."""
+    import re
+
+    from finlora_utils.paths import project_root
+
+    out, _ = smoke_study
+    for name in study.available_notebooks():
+        saved = list((out / "figures").glob(f"{name[:2]}_*.png"))
+        page = (out / "html" / f"{name}.html").read_text()
+        shown = len(re.findall(r"<img[^>]+src=\"data:image/png", page))
+        assert shown >= len(saved), f"{name}: {shown} figures on the page, {len(saved)} saved"
+        for root in (str(out.resolve()), str(project_root().resolve())):
+            assert root + "/" not in page, f"{name}: {root} on the page"
+
+
+def test_shareable_text_makes_paths_relative_to_the_report_then_the_checkout(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from finlora_utils.paths import project_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out, root = tmp_path / "rep", project_root().resolve()
+    text = (f"results {out}/results/a.json\n{root}/finlora_utils/lora.py:389: UserWarning\n"
+            f"cache {tmp_path}/home/.cache/x, not {tmp_path}/homework/y")
+    assert study.shareable_text(text, out) == (f"results results/a.json\nfinlora_utils/lora.py:389: UserWarning\n"
+                                               f"cache ~/.cache/x, not {tmp_path}/homework/y")
+    assert Path.home() == tmp_path / "home"
+
+
 def test_the_kernel_gets_its_environment_and_the_caller_keeps_its_own(tmp_path, monkeypatch):
     """The kernel starts with the libraries' bars off and an absolute data dir; the calling process's environment is
     left as it was (datasets reads its variable once, at import: a leftover switched later bars off for good)."""
