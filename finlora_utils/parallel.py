@@ -490,17 +490,30 @@ def comparison_configs(base: TrainConfig, modes, nproc: int) -> dict[str, TrainC
 
 
 def run_comparison(configs: dict[str, TrainConfig], timeout_s: float = 1800, results_dir=None,
-                   preset: str | None = None, log=None) -> dict[str, dict]:
+                   preset: str | None = None, log=None, force: bool = False) -> dict[str, dict]:
     """launch() every config, each process with the same share of the cores (cores / the largest nproc).
 
     Equal threads per process make speedup a measure of the parallelism itself: with more OpenMP threads
     than free cores (a shared machine) a multi-threaded single process slows down many-fold while
-    one-thread ranks do not, which would credit DDP with a gain that is only the scheduler's.
+    one-thread ranks do not, which would credit DDP with a gain that is only the scheduler's. A run finished
+    earlier is read back (train's rule: a rerun of the study keeps it, and the evaluations stored in its
+    results) when it ran with the same threads per process; otherwise, or with force, it is retrained.
     """
     widest = max(c.nproc for c in configs.values())
     share, device = max(1, (os.cpu_count() or 1) // widest), rank_device(widest)  # same hardware for every mode
-    return {mode: launch(cfg, timeout_s=timeout_s, results_dir=results_dir, preset=preset, force=True, log=log,
-                         threads_per_rank=share, device=device) for mode, cfg in configs.items()}
+    out = {}
+    for mode, cfg in configs.items():
+        run = dict(timeout_s=timeout_s, results_dir=results_dir, preset=preset, log=log, threads_per_rank=share,
+                   device=device)
+        res = launch(cfg, force=force, **run)
+        threads = ((res.get("meta_info") or {}).get("hardware") or {}).get("torch_threads")
+        if not force and threads != share:   # timed with another share of the cores: not comparable
+            if log is not None:
+                log(f"[parallel] {mode}: the finished run used {threads} threads per process, this comparison "
+                    f"{share}: retraining it")
+            res = launch(cfg, force=True, **run)
+        out[mode] = res
+    return out
 
 
 def summary_table(results: dict):

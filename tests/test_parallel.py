@@ -179,6 +179,28 @@ def test_failing_rank_ends_the_run_with_its_error_and_the_rerun_resumes(tmp_path
     assert_same_adapter(adapter(res), adapter(single("fp32")))
 
 
+@pytest.mark.slow
+def test_a_comparison_rerun_reads_back_runs_timed_alike_and_keeps_their_evaluations(tmp_path):
+    """Notebook 04 retrained every mode on every rerun (force), which also erased the evaluations 05 had stored
+    in those results: a finished run with the same threads per process is read back now, another is retrained."""
+    configs = parallel.comparison_configs(tiny(tmp_path, max_steps=2, max_train_samples=8), "none", 2)
+    kw = dict(timeout_s=LAUNCH_TIMEOUT, results_dir=tmp_path / "results", log=None)
+    first = parallel.run_comparison(configs, **kw)["none"]
+    path = Path(first["_path"])
+    stored = json.loads(path.read_text())
+    stored["eval_info"] = {"fpb": {"accuracy": 0.5}}   # as 05_evaluation leaves it
+    path.write_text(json.dumps(stored))
+    again = parallel.run_comparison(configs, **kw)["none"]
+    assert again["eval_info"] == {"fpb": {"accuracy": 0.5}} and again["train_info"] == first["train_info"]
+    stored["meta_info"]["hardware"]["torch_threads"] += 1   # timed with another share of the cores
+    path.write_text(json.dumps(stored))
+    lines = []
+    retrained = parallel.run_comparison(configs, **dict(kw, log=lines.append))["none"]
+    assert any("retraining it" in ln for ln in lines) and retrained["eval_info"] != {"fpb": {"accuracy": 0.5}}
+    forced = parallel.run_comparison(configs, **kw, force=True)["none"]
+    assert forced["train_info"]["wall_s"] != retrained["train_info"]["wall_s"]
+
+
 def test_timeout_kills_the_whole_process_group():
     # a launcher whose child never ends: the timeout must take the child down too, not just the parent
     code = "import subprocess, sys, time; p = subprocess.Popen(['sleep', '300']); print(p.pid, flush=True); time.sleep(300)"
