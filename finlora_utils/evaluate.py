@@ -247,10 +247,30 @@ def evaluate_base(model_name: str, tasks: Sequence[str], results_dir: str | Path
             cfg = {"model": model_name, "tasks": [task], "precision": precision, "modes": list(modes),
                    "batch_size": kw.get("batch_size", 8), "max_samples": kw.get("max_samples")}
             path = Path(results_dir) / f"{run_id}.json"
+            entry = _merge_base_entry(path, task, entry)
             results.write_base_eval(path, run_id, cfg, seed, task, entry, preset=preset,
                                     data_source=entry.get("data_source"), base_model=base_provenance(model_name))
             paths.append(path)
     return paths
+
+
+def _merge_base_entry(path: Path, task: str, entry: dict) -> dict:
+    """A base model has one zero-shot file per precision, which notebooks 01 and 05 both write: the same evaluation
+    (test sample, data) keeps the modes stored and not rerun; another replaces it, and says what it replaces."""
+    from .results import ResultsError, read_result
+
+    try:
+        old = (read_result(path).get("eval_info") or {}).get(task) if path.exists() else None
+    except ResultsError:
+        old = None   # a broken file is rewritten whole
+    merged = keep_other_modes(old, entry)
+    if old and old.get("modes") and any(old.get(k) != entry.get(k) for k in SAME_EVALUATION):
+        def what(e):
+            return f"{e.get('n')} examples ({(e.get('test_sample') or {}).get('max_samples') or 'all'} asked), " \
+                   f"modes {', '.join(e.get('modes') or [])}, {e.get('data_source')} data"
+        print(f"[eval] {path.name}: replaces the stored zero-shot evaluation of {task} ({what(old)}) with this one "
+              f"({what(merged)})", flush=True)
+    return merged
 
 
 def discover_runs(results_dir: str | Path, model: str | None = None) -> list[Path]:
@@ -357,7 +377,7 @@ def keep_other_modes(old: dict | None, new: dict) -> dict:
     """`new` with the modes an earlier evaluation of the same task stored and this one did not run (evaluating
     `score` again must not drop a stored `generate`), where both describe the same evaluation: model, precision,
     adapter, test sample and test data (source and file hashes). Another setting replaces the entry whole, since
-    its modes would not compare. A base model's zero-shot file (evaluate_base) is rewritten whole."""
+    its modes would not compare. A base model's zero-shot file (evaluate_base) is merged the same way."""
     if not old or not old.get("modes") or any(old.get(k) != new.get(k) for k in SAME_EVALUATION):
         return new
     kept = {m: v for m, v in old["modes"].items() if m not in new["modes"]}

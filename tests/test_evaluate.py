@@ -429,6 +429,26 @@ def test_base_result_file_has_every_mode_and_no_train_info(tmp_path, tiny, monke
     assert e["majority_baseline"] == pytest.approx(3 / 9) and "predictions" not in e
 
 
+def test_a_base_evaluation_keeps_the_stored_modes_of_the_same_sample_and_says_what_it_replaces(tmp_path, tiny,
+                                                                                                 monkeypatch, capsys):
+    """Notebooks 01 (score on a sample) and 05 (three modes) write the same base file: 01 rerun alone replaced 05's
+    evaluation without a word; the same sample now keeps the modes not rerun, another sample says what it replaces."""
+    model, tok = tiny
+    ds = rows()
+    monkeypatch.setattr(data, "load_task", lambda *a, max_samples=None, **k: ds[:max_samples] if max_samples else ds)
+    kw = dict(precision="fp32", model=model, tokenizer=tok, batch_size=4)
+    [path] = ev.evaluate_base("tiny-random-llama", ["fpb"], tmp_path, **kw)
+    ev.evaluate_base("tiny-random-llama", ["fpb"], tmp_path, modes=("score",), **kw)
+    e = results.read_result(path)["eval_info"]["fpb"]
+    assert set(e["modes"]) == {"score", "calibrated", "generate"} and "replaces" not in capsys.readouterr().out
+    ev.evaluate_base("tiny-random-llama", ["fpb"], tmp_path, modes=("score",), max_samples=4, **kw)
+    e = results.read_result(path)["eval_info"]["fpb"]
+    assert set(e["modes"]) == {"score"} and e["n"] == 4
+    out = capsys.readouterr().out
+    assert (f"{path.name}: replaces the stored zero-shot evaluation of fpb (9 examples (all asked), modes score, "
+            "calibrated, generate") in out and "with this one (4 examples (4 asked), modes score" in out, out
+
+
 def test_macro_f1_leaves_out_a_label_neither_in_the_test_sample_nor_answered():
     from finlora_utils.metrics import classification_metrics
 
