@@ -64,7 +64,7 @@ class ConfigError(ValueError):
 
 
 # How a message names "retrain" and "a new run id" to every kind of user: command line, notebook, Python
-FORCE_HINT = "--force (FORCE = True in a notebook, force=True in Python)"
+FORCE_HINT = "--force (FORCE = True in a notebook, make study FORCE=1, force=True in Python)"
 VARIANT_HINT = "--variant-tag (variant_tag in Python)"
 
 
@@ -121,6 +121,21 @@ def _check_types(obj) -> None:
         _check(ok, f.name, v, kind)
         if type(v) not in (bool, int, float, str):   # numpy numbers, Paths: stored as the plain value
             setattr(obj, f.name, cast(v))
+
+
+def number_list(param: str, value, kind: type = int) -> list:
+    """A notebook's comma-separated numbers ('4,8,16', or one number as papermill passes -p RANKS 8), each of
+    `kind`; ConfigError naming the parameter and the item that is not one."""
+    out = []
+    for item in str(value).split(","):
+        if item.strip():
+            try:
+                out.append(kind(item.strip()))
+            except ValueError:
+                what = "integers" if kind is int else "numbers"
+                raise ConfigError(f"{param}={value!r}: {item.strip()!r} is not a number; expected comma-separated "
+                                  f"{what}") from None
+    return out
 
 
 def file_task_name(train_file: str, task_name: str = "") -> str:

@@ -44,6 +44,18 @@ def load(results_dir: str | Path, require: Iterable[str] = ("run_id", "run_info.
     return load_results(d, require)
 
 
+def of_model(runs: Sequence[dict], model: str) -> list[dict]:
+    """The runs of one base model (all when model is empty); a model none of them used is named with the ones
+    there (a typo said 'no results files: nothing ran' of a folder full of them)."""
+    if not model:
+        return list(runs)
+    there = sorted({str(r["run_info"]["config"].get("model")) for r in runs})
+    if runs and model not in there:
+        raise ResultsError(f"MODEL={model!r}: no results of that model; the results are of {', '.join(there)} "
+                           "(MODEL = \"\" reports them all)")
+    return [r for r in runs if r["run_info"]["config"].get("model") == model]
+
+
 def require(runs: Sequence[dict], fields: Iterable[str]) -> None:
     """Every run has every dotted field (e.g. 'train_info.peak_mem_bytes'), else ResultsError(file, field)."""
     for r in runs:

@@ -57,15 +57,48 @@ def notebook_path(name: str) -> Path:
 
 def notebook_parameters(name: str) -> list[str]:
     """The names assigned in the notebook's cell tagged `parameters`, in order."""
+    return list(parameter_defaults(name))
+
+
+def parameter_defaults(name: str) -> dict:
+    """{name: default value} of the notebook's cell tagged `parameters` (flat literals; None where not one)."""
     import nbformat
 
     nb = nbformat.read(str(notebook_path(name)), as_version=4)
     for cell in nb.cells:
         if "parameters" in cell.metadata.get("tags", []):
-            tree = ast.parse(cell.source)
-            return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-                    if isinstance(t, ast.Name)]
-    return []
+            out = {}
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign):
+                    for t in node.targets:
+                        if isinstance(t, ast.Name):
+                            try:
+                                out[t.id] = ast.literal_eval(node.value)
+                            except ValueError:
+                                out[t.id] = None
+            return out
+    return {}
+
+
+def check_notebook(name: str, namespace: dict) -> None:
+    """In a notebook, after its parameters (and what papermill injected): ConfigError naming an upper-case name
+    its parameters cell does not declare (papermill -p only logs a misspelt name and runs on with the default) or
+    a value of another kind than the default's (-p SAMPLE_SIZE abc failed cells later as a bare TypeError).
+    A text parameter takes numbers too (papermill reads -p RANKS 8 as an integer)."""
+    defaults = parameter_defaults(name)
+    injectable = (str, int, float, bool, list, dict, type(None))   # what papermill writes; an import is none of them
+    bad = unknown_parameters(sorted(n for n, v in namespace.items() if n.isupper() and n not in defaults
+                                    and isinstance(v, injectable)), [name])
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str, int, float)}
+    for key, default in defaults.items():
+        value = namespace.get(key, default)
+        ok = kinds.get(type(default))
+        if ok and not (isinstance(value, ok) and (isinstance(value, bool) == isinstance(default, bool)
+                                                   or isinstance(default, str) and not isinstance(value, bool))):
+            what = {bool: "True or False", int: "an integer", float: "a number", str: "text"}[type(default)]
+            bad.append(f"{key}={value!r}: expected {what}, like the default {default!r}")
+    if bad:
+        raise ConfigError(f"{name}: " + "; ".join(bad) + f" (the parameters cell as saved in notebooks/{name}.ipynb)")
 
 
 def unknown_parameters(names, notebooks) -> list[str]:
@@ -389,7 +422,9 @@ hardware: {html.escape(str(env['hardware']['cpu']))}{caps}, GPUs: {env['hardware
 
 
 def run_study(preset: str = "cpu", output_dir: str | Path | None = None, notebooks: list[str] | None = None,
-              timeout: int | None = None) -> Path:
+              timeout: int | None = None, force: bool = False) -> Path:
+    """Run the notebooks in order, render each page and the index. force: FORCE = True in every notebook that
+    declares it (a finished run is retrained, e.g. after its data changed)."""
     out_root = (Path(output_dir) if output_dir else project_root() / "reports").resolve()
     names = notebooks or available_notebooks()
     param_sets = {n: load_preset(preset, n) for n in names}
@@ -411,7 +446,8 @@ def run_study(preset: str = "cpu", output_dir: str | Path | None = None, noteboo
                           f"(`python -m finlora_utils.data fetch <task>` gets them where the network is reachable)")
         for i, name in enumerate(names, 1):
             t0 = time.time()
-            executed = run_notebook(name, preset, out_root, timeout, progress=progress,
+            extra = {"FORCE": True} if force and "FORCE" in notebook_parameters(name) else None
+            executed = run_notebook(name, preset, out_root, timeout, extra_params=extra, progress=progress,
                                     label=f"{i}/{len(names)} {name}")
             times[name] = time.time() - t0
             tasks = notebook_tasks(param_sets[name])
@@ -439,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--preset", default="cpu", choices=PRESETS)
         p.add_argument("--output-dir", default=None, help="default: reports/ in the checkout")
         p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+        p.add_argument("--force", action="store_true", help="retrain finished runs (FORCE = True in the notebooks "
+                                                            "that take it); make study FORCE=1")
     args = ap.parse_args(argv)
     if args.cmd == "run":   # 03_finetune.ipynb names the same notebook (and must not run as 03_finetune.ipynb.ipynb)
         args.notebook = args.notebook.removesuffix(".ipynb")
@@ -451,9 +489,10 @@ def main(argv: list[str] | None = None) -> int:
                     names = [n.strip().removesuffix(".ipynb") for n in args.notebooks.split(",") if n.strip()]
                     for n in names:
                         notebook_path(n)   # FileNotFoundError naming the available ones
-                run_study(args.preset, out_root, names, timeout=args.timeout)
+                run_study(args.preset, out_root, names, timeout=args.timeout, force=args.force)
             else:
-                executed = run_notebook(args.notebook, args.preset, out_root, args.timeout)
+                extra = {"FORCE": True} if args.force and "FORCE" in notebook_parameters(args.notebook) else None
+                executed = run_notebook(args.notebook, args.preset, out_root, args.timeout, extra_params=extra)
                 params = load_preset(args.preset, args.notebook)
                 plan = data_plan([args.notebook], {args.notebook: params})
                 banner = data_banner_html(plan, notebook_tasks(params))

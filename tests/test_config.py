@@ -207,3 +207,13 @@ def test_eval_config_checks_types_as_train_config_does(kw, message):
     """A grid's MAX_TEST_SAMPLES: "5" failed in notebook 05's cell 4 with a TypeError; batch_size=2.5 passed."""
     with pytest.raises(ConfigError, match=message):
         EvalConfig(**kw)
+
+
+def test_a_notebooks_number_list_names_the_item_that_is_not_a_number():
+    """02's RANKS='a' was a bare 'invalid literal for int()' traceback."""
+    from finlora_utils.config import number_list
+
+    assert number_list("RANKS", "4, 8,16") == [4, 8, 16] and number_list("RANKS", 8) == [8]
+    assert number_list("GPU_SIZES", "24,48.5", float) == [24.0, 48.5]
+    with pytest.raises(ConfigError, match=r"^RANKS='4,a': 'a' is not a number; expected comma-separated integers"):
+        number_list("RANKS", "4,a")

@@ -85,6 +85,26 @@ def test_every_page_shows_its_figures_and_no_path_of_this_machine(smoke_study):
             assert root + "/" not in page, f"{name}: {root} on the page"
 
 
+def test_a_misspelt_or_mistyped_papermill_parameter_stops_the_notebook_naming_it(tmp_path):
+    """papermill -p only logs an unknown name and runs on with the default; -p SAMPLE_SIZE abc failed cells
+    later as a bare TypeError. The cell after the parameters names both."""
+    import papermill as pm
+
+    for params, message in (({"SAMPLE_SIZ": 10}, "'SAMPLE_SIZ' is not a parameter of 00_data (did you mean "
+                                                 "'SAMPLE_SIZE'?)"),
+                            ({"SAMPLE_SIZE": "abc"}, "SAMPLE_SIZE='abc': expected an integer, like the default")):
+        with pytest.raises(pm.PapermillExecutionError) as e:
+            pm.execute_notebook(str(study.notebook_path("00_data")), str(tmp_path / "out.ipynb"), cwd=str(tmp_path),
+                                parameters=dict(params, MODEL="tiny-random-llama", OUTPUT_DIR=str(tmp_path)),
+                                kernel_name="python3", progress_bar=False, log_output=False)
+        assert e.value.ename == "ConfigError" and message in e.value.evalue, e.value.evalue
+    for nb in study.available_notebooks():   # the defaults pass their own check
+        study.check_notebook(nb, study.parameter_defaults(nb))
+    with pytest.raises(study.ConfigError, match=r"FORCE='False': expected True or False"):
+        study.check_notebook("03_finetune", dict(study.parameter_defaults("03_finetune"), FORCE="False"))
+    study.check_notebook("02_lora_setup", dict(study.parameter_defaults("02_lora_setup"), RANKS=8))   # -p RANKS 8
+
+
 def test_shareable_text_makes_paths_relative_to_the_report_then_the_checkout(tmp_path, monkeypatch):
     from pathlib import Path
 
@@ -116,3 +136,22 @@ def test_the_kernel_gets_its_environment_and_the_caller_keeps_its_own(tmp_path, 
     assert seen["FINLORA_DATA_DIR"] == str(Path("rel/data").resolve())
     assert "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ and os.environ["FINLORA_DATA_DIR"] == "rel/data"
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+
+
+def test_study_force_sets_force_in_the_notebooks_that_take_it(tmp_path, monkeypatch):
+    """`make study FORCE=1`: a run whose data changed says FORCE retrains, which the study could not pass on."""
+    seen = {}
+
+    def fake_run(name, preset, out_root, timeout=None, extra_params=None, **kw):
+        seen[name] = extra_params
+        return tmp_path / f"{name}.ipynb"
+    monkeypatch.setattr(study, "run_notebook", fake_run)
+    monkeypatch.setattr(study, "render_html", lambda executed, html_dir, **kw: html_dir / "x.html")
+    monkeypatch.setattr(study, "data_plan", lambda *a: {"label": "real", "missing": [], "tasks": {}})
+    monkeypatch.setattr(study, "data_banner_html", lambda *a: "")
+    monkeypatch.setattr(study, "write_index", lambda *a, **k: tmp_path / "index.html")
+    assert study.main(["all", "--notebooks", "00_data,03_finetune,04_parallel", "--force", "--output-dir",
+                       str(tmp_path)]) == 0
+    assert seen == {"00_data": None, "03_finetune": {"FORCE": True}, "04_parallel": {"FORCE": True}}
+    assert study.main(["run", "03_finetune.ipynb", "--output-dir", str(tmp_path)]) == 0 and seen["03_finetune"] is None
+    assert "--force" in Path(study.project_root() / "Makefile").read_text()

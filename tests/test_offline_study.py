@@ -64,6 +64,8 @@ def test_fresh_copy_without_data_or_network_runs_the_study_on_the_sample_set(tmp
     # notebook 00 profiles every task of the cpu preset or says, once, why not and how to get it
     wanted = cpu["00_data"]["TASKS"].split(",")
     summary = json.loads((out / "results" / "data" / "00_data_summary.json").read_text())
+    # how it was made (this copy has no .git, so no commit to name)
+    assert "git_commit" in summary and summary["meta_info"]["base_model"]["name"] == summary["model_tokenizer"]
     profiled = {r["task"] for r in summary["overview"]}
     skipped = {r["task"] for r in summary["skipped"]}
     assert profiled == {"fpb", "fiqa", "tfns", "nwgi"}, profiled     # what the sample set covers

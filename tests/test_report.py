@@ -339,3 +339,14 @@ def test_planner_check_compares_like_with_like(tmp_path):
     assert chk.loc["4-bit r4", "measures"] == "training phase, heap kept"
     assert pd.isna(chk.loc["4-bit r4", "error_pct"]) and not pd.isna(chk.loc["16-bit r8", "error_pct"])
     assert chk.loc["4-bit r4", "measured_mib"] == 300.0   # still shown
+
+
+def test_a_model_without_results_is_named_with_the_models_there():
+    """Notebook 06 with MODEL misspelt said 'no results files: nothing ran' of a folder full of them."""
+    runs = [{"run_id": "a", "run_info": {"config": {"model": "embedded"}}},
+            {"run_id": "b", "run_info": {"config": {"model": "tiny-random-llama"}}}]
+    assert [r["run_id"] for r in report.of_model(runs, "embedded")] == ["a"]
+    assert report.of_model(runs, "") == runs
+    with pytest.raises(ResultsError, match=r"MODEL='tiny-random-lama': no results of that model; the results are of "
+                                           r"embedded, tiny-random-llama"):
+        report.of_model(runs, "tiny-random-lama")

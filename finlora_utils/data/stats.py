@@ -43,6 +43,8 @@ def profile_tasks(tasks, tokenizer, sample_size: int = 0, seed: int = 0, data_di
     sample task) is not profiled: it prints one line naming the missing files and the command that fetches
     them, and is listed in the ``skipped`` table (task, split, missing, fetch).
     """
+    if not isinstance(sample_size, int) or isinstance(sample_size, bool) or sample_size < 0:
+        raise ValueError(f"sample_size={sample_size!r}: expected an integer >= 0 (0: every example)")
     overview, labels, lengths, counts, examples, skipped = [], [], [], [], [], []
     for name in tasks:
         task = get_task(name)
