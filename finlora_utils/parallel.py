@@ -183,10 +183,19 @@ def _run_bounded(cmd: list[str], timeout_s: float, env: dict, log) -> tuple[int 
                             bufsize=1, start_new_session=True, errors="replace")
 
     def pump():
+        warned = set()   # ranks whose last line was a hidden warning: its indented source line goes with it
         for line in proc.stdout:
             line = line.rstrip("\n")
             tail.append(line)
-            if log is not None and _worth_showing(line):   # rank 0 is the one that reports: no prefix for it
+            rank, _, body = line.partition("]:") if line.startswith("[default") else ("", "", line)
+            if rank in warned and body.startswith("  "):   # one source line, as warnings.formatwarning prints it
+                warned.discard(rank)
+                continue
+            warned.discard(rank)
+            if not _worth_showing(line):
+                if body.strip():   # a blank line is no warning
+                    warned.add(rank)
+            elif log is not None:   # rank 0 is the one that reports: no prefix for it
                 log(line[len(RANK0_PREFIX):] if line.startswith(RANK0_PREFIX) else line)
 
     reader = threading.Thread(target=pump, daemon=True)

@@ -201,6 +201,18 @@ def test_a_comparison_rerun_reads_back_runs_timed_alike_and_keeps_their_evaluati
     assert forced["train_info"]["wall_s"] != retrained["train_info"]["wall_s"]
 
 
+def test_a_hidden_warning_takes_its_source_line_with_it():
+    """04's output showed '[default1]:  parts = [load_task(...)]', the source line of a warning it had hidden."""
+    out = ["[default1]:/x/loader.py:9: UserWarning: task 'fpb': real data not reachable",
+           "[default0]:[train] step 1/4", "[default1]:  parts = [load_task(n, split)]", "[default1]:  indented result",
+           "plain line", "", "  an indented line after a blank one"]
+    code = "import sys; print(sys.argv[1])"
+    lines = []
+    rc, _ = parallel._run_bounded([sys.executable, "-c", code, "\n".join(out)], 30, dict(os.environ), lines.append)
+    assert rc == 0 and lines == ["[train] step 1/4", "[default1]:  indented result", "plain line",
+                                 "  an indented line after a blank one"], lines
+
+
 def test_timeout_kills_the_whole_process_group():
     # a launcher whose child never ends: the timeout must take the child down too, not just the parent
     code = "import subprocess, sys, time; p = subprocess.Popen(['sleep', '300']); print(p.pid, flush=True); time.sleep(300)"
