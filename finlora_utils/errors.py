@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 
 PACKAGE = __name__.split(".")[0]
 
@@ -22,6 +23,9 @@ def cli_entry(main):
     line and 130 (the shell's code for SIGINT), not a traceback of wherever the loop happened to be."""
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        shown = warnings.formatwarning
+        # a warning to a user is its message: not the kit's file, line and source line, as Python prints it
+        warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
         try:
             return main(*args, **kwargs)
         except KeyboardInterrupt:
@@ -33,4 +37,6 @@ def cli_entry(main):
                 raise
             print(f"error: {e}", file=sys.stderr)
             return 2
+        finally:
+            warnings.formatwarning = shown
     return wrapper

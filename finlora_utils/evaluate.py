@@ -151,8 +151,11 @@ def evaluate(model, tokenizer, dataset_or_task, mode: str = "score", batch_size:
 
 
 def _canon(target: str, labels: Sequence[str]) -> str:
-    """Gold label in the label set's spelling (case/whitespace only; never guesses)."""
+    """Gold label in the label set's spelling (case/whitespace only; never guesses). A label spelt exactly so is
+    kept: own data may hold 'Approve' and 'approve' as two classes, and the first was taken for both."""
     t = target.strip()
+    if t in labels:
+        return t
     for lab in labels:
         if t.lower() == lab.lower():
             return lab
@@ -182,12 +185,13 @@ def evaluate_modes(model, tokenizer, task, modes: Sequence[str] = ("score",), **
 
     by_mode = {}
     for m in dict.fromkeys(modes):
-        by_mode[m] = evaluate(model, tokenizer, task, mode=m, **kw)
-        r = by_mode[m]   # one progress line per protocol: a long evaluation is visibly not a hang
+        r = evaluate(model, tokenizer, task, mode=m, **kw)
+        m = r.get("mode") or m   # a task without a label set generates whatever was asked: named as it ran
+        by_mode[m] = r   # one progress line per protocol: a long evaluation is visibly not a hang
         src = r.get("data_source")   # None for a Dataset without a source column
         print(f"[eval {r.get('task', '')}] {m}: {r.get('n')} examples{f' of {describe_source(src)}' if src else ''}, "
               f"accuracy {r.get('accuracy', float('nan')):.3f}, {r.get('wall_s', 0):.1f} s", flush=True)
-        if by_mode[m]["kind"] != "classification":
+        if r["kind"] != "classification":
             break
     first = next(iter(by_mode.values()))
     entry = {k: v for k, v in first.items() if k not in ("predictions", "outputs")}
@@ -294,6 +298,25 @@ def discover_runs(results_dir: str | Path, model: str | None = None) -> list[Pat
     return out
 
 
+def select_runs(results_dir: str | Path, model: str | None = None, wanted: str | Sequence[str] = "") -> list[Path]:
+    """discover_runs, restricted to the run ids in `wanted` (comma-separated or a list; empty: all). A wanted id
+    that is not there is an error naming the ids that are (a typo evaluated nothing and said nothing)."""
+    import difflib
+
+    from .config import ConfigError
+
+    found = discover_runs(results_dir, model)
+    names = [r.strip() for r in (wanted.split(",") if isinstance(wanted, str) else wanted) if r.strip()]
+    missing = [n for n in names if n not in {p.stem for p in found}]
+    if missing:
+        stems = [p.stem for p in found]
+        close = difflib.get_close_matches(missing[0], stems, n=1)
+        raise ConfigError(f"RUNS: {', '.join(missing)} not among the finetuned runs of {model or 'any model'} in "
+                          f"{results_dir}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f"; there: {', '.join(stems) or 'none'}")
+    return [p for p in found if not names or p.stem in names]
+
+
 def run_adapter_dir(result_path: str | Path) -> Path:
     """The adapter folder a results file's train_info.adapter_path names (relative paths resolved)."""
     from .results import read_result
@@ -317,8 +340,10 @@ def _adapter_dir(result_path: Path, r: dict) -> Path:
 
 def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | None = None,
                   modes: Sequence[str] = ("score",), precision: str | None = None, trained_only: bool = True,
-                  **kw) -> dict[str, dict]:
+                  test_file: str | Path | None = None, **kw) -> dict[str, dict]:
     """Evaluate each run's adapter and merge eval_info into its results file; returns {run_id: eval_info}.
+    test_file: runs trained on own data are scored on this file instead of the test data they were trained with
+    (their task, labels and instruction as trained; the entry records the file by sha256).
 
     Runs sharing a base model and precision load it once: the first adapter through
     PeftModel.from_pretrained, the others with load_adapter, each selected with set_adapter.
@@ -345,6 +370,12 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
         safetensors_adapter(_adapter_dir(p, r))   # every adapter checked before any base model loads
         cfg = r["run_info"]["config"]
         data.register_run(r)   # a run on own data: its task comes back from the files it names, unchanged
+        if test_file:
+            if not cfg.get("train_file"):
+                raise EvalError(f"test_file={str(test_file)!r}: run {r['run_id']} trained on built-in tasks "
+                                f"({', '.join(cfg.get('tasks') or [])}), whose test splits are the kit's; expected "
+                                "runs trained on your own data (train --train-file)")
+            data.register_config(dict(cfg, test_file=str(test_file)))   # same train file, labels, instruction
         groups.setdefault((cfg["model"], precision or cfg["precision"]), []).append((Path(p), r))
     _check_tasks(groups, tasks, trained_only)
     out = {}
@@ -380,7 +411,8 @@ def keep_other_modes(old: dict | None, new: dict) -> dict:
     its modes would not compare. A base model's zero-shot file (evaluate_base) is merged the same way."""
     if not old or not old.get("modes") or any(old.get(k) != new.get(k) for k in SAME_EVALUATION):
         return new
-    kept = {m: v for m, v in old["modes"].items() if m not in new["modes"]}
+    # files before 2026-12-04 keyed a generated answer by the mode asked ('score'): the same protocol, not kept
+    kept = {m: v for m, v in old["modes"].items() if m not in new["modes"] and v.get("mode", m) not in new["modes"]}
     if kept:
         for v in kept.values():   # when each kept mode ran, unless it says so already
             v.setdefault("evaluated", old.get("evaluated"))
@@ -562,10 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results-dir", default=None, help="--base: where its results JSON goes (default reports/results)")
-    for f, h in (("train-file", "own data for --base: train JSONL/CSV"), ("test-file", "own data: test file"),
+    for f, h in (("train-file", "own data for --base: train JSONL/CSV"),
+                 ("test-file", "own data: test file (with runs: score runs trained on own data on this file)"),
                  ("task-name", "own data: task name"), ("instruction", "own data: instruction for CSV rows")):
         ap.add_argument(f"--{f}", default="", help=h)
     ap.add_argument("--max-labels", type=int, default=DEFAULT_MAX_LABELS, help="own data: label-set limit")
+    ap.add_argument("--text-column", default=None, help="own data for --base: the CSV's text column")
+    ap.add_argument("--label-column", default=None, help="own data for --base: the CSV's label column")
     ns = ap.parse_intermixed_args(argv)   # results files may follow the options
     for name in ("max_samples", "batch_size"):   # the flag's own terms, before any model loads
         low = 0 if name == "max_samples" else 1
@@ -583,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks = [t.strip() for t in (ns.tasks or "").split(",") if t.strip()]
             if ns.train_file:
                 data.register_files(ns.train_file, ns.test_file or None, ns.task_name or None, ns.instruction or None,
-                                    ns.max_labels)
+                                    ns.max_labels, text_column=ns.text_column, label_column=ns.label_column)
                 own = file_task_name(ns.train_file, ns.task_name)
                 tasks = tasks if own in tasks else [own]
             if not tasks:
@@ -594,8 +629,13 @@ def main(argv: list[str] | None = None) -> int:
                                   precision=ns.precision or "auto", modes=modes, **kw)
             out = {p.stem: json.loads(p.read_text())["eval_info"] for p in paths}
         else:
+            unused = [f"--{f.replace('_', '-')}" for f in ("train_file", "task_name", "instruction", "text_column",
+                                                           "label_column") if getattr(ns, f)] + (["--max-labels"] if ns.max_labels != DEFAULT_MAX_LABELS else [])
+            if unused:   # a run's task is what it trained on: these would silently not apply
+                raise ConfigError(f"{', '.join(unused)}: only with --base; a run keeps the task, labels and "
+                                  "instruction it trained with (--test-file scores it on another test file)")
             out = evaluate_runs(ns.runs, tasks=ns.tasks, modes=modes, precision=ns.precision,
-                                trained_only=not ns.any_task, **kw)
+                                trained_only=not ns.any_task, test_file=ns.test_file or None, **kw)
     except (ConfigError, EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@
     python -m finlora_utils predict MERGED_DIR --labels approve,reject --instruction "..." --file new.jsonl
 
 The source is a results JSON of a training run (adapter, base model, precision and task from the run), an
-adapter folder (base model from --model, else the adapter's own base_model_name_or_path) or a model folder /
+adapter folder (base model from --model, else the base its card names, as merge reads it) or a model folder /
 name (a merged model is a plain transformers folder). Probabilities are the softmax over the labels of the
 log-likelihoods `evaluate`'s score protocol ranks (evaluate.label_probabilities), so predict's label is the
 label evaluation would have predicted for the same prompt. A text is wrapped as FinLoRA's prompt
@@ -107,6 +107,22 @@ def _recorded_task(folder: Path, task: str | None, labels, instruction: str | No
     return labels, instruction, task
 
 
+def _trained_tasks(source) -> list[str]:
+    """The tasks a run's results JSON, or an adapter / merged-model folder with the kit's task record, was trained
+    on; [] where the source does not say (a plain model or adapter)."""
+    from .artifacts import read_task_record
+    from .results import ResultsError, read_result
+
+    src = Path(str(source))
+    if src.suffix == ".json" and src.is_file():
+        try:
+            return list(read_result(src)["run_info"]["config"].get("tasks") or [])
+        except (ResultsError, KeyError, TypeError):
+            return []
+    rec = read_task_record(src) if src.is_dir() else None
+    return list(rec["tasks"]) if rec else []
+
+
 def load(source: str | Path, model: str | None = None, precision: str | None = None, task: str | None = None,
          labels=None, instruction: str | None = None, batch_size: int = 8, max_len: int | None = None) -> Predictor:
     """A Predictor from a run's results JSON, an adapter folder, or a model (merged folder or name)."""
@@ -128,7 +144,10 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
 
         run = read_result(src, require=("run_info.config.model", "train_info.adapter_path"))
         cfg = run["run_info"]["config"]
-        data.register_run(run)   # a run on own data brings its task (and label set) back from its files, unchanged
+        gone = cfg.get("train_file") and not Path(cfg["train_file"]).is_file()
+        if not (gone and set(cfg.get("tasks") or []) <= set(_trained_tasks(run_adapter_dir(src)))):
+            data.register_run(run)   # own data brings its task (and label set) back from its files, unchanged
+        # else: the train file moved, and the adapter's task record holds its labels and instruction
         model = model or cfg["model"]
         precision = precision or cfg["precision"]
         if not task and len(cfg.get("tasks") or []) == 1:
@@ -217,7 +236,10 @@ def write_predictions(rows: list[dict], path: str | Path) -> Path:
     if path.suffix.lower() in (".csv", ".tsv"):
         import pandas as pd
 
-        frame = pd.DataFrame([{**{k: v for k, v in r.items() if k != "probs"}, **r["probs"]} for r in rows])
+        def cell(v):   # a JSONL input's nested field stays JSON in a table, not Python's repr
+            return json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
+
+        frame = pd.DataFrame([{**{k: cell(v) for k, v in r.items() if k != "probs"}, **r["probs"]} for r in rows])
         return atomic_write_text(path, frame.to_csv(index=False, sep="\t" if path.suffix.lower() == ".tsv" else ","))
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -234,11 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", help="results JSON of a run, an adapter folder, or a model folder / name")
     ap.add_argument("texts", nargs="*", help="texts to label")
     ap.add_argument("--file", default=None, help="texts from a JSONL ('text' or 'context'), CSV/TSV (text column) or .txt")
-    ap.add_argument("--text-column", default=None, help="CSV column / JSON key of the text (default: text)")
+    ap.add_argument("--text-column", default=None, help="CSV column / JSON key of the text (default: text, sentence "
+                                                         "or input in a CSV; text or context in JSONL)")
     ap.add_argument("--model", default=None, help="base model of an adapter folder (kit name or path)")
     ap.add_argument("--precision", default=None, help="default: the run's training precision, else auto")
     ap.add_argument("--task", default=None, help="task whose labels and instruction to use (default: the run's)")
-    ap.add_argument("--train-file", default=None, help="own data: register this file's task (its labels)")
+    ap.add_argument("--train-file", default=None, help="own data: register this file's task (its labels), for a "
+                                                        "source that does not record the task it was trained on")
     ap.add_argument("--labels", default=None, help="comma-separated label set (instead of a task)")
     ap.add_argument("--instruction", default=None, help="prompt instruction (default: the task's)")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -255,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         task = ns.task
         if ns.train_file:
             task = task or data.register_files(ns.train_file, instruction=ns.instruction).name
+            trained = _trained_tasks(ns.source)
+            if trained and task not in trained:   # the file's task would score with a prompt it never saw
+                raise ConfigError(f"--train-file {ns.train_file}: its task {task!r} is not one {ns.source} was trained "
+                                  f"on ({', '.join(trained)}), whose labels and instruction it records: drop "
+                                  "--train-file (or --task names one of those)")
         p = load(ns.source, ns.model, ns.precision, task, ns.labels, ns.instruction, ns.batch_size, ns.max_len)
         rows = [with_input_fields(r, f) for r, f in zip(p.predict(texts), fields)]
     except (ConfigError, ValueError, OSError) as e:

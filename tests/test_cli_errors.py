@@ -346,3 +346,16 @@ def test_evaluate_names_its_sample_and_batch_flags_in_their_own_terms(capsys):
                    "--max-samples=-1: expected >= 0 (0: every test example)")
     _fails_cleanly(capsys, evaluate.main, ["--base", "tiny-random-llama", "--task", "fpb", "--batch-size", "0"],
                    "--batch-size=0: expected >= 1")
+
+
+def test_a_warning_on_the_command_line_is_its_message_without_the_kits_source_line(tmp_path):
+    """A test file repeating training rows printed '.../data/files.py:194: UserWarning: ...' and the source line."""
+    train = tmp_path / "rep_train.csv"
+    train.write_text("text,label\n" + "".join(f"row {i},{('a', 'b')[i % 2]}\n" for i in range(20)))
+    test = tmp_path / "rep_test.csv"
+    test.write_text("text,label\nrow 1,b\nnew row,a\n")
+    run = subprocess.run([sys.executable, "-m", "finlora_utils", "evaluate", "--base", "tiny-random-llama",
+                          "--train-file", str(train), "--test-file", str(test), "--results-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "warning: test_file=" in run.stderr and "UserWarning" not in run.stderr, run.stderr

@@ -483,3 +483,39 @@ def test_evaluating_one_mode_again_keeps_the_other_stored_modes(tmp_path, tiny, 
     # another setting (here the precision) replaces the entry whole: its modes would not compare
     ev.evaluate_runs([p0], modes=("score",), batch_size=4, precision="bf16")
     assert list(results.read_result(p0)["eval_info"]["fpb"]["modes"]) == ["score"]
+
+
+def test_a_gold_label_spelt_exactly_so_is_kept_where_another_differs_only_in_case():
+    """Own data may hold 'Approve' and 'approve' as two classes: every gold 'approve' was counted as 'Approve'."""
+    assert ev._canon("approve", ["Approve", "approve"]) == "approve"
+    assert ev._canon(" Approve ", ["Approve", "approve"]) == "Approve"
+    assert ev._canon("NEUTRAL", SENT) == "neutral"
+
+
+def test_a_task_without_a_label_set_is_stored_under_the_mode_that_ran(tmp_path, tiny, capsys):
+    """A generated-answer task asked for `score` generates: it was stored and printed as score."""
+    model, tok = tiny
+    free = tmp_path / "free_train.csv"
+    free.write_text("text,label\na,x1\nb,x2\nc,x3\nd,x4\n")
+    gen = data.register_files(free, max_labels=0, instruction="Answer with the code.")
+    entry = ev.evaluate_modes(model, tok, gen.name, ("score",), batch_size=2, max_new_tokens=2)
+    assert list(entry["modes"]) == ["generate"] and entry["mode"] == "generate"
+    assert f"[eval {gen.name}] generate:" in capsys.readouterr().out
+
+
+def test_selected_runs_name_a_run_id_that_is_not_there(tmp_path):
+    """Notebook 05's RUNS with a typo evaluated nothing and showed an empty table."""
+    from finlora_utils.config import ConfigError
+
+    for rid in ("fpb_tiny-random-llama_4bit_r4", "fpb_tiny-random-llama_32bit_r8"):
+        r = results.new_result(rid, {"model": "tiny-random-llama", "tasks": ["fpb"], "precision": "nf4"}, 0)
+        (tmp_path / "runs" / rid).mkdir(parents=True)
+        r["train_info"] = {"adapter_path": str(tmp_path / "runs" / rid)}
+        results.write_json(tmp_path / f"{rid}.json", r)
+    assert [p.stem for p in ev.select_runs(tmp_path, "tiny-random-llama", "")] == [
+        "fpb_tiny-random-llama_32bit_r8", "fpb_tiny-random-llama_4bit_r4"]
+    assert [p.stem for p in ev.select_runs(tmp_path, None, " fpb_tiny-random-llama_4bit_r4 ")] == [
+        "fpb_tiny-random-llama_4bit_r4"]
+    with pytest.raises(ConfigError, match=r"RUNS: fpb_tiny-random-llama_4bit_r5 not among .* \(did you mean "
+                                          r"'fpb_tiny-random-llama_4bit_r4'\?\)"):
+        ev.select_runs(tmp_path, "tiny-random-llama", "fpb_tiny-random-llama_4bit_r5")

@@ -167,6 +167,16 @@ def test_own_data_trains_evaluates_and_predicts_through_the_cli(tmp_path, capsys
     entry = json.loads(path.read_text())["eval_info"][task]
     assert entry["n"] == len(data.load_task(task, "test")) and entry["data_files"][0]["files"][1]["split"] == "test"
 
+    # a new test file for the trained run: its task, labels and instruction as trained, the file by sha256
+    newer = tmp_path / f"{task}_q4{test_file.suffix}"
+    newer.write_text("".join(test_file.read_text().splitlines(keepends=True)[:5]))
+    assert cli(["evaluate", str(path), "--test-file", str(newer), "--batch-size", "4"]) == 0
+    e2 = json.loads(path.read_text())["eval_info"][task]
+    assert e2["n"] == (4 if test_file.suffix == ".csv" else 5)
+    assert Path(e2["data_files"][0]["files"][1]["path"]).name == newer.name
+    assert cli(["evaluate", str(path), "--train-file", str(train_file)]) == 2   # it was ignored, silently
+    assert "--train-file: only with --base" in capsys.readouterr().err
+
     out = tmp_path / "pred.jsonl"
     assert cli(["predict", str(path), "--file", str(test_file), "--batch-size", "3", "--out", str(out)]) == 0
     preds = [json.loads(x) for x in out.read_text().splitlines()]
@@ -186,12 +196,23 @@ def test_own_data_trains_evaluates_and_predicts_through_the_cli(tmp_path, capsys
     import pandas as pd
 
     assert list(pd.read_csv(out2)["label"]) == [p["label"] for p in preds]
+    # a train file whose task is not the adapter's scored with its default instruction, a prompt never trained on
+    renamed = tmp_path / f"renamed{train_file.suffix}"
+    shutil.copy(train_file, renamed)
+    assert cli(["predict", str(adapter), "--train-file", str(renamed), "--precision", "fp32", "a text"]) == 2
+    assert f"its task 'renamed' is not one {adapter} was trained on ({task})" in capsys.readouterr().err
     from finlora_utils.models import resolve_model_path
 
     assert cli(["predict", resolve_model_path("tiny-random-llama"), "--labels", ",".join(entry["labels"]),
                 "--precision", "fp32", "hello there"]) == 0
     base = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(base["probs"]) == set(entry["labels"]) and abs(sum(base["probs"].values()) - 1) < 1e-4
+    # the train file moved away: predict takes the labels and instruction the adapter records; evaluate needs it
+    (work / train_file.name).rename(work / "moved.tmp")
+    data.tasks.FILE_TASKS.pop(task, None)
+    assert cli(["predict", str(path), "a message about something", "--batch-size", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == one
+    assert cli(["evaluate", str(path)]) == 2 and "no such file" in capsys.readouterr().err
 
 
 def test_texts_to_label_are_read_whole_or_refused_with_the_line(tmp_path):
@@ -237,7 +258,7 @@ def test_named_columns_train_and_a_changed_file_is_not_passed_off_as_the_finishe
     assert cli(args) == 2
     err = capsys.readouterr().err
     assert f"train_file={str(memos.resolve())!r}: the data changed since {path}" in err
-    assert "--force (FORCE = True in a notebook, force=True in Python)" in err and "--variant-tag" in err
+    assert "--force (FORCE = True in a notebook, make study FORCE=1, force=True in Python)" in err and "--variant-tag" in err
     # predict and evaluate take the run's labels from its file: an edited one is named, not silently used
     for verb in (["predict", str(path), "Rates rose."], ["evaluate", str(path)]):
         assert cli(verb) == 2
@@ -294,6 +315,9 @@ def test_table_checks_name_duplicates_case_variants_spreadsheets_and_test_rows_s
                                        (5, "label 'up' differs from 'Up' (line 2) only in case or spaces: they are two "
                                            "classes")]
     assert [ln for ln, _ in check_table(f, strict=True).errors] == [4, 5]
+    alt = tmp_path / "alt_train.csv"
+    alt.write_text("text,label\n" + "".join(f"r{i},{('Up', 'up')[i % 2]}\n" for i in range(8)), encoding="utf-8")
+    assert len(check_table(alt).warnings) == 1   # alternating spellings: named once, not on every change
     xlsx = tmp_path / "bank.xlsx"
     xlsx.write_bytes(b"PK\x03\x04" + bytes(60))
     for rep in (check_table(xlsx), check_file(xlsx)):
@@ -324,6 +348,9 @@ def test_predict_keeps_the_input_columns_and_refuses_a_row_without_text(tmp_path
     assert out.splitlines() == ["id,input_label,text,label,card,loan", "7,card,Loan approved.,loan,0.2,0.8"]
     tsv = write_predictions([row], tmp_path / "out.tsv").read_text(encoding="utf-8")   # was JSONL under a .tsv name
     assert tsv.splitlines()[1] == "7\tcard\tLoan approved.\tloan\t0.2\t0.8"
+    nested = dict(row, meta={"desk": "retail", "tags": ["a"]})   # a JSONL input's nested field: JSON in a table
+    out = write_predictions([nested], tmp_path / "nested.csv").read_text(encoding="utf-8")
+    assert '"{""desk"": ""retail"", ""tags"": [""a""]}"' in out.splitlines()[1], out
     with pytest.raises(ConfigError, match=r"out=.*out\.txt': expected a file ending in \.jsonl, \.csv, \.tsv"):
         write_predictions([row], tmp_path / "out.txt")
     assert not (tmp_path / "out.txt").exists()
@@ -331,3 +358,32 @@ def test_predict_keeps_the_input_columns_and_refuses_a_row_without_text(tmp_path
     gap.write_text("id,text\n1,hello\n2,\n3,world\n", encoding="utf-8")   # row 2 has no text: named, not dropped
     with pytest.raises(ConfigError, match=rf"{gap}:3: empty text in column 'text'"):
         read_texts(gap)
+
+
+def test_repeated_rows_stay_on_one_side_of_the_holdout_and_csv_tests_take_the_jsonl_instruction(tmp_path):
+    """An exported table that repeats its rows put copies of held-out texts into training (8 of 10 test texts,
+    while the results said 0); CSV test rows beside a FinLoRA-format train file got the default instruction."""
+    rows = [(f"message number {i} about an account", ("card", "loan")[i % 2]) for i in range(50)]
+    twice = tmp_path / "twice_train.csv"
+    twice.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows * 2))
+    data.register_files(twice)
+    test, fit = data.load_task("twice", "test"), data.load_task("twice", "train")
+    assert len(test) >= 10 and not set(test["context"]) & set(fit["context"])
+    assert len(test) + len(fit) == 100
+    csv_test = tmp_path / "desk_test.csv"
+    csv_test.write_text("text,label\nMy card was swallowed by the machine.,card\nWho approves my mortgage?,loan\n")
+    t = data.register_files(SUPPORT_TRAIN, test=csv_test, name="desk")
+    assert t.instruction.startswith("Which desk should handle this customer message?")
+    assert all(c.startswith("Instruction: Which desk should handle") for c in data.load_task("desk", "test")["context"])
+
+
+def test_a_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    """A filing is one legal field of >128 KiB: it was 'malformed CSV' in training and a traceback in predict."""
+    from finlora_utils.data.files import read_texts
+
+    long = "revenue grew " * 20000   # 260 kB
+    f = tmp_path / "long_train.csv"
+    f.write_text(f'text,label\n"{long}",up\nshort one,down\nanother,up\nmore,down\n')
+    assert read_texts(f)[0] == long
+    t = data.register_files(f, max_labels=5)
+    assert t.labels == ("down", "up")

@@ -17,7 +17,6 @@ split and the train split leaves it out, so no test row is ever trained on.
 from __future__ import annotations
 
 import csv
-import io
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from . import tasks as registry
 from .sources import sha256_file
 from .tasks import Task, format_prompt, split_prompt
 from .validate import (CSV_SUFFIXES, LABEL_COLUMNS, MAX_SHOWN, TEXT_COLUMNS, check_file, check_table,  # noqa: F401
-                       field_count_problem, find_column, missing_column, not_text, open_quote_at_end)
+                       csv_reader, field_count_problem, find_column, missing_column, not_text,
+                       open_quote_at_end)
 SOURCE = "file"     # the Dataset's `source` column for own data (built-ins: real | sample)
 
 
@@ -149,6 +149,10 @@ def register_files(train, test=None, name: str | None = None, instruction: str |
         raise FileTaskError(f"train_file={str(train)!r}: every target is {distinct[0]!r}; a classification task "
                             "needs at least 2 labels (max_labels=0 makes it a generated-answer task)")
     if any("text" in r for r in train_rows + (test_rows or [])) and not instruction:
+        # CSV test rows beside a FinLoRA-format train file take the train prompts' instruction: scored with
+        # another, they would test a prompt the adapter never saw
+        instruction = _main_instruction([r["context"] for r in train_rows if "context" in r])
+    if any("text" in r for r in train_rows + (test_rows or [])) and not instruction:
         if labels is None:
             raise FileTaskError(f"instruction=None: a CSV task with {len(distinct)} distinct targets (more than "
                                 f"max_labels={max_labels}) needs an instruction for its prompts")
@@ -262,25 +266,28 @@ def read_texts(path, text_column: str | None = None, with_fields: bool = False):
     texts, fields, problems = [], [], []
     if path.suffix.lower() in CSV_SUFFIXES:
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        reader = csv_reader(text, delimiter)
         header = next(reader, None) or []
         i = find_column(header, text_column, TEXT_COLUMNS)
         if i is None:
             raise _fail(path, [(1, missing_column(header, text_column, TEXT_COLUMNS, "text"))], "file")
         end = last_kept = reader.line_num
         ln = end
-        for row in reader:
-            ln, end = end + 1, reader.line_num   # a quoted field may span lines: a row is named by its first
-            if not any(c.strip() for c in row):
-                continue
-            if len(row) != len(header):   # a lost quote or comma: say so rather than label a shifted row
-                problems.append(field_count_problem(row, header, ln, end))
-            elif not row[i].strip():
-                problems.append((ln, f"empty text in column {header[i]!r}"))
-            else:
-                texts.append(row[i])
-                fields.append({h: v for j, (h, v) in enumerate(zip(header, row)) if j != i})
-                last_kept = ln
+        try:
+            for row in reader:
+                ln, end = end + 1, reader.line_num   # a quoted field may span lines: a row is named by its first
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) != len(header):   # a lost quote or comma: say so rather than label a shifted row
+                    problems.append(field_count_problem(row, header, ln, end))
+                elif not row[i].strip():
+                    problems.append((ln, f"empty text in column {header[i]!r}"))
+                else:
+                    texts.append(row[i])
+                    fields.append({h: v for j, (h, v) in enumerate(zip(header, row)) if j != i})
+                    last_kept = ln
+        except csv.Error as e:
+            raise _fail(path, problems + [(end + 1, f"malformed CSV: {e}")], "file") from None
         if texts and last_kept == ln and (problem := open_quote_at_end(text, delimiter, ln, end)):
             problems.append(problem)   # the last row took in the rest of the file: not a text to label
     elif path.suffix.lower() == ".txt":

@@ -174,6 +174,9 @@ def _file_split(name: str, split: str) -> list[dict]:
     file the holdout is the test split too, and train leaves it out."""
     train, test = files.file_rows(name)
     held = set(validation_indices([r["target"] for r in train], get_task(name).kind == "classification"))
+    # an exported table often repeats rows: every copy of a held-out text is held out, so none is trained on
+    held_texts = {train[i]["context"] for i in held}
+    held = {i for i, r in enumerate(train) if r["context"] in held_texts}
     if split == "validation" or (split == "test" and test is None):
         return [r for i, r in enumerate(train) if i in held]
     if split == "test":

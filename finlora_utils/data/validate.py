@@ -68,14 +68,15 @@ def not_text(raw: bytes) -> str | None:
 
 def _label_variants(rep: Report, warn: list) -> None:
     """Labels that differ only in case or surrounding space ('Up' / 'up ') are two classes to the kit: say so."""
-    first: dict[str, tuple[str, int]] = {}
+    seen: dict[str, dict[str, int]] = {}   # folded label -> {spelling: its first line}
     for label, ln in zip(rep.targets, rep.lines):
-        key = label.strip().casefold()
-        if key in first and first[key][0] != label:
-            warn.append((ln, f"label {label!r} differs from {first[key][0]!r} (line {first[key][1]}) only in case or "
-                             "spaces: they are two classes"))
-            first[key] = (label, ln)   # each further spelling is named once
-        first.setdefault(key, (label, ln))
+        spellings = seen.setdefault(label.strip().casefold(), {})
+        if label not in spellings:   # each further spelling is named once, however the rows alternate
+            if spellings:
+                other, at = next(iter(spellings.items()))
+                warn.append((ln, f"label {label!r} differs from {other!r} (line {at}) only in case or spaces: they "
+                                 "are two classes"))
+            spellings[label] = ln
 
 
 def check_file(path: str | Path, task: str | None = None, strict: bool = False) -> Report:
@@ -180,6 +181,13 @@ def field_count_problem(row: list[str], header: list[str], first: int, last: int
     return first, msg
 
 
+def csv_reader(text: str, delimiter: str, strict: bool = False):
+    """csv.reader over a file's text, without the csv module's 128 KiB field limit: a filing or a long memo is
+    one legal field, and the limit's error ('field larger than field limit') named a line far from any fault."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=strict)
+
+
 def open_quote_at_end(text: str, delimiter: str, first: int, last: int) -> tuple[int, str] | None:
     """(line, message) when the file ends inside a quoted field: a lost closing quote swallows every line after it
     into one field, which a field count cannot catch when the header has one column. first, last: the lines the
@@ -187,7 +195,7 @@ def open_quote_at_end(text: str, delimiter: str, first: int, last: int) -> tuple
     if last <= first:
         return None
     try:
-        for _ in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True):
+        for _ in csv_reader(text, delimiter, strict=True):
             pass
     except csv.Error as e:
         if "unexpected end of data" in str(e):
@@ -216,7 +224,7 @@ def check_table(path: str | Path, text_column: str | None = None, label_column: 
         rep.errors.append((line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8"))
         return rep
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv_reader(text, delimiter)
     header = next(reader, None)
     if not header:
         rep.errors.append((1, "file is empty (expected a header row with a text and a label column)"))
