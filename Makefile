@@ -28,7 +28,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 study: venv
-	$(BIN)/python -m finlora_utils.study all --preset $(PRESET) $(if $(FORCE),--force)
+	$(BIN)/python -m finlora_utils.study all --preset $(PRESET) $(if $(filter 1 true yes,$(FORCE)),--force)
 
 test: venv
 	$(BIN)/python -m pytest -q -rs -n $(JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

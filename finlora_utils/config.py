@@ -123,18 +123,20 @@ def _check_types(obj) -> None:
             setattr(obj, f.name, cast(v))
 
 
-def number_list(param: str, value, kind: type = int) -> list:
+def number_list(param: str, value, kind: type = int, empty: bool = False) -> list:
     """A notebook's comma-separated numbers ('4,8,16', or one number as papermill passes -p RANKS 8), each of
-    `kind`; ConfigError naming the parameter and the item that is not one."""
+    `kind`; ConfigError naming the parameter and the item that is not one, or an empty list unless `empty`."""
+    what = "an integer" if kind is int else "a number"
     out = []
     for item in str(value).split(","):
         if item.strip():
             try:
                 out.append(kind(item.strip()))
             except ValueError:
-                what = "integers" if kind is int else "numbers"
-                raise ConfigError(f"{param}={value!r}: {item.strip()!r} is not a number; expected comma-separated "
-                                  f"{what}") from None
+                raise ConfigError(f"{param}={value!r}: {item.strip()!r} is not {what}; expected comma-separated "
+                                  f"{'integers' if kind is int else 'numbers'}") from None
+    if not out and not empty:
+        raise ConfigError(f"{param}={value!r}: expected at least one {what.split()[-1]}, comma-separated")
     return out
 
 

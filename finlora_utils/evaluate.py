@@ -412,7 +412,9 @@ def keep_other_modes(old: dict | None, new: dict) -> dict:
     if not old or not old.get("modes") or any(old.get(k) != new.get(k) for k in SAME_EVALUATION):
         return new
     # files before 2026-12-04 keyed a generated answer by the mode asked ('score'): the same protocol, not kept
-    kept = {m: v for m, v in old["modes"].items() if m not in new["modes"] and v.get("mode", m) not in new["modes"]}
+    # and a mode of another size is of another sample (own data's holdout rule changed on 2026-12-04)
+    kept = {m: v for m, v in old["modes"].items() if m not in new["modes"] and v.get("mode", m) not in new["modes"]
+            and v.get("n", new.get("n")) == new.get("n")}
     if kept:
         for v in kept.values():   # when each kept mode ran, unless it says so already
             v.setdefault("evaluated", old.get("evaluated"))
@@ -616,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("runs: expected results JSON files of finetuned runs, or --base MODEL (not both)")
         if ns.base:
             tasks = [t.strip() for t in (ns.tasks or "").split(",") if t.strip()]
+            unused = [f"--{f.replace('_', '-')}" for f in ("test_file", "task_name", "instruction", "text_column",
+                                                           "label_column") if getattr(ns, f)]
+            if unused and not ns.train_file:   # they describe the train file's task: without it they would not apply
+                raise ConfigError(f"{', '.join(unused)}: only with --train-file (own data)")
             if ns.train_file:
                 data.register_files(ns.train_file, ns.test_file or None, ns.task_name or None, ns.instruction or None,
                                     ns.max_labels, text_column=ns.text_column, label_column=ns.label_column)

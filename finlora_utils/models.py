@@ -298,9 +298,10 @@ def resolve_model_path(name: str) -> str:
 def tiny_model_dir(seed: int = 0) -> Path:
     """A 2-layer random Llama with the embedded tokenizer, saved once so every precision can load it."""
     tokenizer = embedded_tokenizer_dir()
-    # the tokenizer folder's name carries its own inputs; transformers' version shapes the random init
-    target = built_cache_folder(f"tiny-random-llama-s{seed}", TINY_CONFIG, tokenizer.name,
-                                _package_version("transformers"))
+    # the tokenizer's inputs (not its folder, which differs before and after the conversion); torch's and
+    # transformers' versions shape the random init
+    target = built_cache_folder(f"tiny-random-llama-s{seed}", TINY_CONFIG, _embedded_inputs(),
+                                _package_version("transformers"), _package_version("torch"))
     if (target / "model.safetensors").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
@@ -334,8 +335,8 @@ def random_model_dir(config_name: str, seed: int = 0) -> Path:
 
     cfg_dict = {k: v for k, v in model_config(config_name).items() if not k.startswith("_")}
     tokenizer = embedded_tokenizer_dir()
-    target = built_cache_folder(f"random-{config_name}-sharded-s{seed}", cfg_dict, tokenizer.name,
-                                _package_version("transformers"))
+    target = built_cache_folder(f"random-{config_name}-sharded-s{seed}", cfg_dict, _embedded_inputs(),
+                                _package_version("transformers"), _package_version("torch"))
 
     def complete(folder: Path) -> bool:
         return _complete(folder) and not _untied_copy(folder)

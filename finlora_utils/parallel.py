@@ -226,7 +226,7 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
             continue
 
 
-_NOISE = ("Warning: ", "warnings.warn(", "Loading weights", "FutureWarning", "kernels-community",
+_NOISE = ("Warning: ", "warning: ", "warnings.warn(", "Loading weights", "FutureWarning", "kernels-community",
           "OMP_NUM_THREADS", "*****", "examples/s]", "is_gradient_checkpointing")
 
 

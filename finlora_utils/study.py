@@ -80,6 +80,24 @@ def parameter_defaults(name: str) -> dict:
     return {}
 
 
+def assigned_names(name: str) -> set[str]:
+    """Every name a code cell of the notebook assigns (cells that are not plain Python, e.g. magics, skipped)."""
+    import nbformat
+
+    out = set()
+    for cell in nbformat.read(str(notebook_path(name)), as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        out |= {t.id for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+                for tgt in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                for t in ast.walk(tgt) if isinstance(t, ast.Name)}
+    return out
+
+
 def check_notebook(name: str, namespace: dict) -> None:
     """In a notebook, after its parameters (and what papermill injected): ConfigError naming an upper-case name
     its parameters cell does not declare (papermill -p only logs a misspelt name and runs on with the default) or
@@ -87,8 +105,9 @@ def check_notebook(name: str, namespace: dict) -> None:
     A text parameter takes numbers too (papermill reads -p RANKS 8 as an integer)."""
     defaults = parameter_defaults(name)
     injectable = (str, int, float, bool, list, dict, type(None))   # what papermill writes; an import is none of them
+    own = assigned_names(name)   # the notebook's own upper-case names (FIG_DIR) exist when a cell is run again
     bad = unknown_parameters(sorted(n for n, v in namespace.items() if n.isupper() and n not in defaults
-                                    and isinstance(v, injectable)), [name])
+                                    and n not in own and isinstance(v, injectable)), [name])
     kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str, int, float)}
     for key, default in defaults.items():
         value = namespace.get(key, default)
@@ -294,6 +313,7 @@ def run_notebook(name: str, preset: str = "cpu", output_dir: str | Path | None =
     out_root = (Path(output_dir) if output_dir else project_root() / "reports").resolve()
     dst = out_root / "executed" / f"{name}.ipynb"
     dst.parent.mkdir(parents=True, exist_ok=True)
+    name = name.removesuffix(".ipynb")   # the notebook's name, as presets and output files use it
     params = load_preset(preset, name)
     params.update(extra_params or {})
     check_parameters(name, params, where=f"{name}:")
@@ -354,12 +374,13 @@ def shareable_text(text: str, out_root: Path) -> str:
     """A report page is read on other machines: this machine's paths in what a notebook printed are shown
     relative to the report folder (results/x.json), else to the checkout (finlora_utils/lora.py:389), the home
     folder as ~."""
+    text = re.sub(r"(\x1b\[[0-9;]*m)", "\\1\x00", text)   # a traceback colours its paths: \x1b[32m/home/...
     for root in sorted({str(Path(out_root).resolve()), str(project_root().resolve())}, key=len, reverse=True):
         text = relativize_text(text, root)
     home = str(Path.home()).rstrip("/")
     if len(home) > 1:
         text = re.sub(r"(?<![\w.-])" + re.escape(home) + r"(?=/|(?![\w.-]))", "~", text)
-    return text
+    return text.replace("\x00", "")
 
 
 def shareable_outputs(nb, out_root: Path) -> None:
@@ -492,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_study(args.preset, out_root, names, timeout=args.timeout, force=args.force)
             else:
                 extra = {"FORCE": True} if args.force and "FORCE" in notebook_parameters(args.notebook) else None
+                if args.force and extra is None:
+                    print(f"[study] {args.notebook} has no FORCE parameter: --force changes nothing there")
                 executed = run_notebook(args.notebook, args.preset, out_root, args.timeout, extra_params=extra)
                 params = load_preset(args.preset, args.notebook)
                 plan = data_plan([args.notebook], {args.notebook: params})

@@ -215,5 +215,10 @@ def test_a_notebooks_number_list_names_the_item_that_is_not_a_number():
 
     assert number_list("RANKS", "4, 8,16") == [4, 8, 16] and number_list("RANKS", 8) == [8]
     assert number_list("GPU_SIZES", "24,48.5", float) == [24.0, 48.5]
-    with pytest.raises(ConfigError, match=r"^RANKS='4,a': 'a' is not a number; expected comma-separated integers"):
+    with pytest.raises(ConfigError, match=r"^RANKS='4,a': 'a' is not an integer; expected comma-separated integers"):
         number_list("RANKS", "4,a")
+    with pytest.raises(ConfigError, match=r"^RANKS='4,8.5': '8.5' is not an integer"):
+        number_list("RANKS", "4,8.5")
+    with pytest.raises(ConfigError, match=r"^RANKS='': expected at least one integer"):
+        number_list("RANKS", "")
+    assert number_list("SWEEP_SEQ_LENS", "", empty=True) == [] and number_list("SWEEP_SEQ_LENS", 512) == [512]

@@ -519,3 +519,15 @@ def test_selected_runs_name_a_run_id_that_is_not_there(tmp_path):
     with pytest.raises(ConfigError, match=r"RUNS: fpb_tiny-random-llama_4bit_r5 not among .* \(did you mean "
                                           r"'fpb_tiny-random-llama_4bit_r4'\?\)"):
         ev.select_runs(tmp_path, "tiny-random-llama", "fpb_tiny-random-llama_4bit_r5")
+
+
+def test_a_stored_mode_of_another_sample_size_is_not_kept():
+    """Own data's holdout changed (repeated rows held out together) while the entry's settings did not: a stored
+    generate of 10 examples was kept beside a new score of 18, and their agreement raised."""
+    old = {"n": 10, "modes": {"score": {"mode": "score", "n": 10}, "generate": {"mode": "generate", "n": 10,
+                                                                               "predictions": ["a"] * 10}}}
+    new = {"n": 18, "modes": {"score": {"mode": "score", "n": 18, "predictions": ["a"] * 18}}}
+    assert list(ev.keep_other_modes(old, dict(new))["modes"]) == ["score"]
+    same = {"n": 10, "modes": {"score": {"mode": "score", "n": 10, "predictions": ["a"] * 10}}}
+    merged = ev.keep_other_modes(old, same)
+    assert list(merged["modes"]) == ["score", "generate"] and merged["generate_score_agreement"] == 1.0

@@ -117,6 +117,8 @@ def test_shareable_text_makes_paths_relative_to_the_report_then_the_checkout(tmp
     assert study.shareable_text(text, out) == (f"results results/a.json\nfinlora_utils/lora.py:389: UserWarning\n"
                                                f"cache ~/.cache/x, not {tmp_path}/homework/y")
     assert Path.home() == tmp_path / "home"
+    coloured = f"\x1b[32m{root}/finlora_utils/config.py\x1b[0m in \x1b[0;36m{tmp_path}/home/x\x1b[0m"   # a traceback
+    assert study.shareable_text(coloured, out) == "\x1b[32mfinlora_utils/config.py\x1b[0m in \x1b[0;36m~/x\x1b[0m"
 
 
 def test_the_kernel_gets_its_environment_and_the_caller_keeps_its_own(tmp_path, monkeypatch):
@@ -155,3 +157,11 @@ def test_study_force_sets_force_in_the_notebooks_that_take_it(tmp_path, monkeypa
     assert seen == {"00_data": None, "03_finetune": {"FORCE": True}, "04_parallel": {"FORCE": True}}
     assert study.main(["run", "03_finetune.ipynb", "--output-dir", str(tmp_path)]) == 0 and seen["03_finetune"] is None
     assert "--force" in Path(study.project_root() / "Makefile").read_text()
+
+
+def test_a_notebooks_own_upper_case_names_pass_the_check_when_a_cell_runs_again():
+    """01 sets FIG_DIR in the cell that checks the parameters: running that cell a second time named FIG_DIR."""
+    ns = dict(study.parameter_defaults("01_quantization"), FIG_DIR="x/figures", RES_DIR="x/results")
+    study.check_notebook("01_quantization", ns)
+    with pytest.raises(study.ConfigError, match="'FIG_DIRS' is not a parameter"):
+        study.check_notebook("01_quantization", dict(ns, FIG_DIRS="y"))

@@ -176,6 +176,8 @@ def test_own_data_trains_evaluates_and_predicts_through_the_cli(tmp_path, capsys
     assert Path(e2["data_files"][0]["files"][1]["path"]).name == newer.name
     assert cli(["evaluate", str(path), "--train-file", str(train_file)]) == 2   # it was ignored, silently
     assert "--train-file: only with --base" in capsys.readouterr().err
+    assert cli(["evaluate", "--base", "tiny-random-llama", "--tasks", "fpb", "--test-file", str(newer)]) == 2
+    assert "--test-file: only with --train-file (own data)" in capsys.readouterr().err
 
     out = tmp_path / "pred.jsonl"
     assert cli(["predict", str(path), "--file", str(test_file), "--batch-size", "3", "--out", str(out)]) == 0

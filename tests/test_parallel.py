@@ -205,7 +205,8 @@ def test_a_hidden_warning_takes_its_source_line_with_it():
     """04's output showed '[default1]:  parts = [load_task(...)]', the source line of a warning it had hidden."""
     out = ["[default1]:/x/loader.py:9: UserWarning: task 'fpb': real data not reachable",
            "[default0]:[train] step 1/4", "[default1]:  parts = [load_task(n, split)]", "[default1]:  indented result",
-           "plain line", "", "  an indented line after a blank one"]
+           "plain line", "", "  an indented line after a blank one",
+           "[default1]:warning: task 'fpb': real data not reachable"]   # as a rank's cli_entry formats it
     code = "import sys; print(sys.argv[1])"
     lines = []
     rc, _ = parallel._run_bounded([sys.executable, "-c", code, "\n".join(out)], 30, dict(os.environ), lines.append)

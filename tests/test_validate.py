@@ -190,3 +190,14 @@ def test_an_unclosed_quote_is_named_where_it_opens_and_another_separator_is_reco
     semi = write(tmp_path, "sentence;sentiment\nProfit rose;positive\n", "s.csv")
     rc, out, err = run(capsys, semi, "--no-tokens")
     assert rc == 1 and "the header looks separated by another character: save as comma-separated CSV" in err
+
+
+def test_an_open_quote_in_the_last_row_is_found_after_an_odd_but_accepted_field(tmp_path):
+    """A strict parse of the whole file stopped at an earlier '"Loan" approved.' (which the reader accepts) and
+    never reached the last row's unclosed quote."""
+    from finlora_utils.data.files import read_texts
+
+    f = tmp_path / "odd.csv"
+    f.write_text('text\n"Loan" approved.\n"Card blocked.\nRate cut.\n')
+    with pytest.raises(ValueError, match=r"odd.csv:3: a quote opened on this line is not closed"):
+        read_texts(f)

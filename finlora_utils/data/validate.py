@@ -194,8 +194,9 @@ def open_quote_at_end(text: str, delimiter: str, first: int, last: int) -> tuple
     file's last row spans; a row on one line is not checked (nothing was swallowed)."""
     if last <= first:
         return None
+    row = "\n".join(text.split("\n")[first - 1:])   # from a row boundary: an earlier odd field cannot stop it first
     try:
-        for _ in csv_reader(text, delimiter, strict=True):
+        for _ in csv_reader(row, delimiter, strict=True):
             pass
     except csv.Error as e:
         if "unexpected end of data" in str(e):
