@@ -201,3 +201,27 @@ def test_an_open_quote_in_the_last_row_is_found_after_an_odd_but_accepted_field(
     f.write_text('text\n"Loan" approved.\n"Card blocked.\nRate cut.\n')
     with pytest.raises(ValueError, match=r"odd.csv:3: a quote opened on this line is not closed"):
         read_texts(f)
+
+
+def test_validate_says_what_training_would_refuse_and_how_a_misread_file_reads(tmp_path):
+    """validate passed a one-label CSV and a 30-label CSV without an instruction, both refused by train; a JSONL of
+    text / label got one 'missing context' per line with no word on CSV; a tab-separated .csv had no hint."""
+    from finlora_utils.data.validate import check_file, check_table
+
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\na,x\nb,x\n")
+    assert check_table(one).warnings == [(2, "every label is 'x': training needs at least 2 labels (--max-labels 0 "
+                                             "makes it a generated-answer task)")]
+    many = tmp_path / "many.csv"
+    many.write_text("text,label\n" + "".join(f"t{i},l{i}\n" for i in range(30)))
+    assert "30 distinct labels, more than 20" in check_table(many).warnings[0][1]
+    tl = tmp_path / "tl.jsonl"
+    tl.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
+    msgs = [m for _, m in check_file(tl).errors]
+    assert sum("a table of texts and labels reads as a CSV/TSV" in m for m in msgs) == 1 and len(msgs) == 4
+    tabs = tmp_path / "tabs.csv"
+    tabs.write_text("text\tlabel\na\tx\n")
+    assert "the header looks separated by another character" in check_table(tabs).errors[0][1]
+    named = tmp_path / "named.csv"
+    named.write_text("memo,pillar\na,x\n")
+    assert "name it with --text-column (text_column=)" in check_table(named).errors[0][1]

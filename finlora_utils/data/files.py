@@ -155,7 +155,8 @@ def register_files(train, test=None, name: str | None = None, instruction: str |
     if any("text" in r for r in train_rows + (test_rows or [])) and not instruction:
         if labels is None:
             raise FileTaskError(f"instruction=None: a CSV task with {len(distinct)} distinct targets (more than "
-                                f"max_labels={max_labels}) needs an instruction for its prompts")
+                                f"max_labels={max_labels}) needs an instruction for its prompts (--instruction); or "
+                                f"--max-labels {len(distinct)} scores them as a label set")
         instruction = default_instruction(labels)
     _prompts(train_rows, instruction)
     overlap = []

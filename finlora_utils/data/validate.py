@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from ..config import DEFAULT_MAX_LABELS
 from ..errors import cli_entry
 from .tasks import PROMPT_ANSWER, get_task, normalize_label
 
@@ -123,7 +124,11 @@ def check_file(path: str | Path, task: str | None = None, strict: bool = False) 
         bad = False
         for key in ("context", "target"):
             if key not in obj:
-                rep.errors.append((ln, f"missing \"{key}\""))
+                # a table exported as JSON lines: say what reads it, once
+                hint = ("; this line has \"text\" / \"label\": FinLoRA's format is {\"context\": prompt, \"target\": "
+                        "answer}, a table of texts and labels reads as a CSV/TSV with a header") if (
+                    "text" in obj and not any("has \"text\"" in m for _, m in rep.errors)) else ""
+                rep.errors.append((ln, f"missing \"{key}\"{hint}"))
                 bad = True
             elif not isinstance(obj[key], str):
                 rep.errors.append((ln, f"\"{key}\" must be a string, got {_typename(obj[key])}"))
@@ -166,10 +171,11 @@ def find_column(header: list[str], wanted: str | None, names: tuple[str, ...]) -
 
 def missing_column(header: list[str], wanted: str | None, names: tuple[str, ...], kind: str) -> str:
     expected = repr(wanted) if wanted else " or ".join(repr(n) for n in names)
-    hint = ""
-    if len(header) == 1 and any(sep in header[0] for sep in ";|"):   # a spreadsheet's other list separator
-        hint = "; the header looks separated by another character: save as comma-separated CSV, or as .tsv with tabs"
-    return f"no {kind} column {expected} in the header (columns: {', '.join(header)}){hint}"
+    flag = f"; name it with --{kind}-column ({kind}_column=)"
+    if len(header) == 1 and any(sep in header[0] for sep in ";|\t"):   # a spreadsheet's other list separator
+        flag = ("; the header looks separated by another character: save as comma-separated CSV, or as .tsv with "
+                "tabs")
+    return f"no {kind} column {expected} in the header (columns: {', '.join(header)}){flag}"
 
 
 def field_count_problem(row: list[str], header: list[str], first: int, last: int) -> tuple[int, str]:
@@ -273,6 +279,14 @@ def check_table(path: str | Path, text_column: str | None = None, label_column: 
     _label_variants(rep, warn)
     if rep.rows == 0 and not rep.errors:
         rep.errors.append((2, "no data rows after the header"))
+    distinct = sorted(set(rep.targets)) if not rep.errors else []
+    if t is None and len(distinct) == 1:   # what train would refuse, said here too (of a file without errors)
+        rep.warnings.append((rep.lines[0], f"every label is {distinct[0]!r}: training needs at least 2 labels "
+                                           "(--max-labels 0 makes it a generated-answer task)"))
+    elif t is None and len(distinct) > DEFAULT_MAX_LABELS:
+        rep.warnings.append((rep.lines[0], f"{len(distinct)} distinct labels, more than {DEFAULT_MAX_LABELS}: training "
+                                           "makes a generated-answer task, whose CSV rows need --instruction (or "
+                                           f"--max-labels {len(distinct)} scores them as a label set)"))
     return rep
 
 
