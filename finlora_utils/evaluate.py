@@ -611,6 +611,10 @@ def main(argv: list[str] | None = None) -> int:
                               + (" (0: every test example)" if low == 0 else ""))
     modes = [m.strip() for m in ns.modes.split(",") if m.strip()]
     kw = dict(batch_size=ns.batch_size, max_samples=ns.max_samples or None, seed=ns.seed)
+    # the flags that describe an own-data train file's task: with a run (whose task is what it trained on) or
+    # without --train-file they would silently not apply
+    own_flags = [f"--{f.replace('_', '-')}" for f in ("task_name", "instruction", "text_column", "label_column")
+                 if getattr(ns, f)] + (["--max-labels"] if ns.max_labels != DEFAULT_MAX_LABELS else [])
     try:
         if not modes or any(m not in MODES for m in modes):   # before any model loads
             raise ConfigError(f"modes={ns.modes!r}: expected a comma-separated list from {', '.join(MODES)}")
@@ -618,9 +622,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("runs: expected results JSON files of finetuned runs, or --base MODEL (not both)")
         if ns.base:
             tasks = [t.strip() for t in (ns.tasks or "").split(",") if t.strip()]
-            unused = [f"--{f.replace('_', '-')}" for f in ("test_file", "task_name", "instruction", "text_column",
-                                                           "label_column") if getattr(ns, f)]
-            if unused and not ns.train_file:   # they describe the train file's task: without it they would not apply
+            unused = ["--test-file"] * bool(ns.test_file) + own_flags
+            if unused and not ns.train_file:
                 raise ConfigError(f"{', '.join(unused)}: only with --train-file (own data)")
             if ns.train_file:
                 data.register_files(ns.train_file, ns.test_file or None, ns.task_name or None, ns.instruction or None,
@@ -635,9 +638,8 @@ def main(argv: list[str] | None = None) -> int:
                                   precision=ns.precision or "auto", modes=modes, **kw)
             out = {p.stem: json.loads(p.read_text())["eval_info"] for p in paths}
         else:
-            unused = [f"--{f.replace('_', '-')}" for f in ("train_file", "task_name", "instruction", "text_column",
-                                                           "label_column") if getattr(ns, f)] + (["--max-labels"] if ns.max_labels != DEFAULT_MAX_LABELS else [])
-            if unused:   # a run's task is what it trained on: these would silently not apply
+            unused = ["--train-file"] * bool(ns.train_file) + own_flags
+            if unused:
                 raise ConfigError(f"{', '.join(unused)}: only with --base; a run keeps the task, labels and "
                                   "instruction it trained with (--test-file scores it on another test file)")
             out = evaluate_runs(ns.runs, tasks=ns.tasks, modes=modes, precision=ns.precision,

@@ -98,6 +98,13 @@ def _recorded_task(folder: Path, task: str | None, labels, instruction: str | No
     if rec is None:
         return labels, instruction, task
     tasks = {k: v for k, v in rec["tasks"].items() if v.get("labels")}
+    from . import data
+
+    if task is not None and task not in rec["tasks"] and data.is_file_task(task):
+        # another own-data task (--train-file of another name) would score with a prompt the model never saw
+        raise ConfigError(f"task {task!r} (a file task) is not one {folder} was trained on "
+                          f"({', '.join(rec['tasks'])}); its labels and instruction are recorded there: drop "
+                          "--train-file, or choose one of those with --task")
     if task is None and len(tasks) == 1:
         task = next(iter(tasks))
     if task in tasks:   # the adapter's own label set, even where a task of that name now reads otherwise
@@ -105,22 +112,6 @@ def _recorded_task(folder: Path, task: str | None, labels, instruction: str | No
     if task is None and len(tasks) > 1:
         raise ConfigError(f"task: {folder} was trained on {', '.join(tasks)}; choose one with --task")
     return labels, instruction, task
-
-
-def _trained_tasks(source) -> list[str]:
-    """The tasks a run's results JSON, or an adapter / merged-model folder with the kit's task record, was trained
-    on; [] where the source does not say (a plain model or adapter)."""
-    from .artifacts import read_task_record
-    from .results import ResultsError, read_result
-
-    src = Path(str(source))
-    if src.suffix == ".json" and src.is_file():
-        try:
-            return list(read_result(src)["run_info"]["config"].get("tasks") or [])
-        except (ResultsError, KeyError, TypeError):
-            return []
-    rec = read_task_record(src) if src.is_dir() else None
-    return list(rec["tasks"]) if rec else []
 
 
 def load(source: str | Path, model: str | None = None, precision: str | None = None, task: str | None = None,
@@ -139,13 +130,15 @@ def load(source: str | Path, model: str | None = None, precision: str | None = N
         raise ConfigError(f"source={str(source)!r}: no such file or folder; expected a run's results JSON, an adapter "
                           "folder (adapter_config.json) or a model folder / hub id")
     if src.suffix == ".json" and src.is_file():
+        from .artifacts import read_task_record
         from .evaluate import run_adapter_dir
         from .results import read_result
 
         run = read_result(src, require=("run_info.config.model", "train_info.adapter_path"))
         cfg = run["run_info"]["config"]
         gone = cfg.get("train_file") and not Path(cfg["train_file"]).is_file()
-        if not (gone and set(cfg.get("tasks") or []) <= set(_trained_tasks(run_adapter_dir(src)))):
+        record = read_task_record(run_adapter_dir(src)) if gone else None
+        if not (record and set(cfg.get("tasks") or []) <= set(record["tasks"])):
             data.register_run(run)   # own data brings its task (and label set) back from its files, unchanged
         # else: the train file moved, and the adapter's task record holds its labels and instruction
         model = model or cfg["model"]
@@ -279,11 +272,6 @@ def main(argv: list[str] | None = None) -> int:
         task = ns.task
         if ns.train_file:
             task = task or data.register_files(ns.train_file, instruction=ns.instruction).name
-            trained = _trained_tasks(ns.source)
-            if trained and task not in trained:   # the file's task would score with a prompt it never saw
-                raise ConfigError(f"--train-file {ns.train_file}: its task {task!r} is not one {ns.source} was trained "
-                                  f"on ({', '.join(trained)}), whose labels and instruction it records: drop "
-                                  "--train-file (or --task names one of those)")
         p = load(ns.source, ns.model, ns.precision, task, ns.labels, ns.instruction, ns.batch_size, ns.max_len)
         rows = [with_input_fields(r, f) for r, f in zip(p.predict(texts), fields)]
     except (ConfigError, ValueError, OSError) as e:

@@ -202,7 +202,7 @@ def test_own_data_trains_evaluates_and_predicts_through_the_cli(tmp_path, capsys
     renamed = tmp_path / f"renamed{train_file.suffix}"
     shutil.copy(train_file, renamed)
     assert cli(["predict", str(adapter), "--train-file", str(renamed), "--precision", "fp32", "a text"]) == 2
-    assert f"its task 'renamed' is not one {adapter} was trained on ({task})" in capsys.readouterr().err
+    assert f"task 'renamed' (a file task) is not one {adapter} was trained on ({task})" in capsys.readouterr().err
     from finlora_utils.models import resolve_model_path
 
     assert cli(["predict", resolve_model_path("tiny-random-llama"), "--labels", ",".join(entry["labels"]),
