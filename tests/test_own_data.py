@@ -389,3 +389,11 @@ def test_a_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
     assert read_texts(f)[0] == long
     t = data.register_files(f, max_labels=5)
     assert t.labels == ("down", "up")
+
+
+def test_column_names_for_a_jsonl_train_file_are_refused_not_ignored():
+    """train --train-file x.jsonl --label-column pillar trained on "target" without a word (validate refused it)."""
+    with pytest.raises(ConfigError, match=r"text_column / label_column: only for a \.csv or \.tsv file; "
+                                          r"support_train\.jsonl is read as JSONL"):
+        data.register_files(SUPPORT_TRAIN, label_column="pillar")
+    assert data.register_files(ESG_TRAIN, test=ESG_TEST, name="esg_cols", text_column="text").labels

@@ -132,6 +132,9 @@ def register_files(train, test=None, name: str | None = None, instruction: str |
     if name in registry.TASKS:
         raise FileTaskError(f"task_name={name!r}: a built-in task has this name; give the file task another "
                             "name (task_name / --task-name)")
+    if (text_column or label_column) and not any(Path(f).suffix.lower() in CSV_SUFFIXES for f in (train, test) if f):
+        raise FileTaskError(f"text_column / label_column: only for a .csv or .tsv file; {Path(train).name} is read as "
+                            "JSONL in FinLoRA's format (\"context\" and \"target\")")
     train_rows, train_fmt = _read(train, text_column, label_column, "train_file")
     test_rows, test_fmt = (_read(test, text_column, label_column, "test_file")
                            if test else (None, None))
