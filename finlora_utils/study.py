@@ -309,11 +309,11 @@ def run_notebook(name: str, preset: str = "cpu", output_dir: str | Path | None =
     """
     import papermill as pm
 
+    name = name.removesuffix(".ipynb")   # the notebook's name, as presets and output files use it
     src = notebook_path(name)
     out_root = (Path(output_dir) if output_dir else project_root() / "reports").resolve()
     dst = out_root / "executed" / f"{name}.ipynb"
     dst.parent.mkdir(parents=True, exist_ok=True)
-    name = name.removesuffix(".ipynb")   # the notebook's name, as presets and output files use it
     params = load_preset(preset, name)
     params.update(extra_params or {})
     check_parameters(name, params, where=f"{name}:")
@@ -442,6 +442,11 @@ hardware: {html.escape(str(env['hardware']['cpu']))}{caps}, GPUs: {env['hardware
     return atomic_write_text(out_root / "index.html", doc)
 
 
+def force_params(name: str, force: bool) -> dict | None:
+    """The extra parameters --force means for a notebook: FORCE = True where it declares FORCE, else none."""
+    return {"FORCE": True} if force and "FORCE" in notebook_parameters(name) else None
+
+
 def run_study(preset: str = "cpu", output_dir: str | Path | None = None, notebooks: list[str] | None = None,
               timeout: int | None = None, force: bool = False) -> Path:
     """Run the notebooks in order, render each page and the index. force: FORCE = True in every notebook that
@@ -467,8 +472,8 @@ def run_study(preset: str = "cpu", output_dir: str | Path | None = None, noteboo
                           f"(`python -m finlora_utils.data fetch <task>` gets them where the network is reachable)")
         for i, name in enumerate(names, 1):
             t0 = time.time()
-            extra = {"FORCE": True} if force and "FORCE" in notebook_parameters(name) else None
-            executed = run_notebook(name, preset, out_root, timeout, extra_params=extra, progress=progress,
+            executed = run_notebook(name, preset, out_root, timeout, extra_params=force_params(name, force),
+                                    progress=progress,
                                     label=f"{i}/{len(names)} {name}")
             times[name] = time.time() - t0
             tasks = notebook_tasks(param_sets[name])
@@ -512,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                         notebook_path(n)   # FileNotFoundError naming the available ones
                 run_study(args.preset, out_root, names, timeout=args.timeout, force=args.force)
             else:
-                extra = {"FORCE": True} if args.force and "FORCE" in notebook_parameters(args.notebook) else None
+                extra = force_params(args.notebook, args.force)
                 if args.force and extra is None:
                     print(f"[study] {args.notebook} has no FORCE parameter: --force changes nothing there")
                 executed = run_notebook(args.notebook, args.preset, out_root, args.timeout, extra_params=extra)

@@ -165,3 +165,15 @@ def test_a_notebooks_own_upper_case_names_pass_the_check_when_a_cell_runs_again(
     study.check_notebook("01_quantization", ns)
     with pytest.raises(study.ConfigError, match="'FIG_DIRS' is not a parameter"):
         study.check_notebook("01_quantization", dict(ns, FIG_DIRS="y"))
+
+
+def test_run_notebook_named_with_its_suffix_writes_the_notebooks_own_file(tmp_path, monkeypatch):
+    """run_notebook("03_finetune.ipynb") stripped the suffix only after naming its output 03_finetune.ipynb.ipynb."""
+    import papermill as pm
+
+    seen = {}
+    monkeypatch.setattr(pm, "execute_notebook", lambda src, dst, parameters=None, **kw: seen.update(
+        src=src, dst=dst, preset=parameters["PRESET"]))
+    out = study.run_notebook("00_data.ipynb", "smoke", tmp_path)
+    assert out == (tmp_path / "executed" / "00_data.ipynb").resolve() and seen["dst"] == str(out)
+    assert seen["src"].endswith("notebooks/00_data.ipynb") and seen["preset"] == "smoke"
