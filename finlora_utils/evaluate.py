@@ -268,7 +268,7 @@ def _merge_base_entry(path: Path, task: str, entry: dict) -> dict:
     except ResultsError:
         old = None   # a broken file is rewritten whole
     merged = keep_other_modes(old, entry)
-    if old and old.get("modes") and any(old.get(k) != entry.get(k) for k in SAME_EVALUATION):
+    if old and old.get("modes") and not same_evaluation(old, entry):
         def what(e):
             return f"{e.get('n')} examples ({(e.get('test_sample') or {}).get('max_samples') or 'all'} asked), " \
                    f"modes {', '.join(e.get('modes') or [])}, {e.get('data_source')} data"
@@ -404,12 +404,18 @@ def evaluate_runs(result_paths: Sequence[str | Path], tasks: Sequence[str] | Non
 SAME_EVALUATION = ("model", "precision", "adapter", "test_sample", "data_source", "data_files")
 
 
+def same_evaluation(old: dict | None, new: dict) -> bool:
+    """Whether two eval_info entries describe the same evaluation (SAME_EVALUATION: model, precision, adapter,
+    test sample and test data), so that their modes compare."""
+    return bool(old) and all(old.get(k) == new.get(k) for k in SAME_EVALUATION)
+
+
 def keep_other_modes(old: dict | None, new: dict) -> dict:
     """`new` with the modes an earlier evaluation of the same task stored and this one did not run (evaluating
     `score` again must not drop a stored `generate`), where both describe the same evaluation: model, precision,
     adapter, test sample and test data (source and file hashes). Another setting replaces the entry whole, since
     its modes would not compare. A base model's zero-shot file (evaluate_base) is merged the same way."""
-    if not old or not old.get("modes") or any(old.get(k) != new.get(k) for k in SAME_EVALUATION):
+    if not old or not old.get("modes") or not same_evaluation(old, new):
         return new
     # files before 2026-12-04 keyed a generated answer by the mode asked ('score'): the same protocol, not kept
     # and a mode of another size is of another sample (own data's holdout rule changed on 2026-12-04)
